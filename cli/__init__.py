@@ -1,0 +1,1 @@
+"""The mpqfx command line (click); a thin layer over the Python API."""

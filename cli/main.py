@@ -1,0 +1,64 @@
+"""``mpqfx`` console script. Bad input ends with one line on stderr and exit code 2."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from mpqfx.cli.options import parse_input_size
+from mpqfx.errors import MpqfxError
+
+
+class _Group(click.Group):
+    """Turns mpqfx's own errors into one line on stderr instead of a traceback."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except MpqfxError as exc:
+            click.echo(f"mpqfx: error: {exc}", err=True)
+            sys.exit(2)
+        except KeyboardInterrupt:
+            click.echo("mpqfx: interrupted", err=True)
+            sys.exit(130)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="mpqfx")
+def cli() -> None:
+    """Mixed-precision quantization for timm models: train a supernet once, search any budget."""
+
+
+@cli.command()
+@click.option("--model", "model_name", required=True, help="timm model name, e.g. efficientnet_lite0.")
+@click.option("--bits", type=click.IntRange(1, 8), default=None, help="Uniform bit-width for weights and activations.")
+@click.option("--wbits", type=click.IntRange(1, 8), default=None, help="Weight bit-width (overrides --bits).")
+@click.option("--abits", type=click.IntRange(1, 8), default=None, help="Activation bit-width (overrides --bits).")
+@click.option("--input-size", default=None, help="H (square) or C,H,W; default: the model's timm pretrained_cfg.")
+@click.option("--recipe", default="default", show_default=True, help="Shipped recipe name or YAML path (layer rules).")
+@click.option("--per-layer/--total-only", default=True, show_default=True, help="Print the per-layer table.")
+def bitops(model_name: str, bits: int | None, wbits: int | None, abits: int | None, input_size: str | None,
+           recipe: str, per_layer: bool) -> None:
+    """Print BitOPs and size of a timm model at uniform bit-widths (first/last at the recipe's bits)."""
+    from mpqfx.cli.tables import print_cost_report
+    from mpqfx.models import create_model
+    from mpqfx.prepare import default_example_input, prepare
+    from mpqfx.quant.policy import Policy
+    from mpqfx.recipe import Recipe
+
+    w, a = wbits or bits or 4, abits or bits or 4
+    recipe_obj = Recipe.load(recipe)
+    model = create_model(model_name)
+    example = parse_input_size(input_size, default_example_input(model, recipe_obj))
+    net = prepare(model, recipe_obj, example_input=example, inplace=True)
+    print_cost_report(net, Policy.uniform(net, w, a), title=f"{model_name} at W{w}/A{a}, input {list(example.shape[1:])}",
+                      per_layer=per_layer)
+
+
+def main() -> None:
+    cli(prog_name="mpqfx")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,32 @@
+"""Rich tables printed by the CLI."""
+
+from __future__ import annotations
+
+from rich.console import Console
+from rich.table import Table
+
+from mpqfx.cost.report import bitops
+from mpqfx.quant.policy import Policy
+
+
+def _bits(value: int | None) -> str:
+    return "fp32" if value is None else str(value)
+
+
+def print_cost_report(net, policy: Policy, title: str, per_layer: bool = True, console: Console | None = None) -> None:
+    """Per-layer BitOPs table (optional) and the totals of ``policy`` on ``net``."""
+    console = console or Console()
+    report = bitops(net, policy)
+    if per_layer:
+        table = Table(title=title, show_lines=False)
+        for col, justify in (("layer", "left"), ("kind", "left"), ("MACs (M)", "right"), ("W", "right"),
+                             ("A", "right"), ("BitOPs (G)", "right")):
+            table.add_column(col, justify=justify)
+        for row in report.layers:
+            table.add_row(row.name, row.kind, f"{row.macs / 1e6:.2f}", _bits(row.bits.w), _bits(row.bits.a),
+                          f"{row.bitops / 1e9:.3f}")
+        console.print(table)
+    else:
+        console.print(title)
+    console.print(f"total: {report.macs / 1e9:.3f} GMACs, {report.total / 1e9:.2f} GBitOPs, "
+                  f"size {report.size_bits / 8 / 1e6:.2f} MB ({report.compression:.1f}x smaller than float32)")

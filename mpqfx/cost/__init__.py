@@ -1,0 +1,1 @@
+"""BitOPs and model size."""

@@ -1,0 +1,35 @@
+"""Error types raised for bad user input; the CLI prints their message as one line."""
+
+from __future__ import annotations
+
+
+class MpqfxError(Exception):
+    """Base class of every error mpqfx raises on purpose for bad input."""
+
+
+class RecipeError(MpqfxError, ValueError):
+    """A recipe has fields of the wrong type or range; the message lists every problem."""
+
+    def __init__(self, problems: list[str], source: str = "recipe"):
+        self.problems = list(problems)
+        self.source = source
+        super().__init__(f"{source}: " + "; ".join(self.problems))
+
+
+class PolicyError(MpqfxError, ValueError):
+    """A policy names an unknown layer or a bit-width the layer does not allow."""
+
+
+class UnknownModelError(MpqfxError, ValueError):
+    """A timm model name that timm does not know."""
+
+
+class UntraceableModelError(MpqfxError):
+    """torch.fx could not trace the model; the message names the module and the recipe key that fixes it."""
+
+
+class UnknownNameError(MpqfxError, KeyError):
+    """A registry lookup (strategy, search backend, ...) with a name nobody registered."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0])

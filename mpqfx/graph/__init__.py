@@ -1,0 +1,1 @@
+"""Graph passes: trace, annotate, layer graph, rewrite."""

@@ -1,0 +1,66 @@
+"""The rewrite pass: conv/linear layers become weight-shared multi-bit layers and the BatchNorms
+right after quantized convs become Transitional BatchNorms.
+
+Layers at traced call sites are swapped in the GraphModule; layers inside untraceable leaf
+modules are swapped inside the leaf, so they are quantized too (``LayerInfo.traced=False``).
+"""
+
+from __future__ import annotations
+
+import itertools
+from typing import Sequence
+
+import networkx as nx
+import torch.fx as fx
+from timm.layers import BatchNormAct2d, Conv2dSame
+from torch import nn
+
+from mpqfx.graph.layer_graph import previous_layer
+from mpqfx.graph.layer_info import LayerInfo
+from mpqfx.quant.layers import MultiBitConv2d, MultiBitLinear
+from mpqfx.quant.transitional_bn import TransitionalBatchNorm, switch_key, transition_key
+from mpqfx.recipe import BnMode
+
+BN_TYPES = (nn.BatchNorm2d, BatchNormAct2d)
+
+
+def _set_submodule(root: nn.Module, name: str, new: nn.Module) -> None:
+    parent, _, child = name.rpartition(".")
+    setattr(root.get_submodule(parent) if parent else root, child, new)
+
+
+def _multibit(module: nn.Module, info: LayerInfo) -> nn.Module:
+    if isinstance(module, nn.Linear):
+        return MultiBitLinear.from_float(module, info.w_bits, info.a_bits, info.a_signed)
+    return MultiBitConv2d.from_float(module, info.w_bits, info.a_bits, info.a_signed,
+                                     same_pad=type(module) is Conv2dSame)
+
+
+def _bn_keys(mode: BnMode, info: LayerInfo, prev: LayerInfo | None) -> list[str]:
+    if mode is BnMode.SWITCHABLE:
+        return [switch_key(w, a) for w, a in itertools.product(info.w_bits, info.a_bits)]
+    prev_bits = [None] if prev is None else prev.w_bits
+    return [transition_key(p, w) for p, w in itertools.product(prev_bits, info.w_bits)]
+
+
+def rewrite(gm: fx.GraphModule, layers: Sequence[LayerInfo], nodes: dict[str, fx.Node],
+            layer_graph: nx.DiGraph, bn_mode: BnMode) -> fx.GraphModule:
+    """Swap every layer in ``layers`` for its multi-bit version and specialise following BNs."""
+    by_name = {l.name: l for l in layers}
+    bn_matches: list[tuple[str, LayerInfo]] = []
+    if bn_mode is not BnMode.SHARED:
+        for node in gm.graph.nodes:
+            src = node.args[0] if node.op == "call_module" and node.args else None
+            if (isinstance(src, fx.Node) and src.op == "call_module" and src.target in nodes
+                    and type(gm.get_submodule(node.target)) in BN_TYPES):
+                bn_matches.append((node.target, by_name[src.target]))
+
+    for info in layers:
+        _set_submodule(gm, info.name, _multibit(gm.get_submodule(info.name), info))
+    for bn_name, info in bn_matches:
+        prev = previous_layer(layer_graph, info.name)
+        keys = _bn_keys(bn_mode, info, by_name.get(prev) if prev else None)
+        _set_submodule(gm, bn_name, TransitionalBatchNorm(gm.get_submodule(bn_name), bn_mode, keys, info.name, prev))
+    gm.graph.lint()
+    gm.recompile()
+    return gm

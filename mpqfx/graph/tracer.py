@@ -1,0 +1,70 @@
+"""Symbolic tracing of timm models with torch.fx.
+
+Leaves: conv/linear layers (so that each call site stays one ``call_module`` node), timm's
+registered no-trace modules, and modules named in the recipe's ``graph.leaf_modules``
+(qualified-name patterns or class names). timm's no-trace functions are autowrapped.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from typing import Any, Callable, Sequence
+
+import torch.fx as fx
+from timm.layers import get_notrace_functions, get_notrace_modules
+from torch import nn
+
+from mpqfx.errors import UntraceableModelError
+
+QUANTIZABLE_BASES = (nn.Conv2d, nn.Linear)
+
+
+def is_leaf_by_recipe(module: nn.Module, qualname: str, patterns: Sequence[str]) -> bool:
+    cls_name = type(module).__name__
+    return any(p == cls_name or fnmatch.fnmatchcase(qualname, p) for p in patterns)
+
+
+class MpqfxTracer(fx.Tracer):
+    """A ``torch.fx.Tracer`` that knows timm's leaves and records where tracing failed."""
+
+    def __init__(self, leaf_modules: Sequence[str] = ()):
+        super().__init__(autowrap_functions=tuple(get_notrace_functions()))
+        self.timm_leaves = tuple(get_notrace_modules())
+        self.leaf_patterns = tuple(leaf_modules)
+        self.failed_in: tuple[str, str] | None = None  # (qualified name, class name) of the innermost failing module
+
+    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
+        if isinstance(m, QUANTIZABLE_BASES) or isinstance(m, self.timm_leaves):
+            return True
+        if is_leaf_by_recipe(m, module_qualified_name, self.leaf_patterns):
+            return True
+        return super().is_leaf_module(m, module_qualified_name)
+
+    def call_module(self, m: nn.Module, forward: Callable[..., Any], args: tuple, kwargs: dict) -> Any:
+        try:
+            return super().call_module(m, forward, args, kwargs)
+        except Exception:
+            if self.failed_in is None:
+                self.failed_in = (self.path_of_module(m), type(m).__name__)
+            raise
+
+
+def trace(model: nn.Module, leaf_modules: Sequence[str] = ()) -> fx.GraphModule:
+    """Trace ``model`` into a GraphModule; raise UntraceableModelError naming the failing module."""
+    tracer = MpqfxTracer(leaf_modules)
+    try:
+        graph = tracer.trace(model)
+    except Exception as exc:
+        reason = " ".join(str(exc).split())[:300] or type(exc).__name__
+        model_name = type(model).__name__
+        if tracer.failed_in is None or tracer.failed_in[0] == "":
+            raise UntraceableModelError(
+                f"cannot trace {model_name}.forward itself ({type(exc).__name__}: {reason}); "
+                "graph.leaf_modules cannot help for the root module: move the dynamic part into a "
+                "submodule and name that submodule in the recipe's graph.leaf_modules") from exc
+        where, cls_name = tracer.failed_in
+        raise UntraceableModelError(
+            f"cannot trace module {where!r} ({cls_name}) of {model_name}: {type(exc).__name__}: {reason}. "
+            f"Keep it opaque by adding it to the recipe's graph.leaf_modules, e.g. "
+            f"leaf_modules: [{where!r}] or [{cls_name!r}]") from exc
+    return fx.GraphModule(tracer.root, graph, class_name=type(model).__name__)

@@ -1,0 +1,1 @@
+"""Quantizers, multi-bit layers, Transitional BN and policies."""

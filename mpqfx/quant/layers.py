@@ -1,0 +1,98 @@
+"""Weight-shared multi-bit conv and linear layers: one latent float weight, one LSQ step per bit."""
+
+from __future__ import annotations
+
+from typing import NamedTuple, Sequence
+
+import torch
+import torch.nn.functional as F
+from timm.layers.padding import pad_same
+from torch import nn
+
+from mpqfx.quant.lsq import MultiBitLSQ
+
+
+class LayerBits(NamedTuple):
+    """Bit-widths of one layer: weights and input activations; ``None`` means float."""
+
+    w: int | None
+    a: int | None
+
+
+FLOAT_BITS = LayerBits(None, None)
+
+
+class MultiBitMixin:
+    """Shared behaviour of MultiBitConv2d and MultiBitLinear (used through ``set_bits``)."""
+
+    weight: nn.Parameter
+    weight_quant: MultiBitLSQ
+    act_quant: MultiBitLSQ
+    active: LayerBits
+
+    def _init_quantizers(self, w_bits: Sequence[int], a_bits: Sequence[int], a_signed: bool) -> None:
+        self.weight_quant = MultiBitLSQ(w_bits, signed=True, per_sample=False)
+        self.act_quant = MultiBitLSQ(a_bits, signed=a_signed, per_sample=True)
+        self.active = FLOAT_BITS
+
+    def set_bits(self, bits: LayerBits) -> None:
+        """Select the weight / activation bit-width used by the next forward (None: float)."""
+        for value, allowed, what in ((bits.w, self.weight_quant.bits, "weight"), (bits.a, self.act_quant.bits, "activation")):
+            if value is not None and value not in allowed:
+                raise ValueError(f"{what} bit-width {value} not in {list(allowed)}")
+        self.active = LayerBits(*bits)
+
+    def quantized_weight(self) -> torch.Tensor:
+        return self.weight_quant(self.weight, self.active.w)
+
+
+def _empty_like(module: nn.Module, cls: type, **kwargs) -> nn.Module:
+    """An instance of ``cls`` with ``module``'s hyper-parameters, sharing its Parameters."""
+    new = cls(**kwargs, bias=module.bias is not None, device="meta")
+    new.weight = module.weight
+    new.bias = module.bias
+    new.train(module.training)
+    return new
+
+
+class MultiBitConv2d(MultiBitMixin, nn.Conv2d):
+    """An ``nn.Conv2d`` whose weight and input are fake-quantized at the active bit-widths.
+
+    ``same_pad`` reproduces timm's ``Conv2dSame`` (TF "SAME" padding computed per input).
+    """
+
+    @classmethod
+    def from_float(cls, conv: nn.Conv2d, w_bits: Sequence[int], a_bits: Sequence[int],
+                   a_signed: bool, same_pad: bool = False) -> "MultiBitConv2d":
+        new = _empty_like(conv, cls, in_channels=conv.in_channels, out_channels=conv.out_channels,
+                          kernel_size=conv.kernel_size, stride=conv.stride, padding=conv.padding,
+                          dilation=conv.dilation, groups=conv.groups, padding_mode=conv.padding_mode)
+        new.same_pad = same_pad
+        new._init_quantizers(w_bits, a_bits, a_signed)
+        return new
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.act_quant(x, self.active.a)
+        if self.same_pad:
+            x = pad_same(x, self.kernel_size, self.stride, self.dilation)
+        return self._conv_forward(x, self.quantized_weight(), self.bias)
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + (", same_pad=True" if self.same_pad else "")
+
+
+class MultiBitLinear(MultiBitMixin, nn.Linear):
+    """An ``nn.Linear`` whose weight and input are fake-quantized at the active bit-widths."""
+
+    @classmethod
+    def from_float(cls, linear: nn.Linear, w_bits: Sequence[int], a_bits: Sequence[int],
+                   a_signed: bool) -> "MultiBitLinear":
+        new = _empty_like(linear, cls, in_features=linear.in_features, out_features=linear.out_features)
+        new._init_quantizers(w_bits, a_bits, a_signed)
+        return new
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(self.act_quant(x, self.active.a), self.quantized_weight(), self.bias)
+
+
+MULTIBIT_TYPES = (MultiBitConv2d, MultiBitLinear)

@@ -1,0 +1,105 @@
+"""The Supernet: a traced, rewritten model whose every layer can run at any allowed bit-width."""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Any, Iterator, Sequence
+
+import networkx as nx
+import torch.fx as fx
+from torch import nn
+
+from mpqfx.graph.layer_graph import previous_layer
+from mpqfx.graph.layer_info import LayerInfo, SkippedLayer
+from mpqfx.quant.layers import MultiBitMixin
+from mpqfx.quant.policy import Policy
+from mpqfx.quant.transitional_bn import TransitionalBatchNorm
+from mpqfx.recipe import Recipe
+
+
+class Supernet(nn.Module):
+    """A thin wrapper around the rewritten ``torch.fx.GraphModule`` (``.graph_module``).
+
+    Built by :func:`mpqfx.prepare`. ``layers`` lists every quantized layer in execution order;
+    ``set_policy`` picks the bit-widths the next forward uses (bypass: the float model).
+
+    Example:
+        >>> net = mpqfx.prepare(timm.create_model("test_resnet"), example_input=torch.randn(1, 3, 32, 32))
+        >>> net.set_policy(mpqfx.Policy.sample(net, rng=0))
+        >>> logits = net(torch.randn(2, 3, 32, 32))
+    """
+
+    def __init__(self, graph_module: fx.GraphModule, layers: Sequence[LayerInfo], skipped: Sequence[SkippedLayer],
+                 layer_graph: nx.DiGraph, recipe: Recipe, input_size: Sequence[int], float_params: int):
+        super().__init__()
+        self.graph_module = graph_module
+        self.layers: tuple[LayerInfo, ...] = tuple(layers)
+        self.skipped: tuple[SkippedLayer, ...] = tuple(skipped)
+        self.layer_graph = layer_graph
+        self.recipe = recipe
+        self.input_size = tuple(input_size)
+        self.float_params = float_params  # parameters of the original model outside quantized weights
+        self._modules_by_layer: dict[str, MultiBitMixin] = {l.name: graph_module.get_submodule(l.name) for l in layers}
+        self._bns = [m for m in graph_module.modules() if isinstance(m, TransitionalBatchNorm)]
+        self._prev = {bn.layer: previous_layer(layer_graph, bn.layer) for bn in self._bns}
+        self._max_w = {l.name: max(l.w_bits) for l in layers}
+        self._policy = Policy.bypass(self.layers)
+        self.set_policy(self._policy)
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        return self.graph_module(*args, **kwargs)
+
+    # -- layers --------------------------------------------------------------------------------
+    def layer(self, name: str) -> LayerInfo:
+        for info in self.layers:
+            if info.name == name:
+                return info
+        raise KeyError(name)
+
+    def layer_modules(self) -> dict[str, MultiBitMixin]:
+        """Layer name -> its multi-bit conv/linear module."""
+        return dict(self._modules_by_layer)
+
+    def transitional_bns(self) -> list[TransitionalBatchNorm]:
+        return list(self._bns)
+
+    def coverage(self) -> float:
+        """Fraction of the model's conv/linear weight parameters that are quantized."""
+        quantized = sum(l.params for l in self.layers)
+        return quantized / max(quantized + sum(s.params for s in self.skipped), 1)
+
+    # -- policies ------------------------------------------------------------------------------
+    @property
+    def policy(self) -> Policy:
+        return self._policy
+
+    def set_policy(self, policy: Policy) -> None:
+        """Run every layer at the bit-widths of ``policy`` (validated against each layer's allowed bits)."""
+        policy.validate(self.layers)
+        for name, module in self._modules_by_layer.items():
+            module.set_bits(policy[name])
+        for bn in self._bns:
+            prev = self._prev[bn.layer]
+            bn.select(bn.key_for(policy[bn.layer], policy[prev] if prev else None,
+                                 self._max_w[prev] if prev else None))
+        self._policy = policy
+
+    @contextmanager
+    def use_policy(self, policy: Policy) -> Iterator["Supernet"]:
+        """Temporarily run at ``policy``; the previous policy comes back on exit."""
+        previous = self._policy
+        self.set_policy(policy)
+        try:
+            yield self
+        finally:
+            self.set_policy(previous)
+
+    def describe(self) -> str:
+        """A few lines: layers (traced/untraced), skipped weights with reasons, coverage, BN sets."""
+        untraced = [l.name for l in self.layers if not l.traced]
+        lines = [f"{len(self.layers)} quantized layers ({len(untraced)} inside untraced leaf modules), "
+                 f"coverage {self.coverage():.2%} of conv/linear weights, "
+                 f"{len(self._bns)} {self.recipe.quant.bn.value} BatchNorms"]
+        lines += [f"  float: {s.name} ({s.module_type}, {s.params} params): {s.reason}" for s in self.skipped]
+        lines += [f"  untraced: {name}" for name in untraced]
+        return "\n".join(lines)

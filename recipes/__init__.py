@@ -1,0 +1,1 @@
+"""Shipped recipes (YAML); load them with ``mpqfx.Recipe.load(name)``."""
