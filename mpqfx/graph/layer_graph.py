@@ -7,6 +7,7 @@ longest chain of quantized layers from the input (ties: the one executed last). 
 or MobileNet block that is the last conv of the residual branch, not the shortcut's source or
 its 1x1 downsample conv.
 
+A module called at several sites is one layer (one policy entry); its self-edges are dropped.
 Layers inside an untraceable leaf module are chained in execution order; the leaf's inputs
 feed its first quantized layer and its last one feeds whatever consumes the leaf.
 """
@@ -37,7 +38,7 @@ def build_layer_graph(gm: fx.GraphModule, layers: Sequence[LayerInfo]) -> nx.DiG
     for node in gm.graph.nodes:
         incoming = frozenset().union(*(frontier.get(a, frozenset()) for a in node.all_input_nodes))
         if node.op == "call_module" and node.target in traced:
-            graph.add_edges_from((p, node.target) for p in incoming)
+            graph.add_edges_from((p, node.target) for p in incoming if p != node.target)
             frontier[node] = frozenset({node.target})
         elif node.op == "call_module" and node.target in inside:
             chain = inside[node.target]

@@ -1,0 +1,54 @@
+"""Shared fixtures: small models and hand-built toy networks (no downloads: pretrained=False)."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import pytest
+import timm
+import torch
+from torch import nn
+
+import mpqfx
+
+
+class ToyNet(nn.Module):
+    """conv3x3 (first) -> BN/ReLU -> depthwise 3x3 -> BN/ReLU -> 1x1 -> BN -> residual add -> pool -> linear (last)."""
+
+    def __init__(self, num_classes: int = 10):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, padding=1, bias=False)
+        self.bn0 = nn.BatchNorm2d(8)
+        self.dw = nn.Conv2d(8, 8, 3, padding=1, groups=8, bias=False)
+        self.bn1 = nn.BatchNorm2d(8)
+        self.pw = nn.Conv2d(8, 8, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(8)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(8, num_classes)
+
+    def forward(self, x):
+        x = torch.relu(self.bn0(self.stem(x)))
+        y = torch.relu(self.bn1(self.dw(x)))
+        y = self.bn2(self.pw(y))
+        x = x + y
+        return self.fc(torch.flatten(self.pool(x), 1))
+
+
+@pytest.fixture
+def toy_net() -> ToyNet:
+    torch.manual_seed(0)
+    return ToyNet().eval()
+
+
+@pytest.fixture
+def toy_input() -> torch.Tensor:
+    return torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(1))
+
+
+@pytest.fixture(scope="session")
+def resnet_supernet() -> mpqfx.Supernet:
+    """A small timm ResNet rewritten once per session (tests must not change its policy for good)."""
+    torch.manual_seed(0)
+    return mpqfx.prepare(timm.create_model("test_resnet"), example_input=torch.randn(1, 3, 32, 32)).eval()

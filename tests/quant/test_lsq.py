@@ -1,0 +1,118 @@
+"""LSQ forward/backward against straightforward references, and the multi-bit quantizer."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from mpqfx.quant.lsq import MultiBitLSQ, int_range, lsq_quantize, mse_init_step
+
+
+def reference_lsq(x, step, qmin, qmax, g):
+    """LSQ written the textbook way: gradient-scaled step, clip, round with a straight-through estimator."""
+    s = (step - step * g).detach() + step * g
+    v = torch.clamp(x / s, qmin, qmax)
+    v = (v.round() - v).detach() + v
+    return v * s
+
+
+def analytic_step_grad(x, step, qmin, qmax, g, upstream):
+    """LSQ paper Eq. 3: d x_hat / d s = round(x/s) - x/s inside, qmin / qmax outside; times g."""
+    v = x / step
+    inside = (v > qmin) & (v < qmax)
+    local = torch.where(inside, v.round() - v, torch.where(v <= qmin, torch.tensor(float(qmin)), torch.tensor(float(qmax))))
+    return (upstream * local).sum() * g
+
+
+@pytest.mark.parametrize("bits,signed", [(2, True), (3, False), (4, True), (6, False), (8, True)])
+def test_forward_and_gradients_equal_reference(bits, signed):
+    gen = torch.Generator().manual_seed(bits)
+    x = torch.randn(4, 5, 6, 7, generator=gen) * 2
+    upstream = torch.randn(x.shape, generator=gen)
+    qmin, qmax = int_range(bits, signed)
+    g = 1 / math.sqrt(x[0].numel() * qmax)
+
+    x1 = x.clone().requires_grad_()
+    s1 = torch.tensor(0.3, requires_grad=True)
+    out1 = lsq_quantize(x1, s1, qmin, qmax, g)
+    out1.backward(upstream)
+
+    x2 = x.clone().requires_grad_()
+    s2 = torch.tensor(0.3, requires_grad=True)
+    out2 = reference_lsq(x2, s2, qmin, qmax, g)
+    out2.backward(upstream)
+
+    # the reference's (s - s*g).detach() + s*g trick perturbs s by an ulp, hence the tolerances
+    torch.testing.assert_close(out1, out2, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(x1.grad, x2.grad, rtol=1e-6, atol=1e-6)
+    assert s1.grad == pytest.approx(s2.grad.item(), rel=1e-5, abs=1e-7)
+    assert s1.grad == pytest.approx(analytic_step_grad(x, torch.tensor(0.3), qmin, qmax, g, upstream).item(), rel=1e-5)
+
+
+def test_output_is_on_the_integer_grid_and_clipped():
+    x = torch.linspace(-5, 5, 101)
+    out = lsq_quantize(x, torch.tensor(0.5), -4, 3, 1.0)
+    ints = out / 0.5
+    assert torch.equal(ints, ints.round())
+    assert ints.min() == -4 and ints.max() == 3
+
+
+def test_int_ranges():
+    assert int_range(4, signed=True) == (-8, 7)
+    assert int_range(4, signed=False) == (0, 15)
+    assert int_range(2, signed=True) == (-2, 1)
+
+
+def test_mse_init_beats_lsq_statistic_at_high_bits():
+    w = torch.randn(64, 64, 3, 3, generator=torch.Generator().manual_seed(0))
+    for bits in (2, 4, 8):
+        qmin, qmax = int_range(bits, True)
+        s_mse = mse_init_step(w, qmin, qmax)
+        s_lsq = 2 * w.abs().mean() / math.sqrt(qmax)
+        err = lambda s: ((w / s).clamp(qmin, qmax).round() * s - w).norm()
+        assert err(s_mse) <= err(s_lsq) * 1.001
+
+
+def test_multibit_quantizer_initialises_each_bit_lazily_and_keeps_steps_apart():
+    quant = MultiBitLSQ((2, 4), signed=False, per_sample=True)
+    x = torch.rand(8, 3, 4, 4)
+    assert not quant.initialized.any()
+    quant(x, 4)
+    assert quant.initialized.tolist() == [False, True]
+    assert quant.step(4).item() == pytest.approx(mse_init_step(x, 0, 15).item())
+    before = quant.step(4).item()
+    quant(x * 10, 4)  # already initialised: not re-fitted
+    assert quant.step(4).item() == before
+    quant(x, 2)
+    assert quant.initialized.all() and quant.step(2).item() != quant.step(4).item()
+    assert quant(x, None) is x
+
+
+def test_only_the_active_bit_step_gets_a_gradient():
+    quant = MultiBitLSQ((2, 3, 4), signed=True, per_sample=False)
+    w = torch.randn(16, 8, requires_grad=True)
+    quant(w, 3).sum().backward()
+    assert quant.step(3).grad is not None
+    assert quant.step(2).grad is None and quant.step(4).grad is None
+
+
+def test_gradient_scale_counts_per_sample_features_for_activations():
+    x = torch.rand(5, 3, 4, 4) * 3
+    act = MultiBitLSQ((4,), signed=False, per_sample=True)
+    act(x, 4)  # initialise
+    act.step(4).grad = None
+    act(x, 4).sum().backward()
+    g = 1 / math.sqrt(3 * 4 * 4 * 15)
+    expected = analytic_step_grad(x, act.step(4).detach(), 0, 15, g, torch.ones_like(x))
+    assert act.step(4).grad.item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+def test_initialised_flags_survive_state_dict_round_trip():
+    a = MultiBitLSQ((2, 4), signed=True, per_sample=False)
+    a(torch.randn(10, 10), 2)
+    b = MultiBitLSQ((2, 4), signed=True, per_sample=False)
+    b.load_state_dict(a.state_dict())
+    b(torch.randn(10, 10) * 100, 2)  # must not re-initialise
+    assert b.step(2).item() == a.step(2).item()

@@ -1,0 +1,74 @@
+"""Recipes: shipped ones validate, bad fields are all reported at once."""
+
+from __future__ import annotations
+
+import pytest
+
+from mpqfx import Recipe, RecipeError
+from mpqfx.recipe import BnMode, shipped_recipes
+
+
+@pytest.mark.parametrize("name", sorted(shipped_recipes()))
+def test_every_shipped_recipe_validates_and_round_trips(name):
+    recipe = Recipe.load(name)
+    assert recipe.name == name
+    assert Recipe.from_yaml(recipe.to_yaml()) == recipe
+
+
+def test_defaults():
+    r = Recipe.load("default")
+    assert r.quant.w_bits == r.quant.a_bits == (2, 3, 4, 5, 6)
+    assert r.quant.first_last_bits == 8 and r.quant.depthwise_exclude == (2,)
+    assert r.quant.bn is BnMode.TRANSITIONAL
+
+
+def test_every_problem_is_reported_in_one_error():
+    text = """
+quant:
+  w_bits: []
+  a_bits: [2, 9]
+  first_last_bits: 0
+  bn: magic
+  wbits: [4]
+graph:
+  input_size: [3, 32]
+"""
+    with pytest.raises(RecipeError) as info:
+        Recipe.from_yaml(text, "bad.yaml")
+    problems = info.value.problems
+    joined = " | ".join(problems)
+    assert "quant.w_bits: must not be empty" in joined
+    assert "quant.a_bits: bit-widths [9] out of range (allowed: 1..8)" in joined
+    assert "quant.first_last_bits: 0 out of range" in joined
+    assert "quant.bn: 'magic' is not allowed; expected one of 'transitional', 'switchable', 'shared'" in joined
+    assert "quant.wbits: unknown field" in joined
+    assert "graph.input_size: expected [C, H, W]" in joined
+    assert str(info.value).startswith("bad.yaml: ")
+
+
+@pytest.mark.parametrize("text,match", [
+    ("quant: {w_bits: 4}", r"quant.w_bits: expected a list of int, got 4"),
+    ("quant: {overrides: [{pattern: 'a*'}]}", r"quant.overrides\[0\].needs w_bits or a_bits"),
+    ("quant: {overrides: [{pattern: 'a*', w_bits: [0]}]}", r"overrides\[0\].w_bits: bit-widths \[0\] out of range"),
+    ("name: [1]", "name: expected str"),
+    ("- 1", "expected a mapping"),
+    ("quant: {w_bits: [4, 4]}", "repeated bit-widths"),
+    ("quant: {w_bits: [2], depthwise_exclude: [2]}", "removes every weight bit-width"),
+])
+def test_bad_fields(text, match):
+    with pytest.raises(RecipeError, match=match):
+        Recipe.from_yaml(text)
+
+
+def test_unknown_recipe_name_lists_shipped(tmp_path):
+    with pytest.raises(RecipeError, match=r"no shipped recipe named 'nope' \(shipped: .*default"):
+        Recipe.load("nope")
+    with pytest.raises(RecipeError, match="cannot read"):
+        Recipe.load(tmp_path / "missing.yaml")
+
+
+def test_recipe_from_file(tmp_path):
+    path = tmp_path / "mine.yaml"
+    path.write_text("name: mine\nquant: {w_bits: [4, 8], a_bits: [8], bn: shared}\n")
+    r = Recipe.load(path)
+    assert r.quant.w_bits == (4, 8) and r.quant.bn is BnMode.SHARED
