@@ -56,7 +56,12 @@ def rewrite(gm: fx.GraphModule, layers: Sequence[LayerInfo], nodes: dict[str, fx
                 bn_matches.append((node.target, by_name[src.target]))
 
     for info in layers:
-        _set_submodule(gm, info.name, _multibit(gm.get_submodule(info.name), info))
+        module = _multibit(gm.get_submodule(info.name), info)
+        if info.name in nodes and nodes[info.name].args[0].op == "placeholder":
+            # The quantizer of the raw network input is calibrated on the first batch and kept
+            # fixed: learning it would cost the first conv a full input-gradient pass.
+            module.act_quant.steps.requires_grad_(False)
+        _set_submodule(gm, info.name, module)
     for bn_name, info in bn_matches:
         prev = previous_layer(layer_graph, info.name)
         keys = _bn_keys(bn_mode, info, by_name.get(prev) if prev else None)

@@ -22,38 +22,46 @@ def int_range(bits: int, signed: bool) -> tuple[int, int]:
 class _LSQFunction(torch.autograd.Function):
     """round(clip(x/s, qmin, qmax)) * s with LSQ's straight-through gradients.
 
-    Hand-written backward: it uses two fused kernels (hardtanh_backward and dot) instead of the
-    half-dozen mask/where passes an autograd composition costs, which matters on CPU.
+    Hand-written for speed on CPU, where quantizing 11M weights per step otherwise costs a third
+    of a ResNet18 step: the output is built in place from one allocation, only ``x`` and the
+    output are saved, and the backward is one fused mask kernel (hardtanh_backward) plus two dot
+    products. On CPU the step is also used as a Python float (in-place ops by a 0-dim tensor
+    take a slow path there); on accelerators it stays a tensor, so nothing syncs with the host.
     """
 
     @staticmethod
     def forward(ctx, x, step, qmin: int, qmax: int, grad_scale: float):  # type: ignore[override]
-        scaled = x / step
-        q = scaled.clamp(qmin, qmax).round_()
-        ctx.save_for_backward(scaled, q)
-        ctx.bounds = (qmin, qmax, grad_scale)
-        return q * step
+        step = step.clamp(min=STEP_EPS)
+        s = float(step) if x.device.type == "cpu" else step
+        out = torch.div(x, step).clamp_(qmin, qmax).round_().mul_(s)
+        ctx.save_for_backward(x, step, out)
+        ctx.consts = (qmin, qmax, grad_scale, s)
+        return out
 
     @staticmethod
     def backward(ctx, grad):  # type: ignore[override]
-        scaled, q = ctx.saved_tensors
-        qmin, qmax, grad_scale = ctx.bounds
+        x, step, out = ctx.saved_tensors
+        qmin, qmax, grad_scale, s = ctx.consts
         # d x_hat / d x = 1 where qmin < x/s < qmax, else 0 (STE through round, LSQ Eq. 5)
-        grad_x = torch.ops.aten.hardtanh_backward(grad, scaled, qmin, qmax)
+        if isinstance(s, float):  # compare x against the scaled bounds: no x/s pass
+            grad_x = torch.ops.aten.hardtanh_backward(grad, x, qmin * s, qmax * s)
+        else:
+            grad_x = torch.ops.aten.hardtanh_backward(grad, x / step, qmin, qmax)
         grad_step = None
         if ctx.needs_input_grad[1]:
-            # d x_hat / d s = round(x/s) - x/s inside the range, qmin/qmax outside (LSQ Eq. 3)
-            flat_grad, flat_gx = grad.reshape(-1), grad_x.reshape(-1)
-            grad_step = (torch.dot(flat_grad, q.reshape(-1)) - torch.dot(flat_gx, scaled.reshape(-1))) * grad_scale
+            # d x_hat / d s = round(x/s) - x/s inside the range, qmin/qmax outside (LSQ Eq. 3):
+            # sum(grad * q) - sum(grad_x * x/s) = (<grad, out> - <grad_x, x>) / s
+            diff = torch.dot(grad.reshape(-1), out.reshape(-1)) - torch.dot(grad_x.reshape(-1), x.reshape(-1))
+            grad_step = diff * (grad_scale / s)
         return grad_x if ctx.needs_input_grad[0] else None, grad_step, None, None, None
 
 
 def lsq_quantize(x: torch.Tensor, step: torch.Tensor, qmin: int, qmax: int, grad_scale: float) -> torch.Tensor:
-    """Fake-quantize ``x`` with step ``step`` (0-dim) to integers in [qmin, qmax].
+    """Fake-quantize ``x`` with step ``step`` (0-dim, clamped to >= 1e-8) to integers in [qmin, qmax].
 
     The step's gradient is multiplied by ``grad_scale`` (LSQ uses 1/sqrt(numel * qmax)).
     """
-    return _LSQFunction.apply(x, step.clamp(min=STEP_EPS), qmin, qmax, grad_scale)
+    return _LSQFunction.apply(x, step, qmin, qmax, grad_scale)
 
 
 def mse_init_step(x: torch.Tensor, qmin: int, qmax: int, points: int = 32, sample: int = 1 << 16) -> torch.Tensor:

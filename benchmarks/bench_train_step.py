@@ -1,0 +1,62 @@
+"""One training step (forward + backward + SGD step) of the supernet under a fixed sampled policy,
+as a ratio to the float model's step; goal <= 1.3x (batch 64, 32x32, CPU).
+
+Float and supernet steps alternate; the ratio is the median of the per-pair ratios, so that
+machine drift (this 2-core box varies +-15% between runs) cancels out.
+Usage: python benchmarks/bench_train_step.py [model ...]
+"""
+
+from __future__ import annotations
+
+import statistics
+import sys
+import time
+
+import timm
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, __file__.rsplit("/", 1)[0])
+import mpqfx  # noqa: E402
+from _machine import header  # noqa: E402
+
+MODELS = sys.argv[1:] or ["efficientnet_lite0", "resnet18"]
+BATCH, SIZE, STEPS, WARMUP = 64, 32, 20, 3
+
+
+def make_step(model):
+    opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
+
+    def step(x, y):
+        opt.zero_grad(set_to_none=True)
+        F.cross_entropy(model(x), y).backward()
+        opt.step()
+    return step
+
+
+def main() -> None:
+    print(header(f"training step, batch {BATCH}, {SIZE}x{SIZE}, fixed sampled policy"))
+    print("| model | float step (ms) | supernet step (ms) | ratio |\n|---|---:|---:|---:|")
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(BATCH, 3, SIZE, SIZE, generator=gen)
+    y = torch.randint(0, 10, (BATCH,), generator=gen)
+    for name in MODELS:
+        torch.manual_seed(0)
+        float_model = timm.create_model(name, num_classes=10).train()
+        net = mpqfx.prepare(float_model, example_input=x[:2]).train()
+        net.set_policy(mpqfx.Policy.sample(net, 0))
+        steps = {"float": make_step(float_model), "supernet": make_step(net)}
+        times = {k: [] for k in steps}
+        for i in range(WARMUP + STEPS):
+            for kind, step in steps.items():
+                t0 = time.perf_counter()
+                step(x, y)
+                if i >= WARMUP:
+                    times[kind].append(time.perf_counter() - t0)
+        ratio = statistics.median(s / f for f, s in zip(times["float"], times["supernet"]))
+        f, s = statistics.median(times["float"]), statistics.median(times["supernet"])
+        print(f"| {name} | {f * 1e3:.0f} | {s * 1e3:.0f} | {ratio:.2f}x |")
+
+
+if __name__ == "__main__":
+    main()
