@@ -32,6 +32,7 @@ class MultiBitMixin:
 
     def _init_quantizers(self, w_bits: Sequence[int], a_bits: Sequence[int], a_signed: bool) -> None:
         self.weight_quant = MultiBitLSQ(w_bits, signed=True, per_sample=False)
+        self.weight_quant.init_steps(self.weight)
         self.act_quant = MultiBitLSQ(a_bits, signed=a_signed, per_sample=True)
         self.active = FLOAT_BITS
 

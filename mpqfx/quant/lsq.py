@@ -64,29 +64,36 @@ def lsq_quantize(x: torch.Tensor, step: torch.Tensor, qmin: int, qmax: int, grad
     return _LSQFunction.apply(x, step, qmin, qmax, grad_scale)
 
 
-def mse_init_step(x: torch.Tensor, qmin: int, qmax: int, points: int = 32, sample: int = 1 << 16) -> torch.Tensor:
-    """The step that minimises ||Q(x) - x||^2 over a log grid from max|x|/qmax down to 1/64 of it.
+def mse_init_steps(x: torch.Tensor, ranges: Sequence[tuple[int, int]], points: int = 32,
+                   sample: int = 1 << 14) -> torch.Tensor:
+    """For each integer range (qmin, qmax), the step minimising ||Q(x) - x||^2.
 
-    Initialising from this fit instead of LSQ's 2*mean|x|/sqrt(qmax) matters at high bit-widths
-    (8-bit weight error drops ~4x); a strided subsample of at most ``sample`` values keeps it cheap.
-    Three least-squares refinements s = <x, q> / <q, q> follow the grid.
+    A log grid from max|x|/qmax down to 1/64 of it is searched for every range at once, then
+    three least-squares refinements s = <x, q> / <q, q> follow. Fitting to the error instead of
+    LSQ's 2*mean|x|/sqrt(qmax) matters at high bit-widths (8-bit weight error drops ~4x). A
+    strided subsample of at most ``sample`` values keeps it cheap.
     """
     flat = x.detach().flatten().float()
     if flat.numel() > sample:
         flat = flat[:: flat.numel() // sample]
-    top = flat.max() / qmax if qmin == 0 else torch.maximum(flat.max() / qmax, flat.min() / qmin)
-    if not top > 0:
-        return torch.tensor(STEP_EPS * 1e3, device=x.device)
-    candidates = top * torch.logspace(-6, 0, points, base=2.0, device=flat.device)
-    err = ((flat / candidates[:, None]).clamp(qmin, qmax).round() * candidates[:, None] - flat).square().sum(1)
-    step = candidates[err.argmin()]
+    lo = torch.tensor([float(r[0]) for r in ranges], device=flat.device)[:, None]
+    hi = torch.tensor([float(r[1]) for r in ranges], device=flat.device)[:, None]
+    top = flat.max() / hi  # unsigned: only the positive side; signed: the wider side
+    top = torch.where(lo < 0, torch.maximum(top, flat.min() / lo), top).clamp(min=STEP_EPS * 1e3)
+    grid = top * torch.logspace(-6, 0, points, base=2.0, device=flat.device)  # [ranges, points]
+    scaled = (flat / grid[..., None]).clamp(lo[..., None], hi[..., None]).round_()
+    err = (scaled * grid[..., None] - flat).square_().sum(-1)
+    step = grid.gather(1, err.argmin(1, keepdim=True))  # [ranges, 1]
     for _ in range(3):
-        q = (flat / step).clamp(qmin, qmax).round()
-        norm = q.square().sum()
-        if norm == 0:
-            break
-        step = (flat * q).sum() / norm
-    return step.clamp(min=STEP_EPS)
+        q = (flat / step).clamp(lo, hi).round_()
+        norm = q.square().sum(1, keepdim=True)
+        step = torch.where(norm > 0, (flat * q).sum(1, keepdim=True) / norm.clamp(min=1), step)
+    return step.squeeze(1).clamp(min=STEP_EPS)
+
+
+def mse_init_step(x: torch.Tensor, qmin: int, qmax: int) -> torch.Tensor:
+    """``mse_init_steps`` for one integer range (0-dim result)."""
+    return mse_init_steps(x, [(qmin, qmax)])[0]
 
 
 def bit_key(bits: int) -> str:
@@ -97,8 +104,9 @@ class MultiBitLSQ(nn.Module):
     """One learnable LSQ step per candidate bit-width for one tensor (a weight or an input).
 
     ``forward(x, bits)`` quantizes with that bit-width's step; ``bits=None`` passes ``x`` through.
-    Each bit-width's step is initialised on its first use from the tensor it quantizes (the
-    weight, or the first activation batch, averaged over ranks under DDP) by ``mse_init_step``.
+    Steps are fitted by ``mse_init_step``: weight quantizers by ``init_steps(weight)`` when the
+    layer is built, activation quantizers lazily, for each bit-width, from the first batch that
+    bit-width sees (averaged over ranks under DDP).
     ``per_sample``: LSQ's gradient scale counts the features of one sample (activations) rather
     than every element (weights).
     """
@@ -125,6 +133,15 @@ class MultiBitLSQ(nn.Module):
         self.step(bits).copy_(value)
         self.initialized[self.bits.index(bits)] = True
         self._ready.add(bits)
+
+    @torch.no_grad()
+    def init_steps(self, x: torch.Tensor) -> None:
+        """Fit the step of every candidate bit-width to ``x`` at once (weight quantizers, at build time)."""
+        steps = mse_init_steps(x, [int_range(b, self.signed) for b in self.bits])
+        for bits, value in zip(self.bits, steps):
+            self.step(bits).copy_(value)
+        self.initialized.fill_(True)
+        self._ready.update(self.bits)
 
     def forward(self, x: torch.Tensor, bits: int | None) -> torch.Tensor:
         if bits is None:

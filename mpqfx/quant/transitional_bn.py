@@ -14,7 +14,7 @@ output equals the float model's bit for bit. Every set starts as a copy of the o
 from __future__ import annotations
 
 import copy
-from typing import Iterable
+from typing import Iterable, TypeVar
 
 import torch
 from torch import nn
@@ -23,6 +23,24 @@ from mpqfx.quant.layers import LayerBits
 from mpqfx.recipe import BnMode
 
 FLOAT_KEY = "fp"
+M = TypeVar("M", bound=nn.Module)
+
+
+def clone_module(module: M) -> M:
+    """An independent copy of a module whose state is its parameters, buffers and submodules.
+
+    ``copy.deepcopy`` costs ~4x more through its generic machinery, which adds up to half a
+    second for the ~1300 BatchNorm sets of an EfficientNet.
+    """
+    new = copy.copy(module)
+    for key, value in module.__dict__.items():  # hook dicts and the like must not be shared
+        if isinstance(value, (dict, set)):
+            new.__dict__[key] = type(value)(value)
+    new._parameters = {k: None if p is None else nn.Parameter(p.detach().clone(), p.requires_grad)
+                       for k, p in module._parameters.items()}
+    new._buffers = {k: None if b is None else b.clone() for k, b in module._buffers.items()}
+    new._modules = {k: None if m is None else clone_module(m) for k, m in module._modules.items()}
+    return new
 
 
 def transition_key(prev_w: int | None, this_w: int) -> str:
@@ -47,7 +65,7 @@ class TransitionalBatchNorm(nn.Module):
         self.layer = layer
         self.prev_layer = prev_layer
         sets = {FLOAT_KEY: bn}
-        sets.update({k: copy.deepcopy(bn) for k in keys})
+        sets.update({k: clone_module(bn) for k in keys})
         self.sets = nn.ModuleDict(sets)
         self.active = FLOAT_KEY
 
