@@ -30,7 +30,7 @@ ZOO = {
 }
 RECIPE_WITH_8 = Recipe(quant=QuantConfig(w_bits=(2, 3, 4, 5, 6, 8), a_bits=(2, 3, 4, 5, 6, 8)))
 # Largest relative L2 error of the logits at uniform 8/8 seen on these randomly initialised
-# models (per-tensor LSQ, steps fitted on the example batch); measured 0.008-0.06.
+# models (per-tensor LSQ, steps fitted on the example batch); measured 0.015-0.090.
 MAX_REL_ERROR_8BIT = 0.1
 
 
