@@ -81,7 +81,7 @@ def prepare(model: nn.Module | str, recipe: Recipe | str | Path = "default",
         raise MpqfxError(f"{type(model).__name__} has no conv/linear layer mpqfx can quantize ({reasons})")
     layer_graph = build_layer_graph(gm, found.layers)
     float_params = sum(p.numel() for p in gm.parameters()) - sum(l.params for l in found.layers)
-    rewrite(gm, found.layers, found.nodes, layer_graph, recipe.quant.bn)
+    rewrite(gm, found.layers, found.nodes, layer_graph, recipe.quant)
     net = Supernet(gm, found.layers, found.skipped, layer_graph, recipe, tuple(example_input.shape[1:]), float_params)
     net.train(was_training)
     if net.coverage() < MIN_COVERAGE:

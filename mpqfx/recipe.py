@@ -19,6 +19,7 @@ from mpqfx.config import check_all, from_mapping, to_mapping
 from mpqfx.errors import RecipeError
 
 MIN_BITS, MAX_BITS = 1, 8
+DEFAULT_RECIPE = "oneshot"  # what the name "default" loads
 
 
 class BnMode(str, enum.Enum):
@@ -27,6 +28,13 @@ class BnMode(str, enum.Enum):
     TRANSITIONAL = "transitional"  # one set per (previous layer bits, this layer bits), Bit-Mixer §3.2
     SWITCHABLE = "switchable"  # one set per (w_bits, a_bits) of the conv itself
     SHARED = "shared"  # the original BN, shared by every bit-width
+
+
+class WeightQuantizer(str, enum.Enum):
+    """How weights are quantized at each candidate bit-width."""
+
+    LSQ = "lsq"  # one learnable LSQ step per bit-width
+    DOUBLE_ROUNDING = "double_rounding"  # one stored highest-bit scale, lower bits derived (Double Rounding §3.1)
 
 
 def _bits_problems(name: str, bits: tuple[int, ...] | None, allow_none: bool = False) -> list[str]:
@@ -69,6 +77,7 @@ class QuantConfig:
     depthwise_exclude: tuple[int, ...] = (2,)
     overrides: tuple[BitOverride, ...] = ()
     bn: BnMode = BnMode.TRANSITIONAL
+    weight_quantizer: WeightQuantizer = WeightQuantizer.LSQ
 
     def problems(self) -> list[str]:
         found = _bits_problems("w_bits", self.w_bits) + _bits_problems("a_bits", self.a_bits)
@@ -92,6 +101,98 @@ class GraphConfig:
         return []
 
 
+class ClipMode(str, enum.Enum):
+    VALUE = "value"  # clamp every gradient element to [-grad_clip, grad_clip] (RFQ's choice)
+    NORM = "norm"  # rescale so that the global gradient norm is at most grad_clip
+
+
+OPTIMIZERS = ("sgd", "momentum", "nesterov", "adam", "adamw", "lamb", "lion", "rmsprop")
+SCHEDULERS = ("cosine", "tanh", "step", "multistep", "poly", "none")
+
+
+@dataclass(frozen=True)
+class DistillConfig:
+    """Distillation for sampled policies: CE on labels mixed with KL to a teacher's output."""
+
+    inplace: bool = True  # teacher = the max-bit policy's detached output in the same step
+    teacher: bool = False  # teacher = the float model (when the caller provides one)
+    ce_weight: float = 0.5
+    kl_weight: float = 0.5
+    temperature: float = 1.0
+
+    def problems(self) -> list[str]:
+        found = [f"{n}: must be >= 0, got {v}" for n, v in (("ce_weight", self.ce_weight), ("kl_weight", self.kl_weight)) if v < 0]
+        if self.ce_weight == 0 and self.kl_weight == 0:
+            found.append("ce_weight and kl_weight: at least one must be > 0")
+        if self.temperature <= 0:
+            found.append(f"temperature: must be > 0, got {self.temperature}")
+        return found
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """The shared training loop: timm optimizer and scheduler for the latent weights, Adam for steps."""
+
+    epochs: int = 1
+    batch_size: int = 64
+    optimizer: str = "sgd"  # a timm create_optimizer_v2 name
+    lr: float = 0.04
+    momentum: float = 0.9
+    weight_decay: float = 2.5e-5
+    sched: str = "cosine"  # a timm scheduler name
+    warmup_epochs: int = 0
+    min_lr: float = 1e-6
+    quant_lr: float = 1e-5  # Adam, no weight decay, for every quantizer step
+    label_smoothing: float = 0.0
+    grad_clip: float | None = 1.0
+    grad_clip_mode: ClipMode = ClipMode.VALUE
+    ema_decay: float | None = None
+    amp: bool = True  # bfloat16 autocast on CUDA devices that support it
+    distill: DistillConfig = field(default_factory=DistillConfig)
+    checkpoint_every: int = 0  # steps between checkpoints; 0: at epoch ends and the end only
+    log_every: int = 10
+    seed: int = 0
+    workers: int = 0
+    max_steps: int | None = None  # stop early (all schedules still span `epochs`)
+
+    def problems(self) -> list[str]:
+        found = []
+        for name in ("epochs", "batch_size", "log_every"):
+            if getattr(self, name) < 1:
+                found.append(f"{name}: must be >= 1, got {getattr(self, name)}")
+        for name in ("lr",):
+            if not getattr(self, name) > 0:
+                found.append(f"{name}: must be > 0, got {getattr(self, name)}")
+        for name in ("quant_lr", "weight_decay", "min_lr", "warmup_epochs", "checkpoint_every", "workers"):
+            if getattr(self, name) < 0:
+                found.append(f"{name}: must be >= 0, got {getattr(self, name)}")
+        if not 0 <= self.momentum < 1:
+            found.append(f"momentum: must be in [0, 1), got {self.momentum}")
+        if self.optimizer not in OPTIMIZERS:
+            found.append(f"optimizer: {self.optimizer!r} is not allowed; expected one of {', '.join(OPTIMIZERS)}")
+        if self.sched not in SCHEDULERS:
+            found.append(f"sched: {self.sched!r} is not allowed; expected one of {', '.join(SCHEDULERS)}")
+        if self.warmup_epochs >= self.epochs and self.warmup_epochs > 0:
+            found.append(f"warmup_epochs: {self.warmup_epochs} must be < epochs ({self.epochs})")
+        if not 0 <= self.label_smoothing < 1:
+            found.append(f"label_smoothing: must be in [0, 1), got {self.label_smoothing}")
+        if self.grad_clip is not None and not self.grad_clip > 0:
+            found.append(f"grad_clip: must be > 0 or null, got {self.grad_clip}")
+        if self.ema_decay is not None and not 0 < self.ema_decay < 1:
+            found.append(f"ema_decay: must be in (0, 1) or null, got {self.ema_decay}")
+        if self.max_steps is not None and self.max_steps < 1:
+            found.append(f"max_steps: must be >= 1 or null, got {self.max_steps}")
+        return found
+
+
+@dataclass(frozen=True)
+class StrategySpec:
+    """The training strategy by registered name, with that strategy's typed options."""
+
+    name: str = "oneshot"
+    options: Any = None  # a mapping in YAML; the strategy's options dataclass once resolved
+
+
 @dataclass(frozen=True)
 class Recipe:
     """Everything mpqfx needs to know about how to compress a model.
@@ -107,6 +208,8 @@ class Recipe:
     description: str = ""
     quant: QuantConfig = field(default_factory=QuantConfig)
     graph: GraphConfig = field(default_factory=GraphConfig)
+    strategy: StrategySpec = field(default_factory=StrategySpec)
+    train: TrainConfig = field(default_factory=TrainConfig)
 
     # -- loading -----------------------------------------------------------------------------
     @classmethod
@@ -115,10 +218,30 @@ class Recipe:
         problems: list[str] = []
         recipe = from_mapping(cls, data, "", problems)
         if recipe is not None:
+            recipe = recipe._resolve_strategy(problems)
             problems += check_all(recipe)
         if problems:
             raise RecipeError(problems, source)
         return recipe
+
+    def _resolve_strategy(self, problems: list[str]) -> "Recipe":
+        """Convert ``strategy.options`` to the named strategy's options dataclass and run its checks."""
+        from mpqfx.train import STRATEGIES  # imports every built-in strategy; late to avoid an import cycle
+
+        spec = self.strategy
+        if spec.name not in STRATEGIES:
+            problems.append(f"strategy.name: unknown strategy {spec.name!r}; registered: {', '.join(STRATEGIES.names())}")
+            return self
+        strategy = STRATEGIES.get(spec.name)
+        options = spec.options
+        if not dataclasses.is_dataclass(options):
+            options = from_mapping(strategy.options_cls, options, "strategy.options", problems) or strategy.options_cls()
+        elif not isinstance(options, strategy.options_cls):
+            problems.append(f"strategy.options: expected {strategy.options_cls.__name__} for strategy {spec.name!r}")
+            return self
+        resolved = dataclasses.replace(self, strategy=StrategySpec(spec.name, options))
+        problems += strategy.recipe_problems(resolved)  # cross-field needs, e.g. a weight quantizer
+        return resolved
 
     @classmethod
     def from_yaml(cls, text: str, source: str = "recipe") -> "Recipe":
@@ -130,7 +253,7 @@ class Recipe:
 
     @classmethod
     def load(cls, name_or_path: "str | Path | Recipe") -> "Recipe":
-        """A shipped recipe by name (``mpqfx recipes`` lists them) or a YAML file by path."""
+        """A shipped recipe by name (``mpqfx recipes`` lists them; "default" is oneshot) or a YAML file by path."""
         if isinstance(name_or_path, Recipe):
             return name_or_path
         path = Path(name_or_path)
@@ -141,18 +264,22 @@ class Recipe:
                 raise RecipeError([f"cannot read: {exc.strerror}"], str(path)) from None
             return cls.from_yaml(text, str(path))
         shipped = shipped_recipes()
+        if str(name_or_path) == "default":
+            name_or_path = DEFAULT_RECIPE
         if str(name_or_path) not in shipped:
             raise RecipeError(
-                [f"no shipped recipe named {str(name_or_path)!r} (shipped: {', '.join(sorted(shipped))}); "
-                 "or pass a path to a .yaml file"], "recipe")
+                [f"no shipped recipe named {str(name_or_path)!r} (shipped: {', '.join(sorted(shipped))}; "
+                 f"'default' is {DEFAULT_RECIPE}); or pass a path to a .yaml file"], "recipe")
         return cls.from_yaml(shipped[str(name_or_path)], f"recipe {name_or_path!r}")
 
     def check(self) -> "Recipe":
-        """Raise RecipeError if a recipe built in Python has bad values; return it otherwise."""
-        problems = check_all(self)
+        """The recipe with its strategy options resolved; RecipeError listing every bad value."""
+        problems: list[str] = []
+        resolved = self._resolve_strategy(problems)
+        problems += check_all(resolved)
         if problems:
             raise RecipeError(problems, f"recipe {self.name!r}")
-        return self
+        return resolved
 
     # -- saving ------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:

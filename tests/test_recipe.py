@@ -17,6 +17,7 @@ def test_every_shipped_recipe_validates_and_round_trips(name):
 
 def test_defaults():
     r = Recipe.load("default")
+    assert r == Recipe.load("oneshot") and r.strategy.name == "oneshot"
     assert r.quant.w_bits == r.quant.a_bits == (2, 3, 4, 5, 6)
     assert r.quant.first_last_bits == 8 and r.quant.depthwise_exclude == (2,)
     assert r.quant.bn is BnMode.TRANSITIONAL
@@ -61,7 +62,7 @@ def test_bad_fields(text, match):
 
 
 def test_unknown_recipe_name_lists_shipped(tmp_path):
-    with pytest.raises(RecipeError, match=r"no shipped recipe named 'nope' \(shipped: .*default"):
+    with pytest.raises(RecipeError, match=r"no shipped recipe named 'nope' \(shipped: .*oneshot; 'default' is oneshot\)"):
         Recipe.load("nope")
     with pytest.raises(RecipeError, match="cannot read"):
         Recipe.load(tmp_path / "missing.yaml")

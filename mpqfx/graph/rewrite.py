@@ -19,7 +19,7 @@ from mpqfx.graph.layer_graph import previous_layer
 from mpqfx.graph.layer_info import LayerInfo
 from mpqfx.quant.layers import MultiBitConv2d, MultiBitLinear
 from mpqfx.quant.transitional_bn import TransitionalBatchNorm, switch_key, transition_key
-from mpqfx.recipe import BnMode
+from mpqfx.recipe import BnMode, QuantConfig, WeightQuantizer
 
 BN_TYPES = (nn.BatchNorm2d, BatchNormAct2d)
 
@@ -29,10 +29,10 @@ def _set_submodule(root: nn.Module, name: str, new: nn.Module) -> None:
     setattr(root.get_submodule(parent) if parent else root, child, new)
 
 
-def _multibit(module: nn.Module, info: LayerInfo) -> nn.Module:
+def _multibit(module: nn.Module, info: LayerInfo, weight_quantizer: WeightQuantizer) -> nn.Module:
     if isinstance(module, nn.Linear):
-        return MultiBitLinear.from_float(module, info.w_bits, info.a_bits, info.a_signed)
-    return MultiBitConv2d.from_float(module, info.w_bits, info.a_bits, info.a_signed,
+        return MultiBitLinear.from_float(module, info.w_bits, info.a_bits, info.a_signed, weight_quantizer)
+    return MultiBitConv2d.from_float(module, info.w_bits, info.a_bits, info.a_signed, weight_quantizer,
                                      same_pad=type(module) is Conv2dSame)
 
 
@@ -44,8 +44,9 @@ def _bn_keys(mode: BnMode, info: LayerInfo, prev: LayerInfo | None) -> list[str]
 
 
 def rewrite(gm: fx.GraphModule, layers: Sequence[LayerInfo], nodes: dict[str, fx.Node],
-            layer_graph: nx.DiGraph, bn_mode: BnMode) -> fx.GraphModule:
+            layer_graph: nx.DiGraph, quant: QuantConfig) -> fx.GraphModule:
     """Swap every layer in ``layers`` for its multi-bit version and specialise following BNs."""
+    bn_mode = quant.bn
     by_name = {l.name: l for l in layers}
     bn_matches: list[tuple[str, LayerInfo]] = []
     if bn_mode is not BnMode.SHARED:
@@ -56,7 +57,7 @@ def rewrite(gm: fx.GraphModule, layers: Sequence[LayerInfo], nodes: dict[str, fx
                 bn_matches.append((node.target, by_name[src.target]))
 
     for info in layers:
-        module = _multibit(gm.get_submodule(info.name), info)
+        module = _multibit(gm.get_submodule(info.name), info, quant.weight_quantizer)
         if info.name in nodes and nodes[info.name].args[0].op == "placeholder":
             # The quantizer of the raw network input is calibrated on the first batch and kept
             # fixed: learning it would cost the first conv a full input-gradient pass.

@@ -9,7 +9,9 @@ import torch.nn.functional as F
 from timm.layers.padding import pad_same
 from torch import nn
 
+from mpqfx.quant.double_rounding import DoubleRoundingQuantizer
 from mpqfx.quant.lsq import MultiBitLSQ
+from mpqfx.recipe import WeightQuantizer
 
 
 class LayerBits(NamedTuple):
@@ -26,12 +28,16 @@ class MultiBitMixin:
     """Shared behaviour of MultiBitConv2d and MultiBitLinear (used through ``set_bits``)."""
 
     weight: nn.Parameter
-    weight_quant: MultiBitLSQ
+    weight_quant: MultiBitLSQ | DoubleRoundingQuantizer
     act_quant: MultiBitLSQ
     active: LayerBits
 
-    def _init_quantizers(self, w_bits: Sequence[int], a_bits: Sequence[int], a_signed: bool) -> None:
-        self.weight_quant = MultiBitLSQ(w_bits, signed=True, per_sample=False)
+    def _init_quantizers(self, w_bits: Sequence[int], a_bits: Sequence[int], a_signed: bool,
+                         weight_quantizer: WeightQuantizer) -> None:
+        if weight_quantizer is WeightQuantizer.DOUBLE_ROUNDING:
+            self.weight_quant = DoubleRoundingQuantizer(w_bits)
+        else:
+            self.weight_quant = MultiBitLSQ(w_bits, signed=True, per_sample=False)
         self.weight_quant.init_steps(self.weight)
         self.act_quant = MultiBitLSQ(a_bits, signed=a_signed, per_sample=True)
         self.active = FLOAT_BITS
@@ -63,13 +69,13 @@ class MultiBitConv2d(MultiBitMixin, nn.Conv2d):
     """
 
     @classmethod
-    def from_float(cls, conv: nn.Conv2d, w_bits: Sequence[int], a_bits: Sequence[int],
-                   a_signed: bool, same_pad: bool = False) -> "MultiBitConv2d":
+    def from_float(cls, conv: nn.Conv2d, w_bits: Sequence[int], a_bits: Sequence[int], a_signed: bool,
+                   weight_quantizer: WeightQuantizer = WeightQuantizer.LSQ, same_pad: bool = False) -> "MultiBitConv2d":
         new = _empty_like(conv, cls, in_channels=conv.in_channels, out_channels=conv.out_channels,
                           kernel_size=conv.kernel_size, stride=conv.stride, padding=conv.padding,
                           dilation=conv.dilation, groups=conv.groups, padding_mode=conv.padding_mode)
         new.same_pad = same_pad
-        new._init_quantizers(w_bits, a_bits, a_signed)
+        new._init_quantizers(w_bits, a_bits, a_signed, weight_quantizer)
         return new
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -86,10 +92,10 @@ class MultiBitLinear(MultiBitMixin, nn.Linear):
     """An ``nn.Linear`` whose weight and input are fake-quantized at the active bit-widths."""
 
     @classmethod
-    def from_float(cls, linear: nn.Linear, w_bits: Sequence[int], a_bits: Sequence[int],
-                   a_signed: bool) -> "MultiBitLinear":
+    def from_float(cls, linear: nn.Linear, w_bits: Sequence[int], a_bits: Sequence[int], a_signed: bool,
+                   weight_quantizer: WeightQuantizer = WeightQuantizer.LSQ) -> "MultiBitLinear":
         new = _empty_like(linear, cls, in_features=linear.in_features, out_features=linear.out_features)
-        new._init_quantizers(w_bits, a_bits, a_signed)
+        new._init_quantizers(w_bits, a_bits, a_signed, weight_quantizer)
         return new
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

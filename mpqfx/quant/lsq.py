@@ -19,6 +19,13 @@ def int_range(bits: int, signed: bool) -> tuple[int, int]:
     return 0, 2**bits - 1
 
 
+def save_for_lsq_backward(ctx, x: torch.Tensor, step: torch.Tensor, out: torch.Tensor, qmin: int, qmax: int,
+                          grad_scale: float) -> None:
+    """Store what ``_LSQFunction.backward`` needs: out = q * step with integers q in [qmin, qmax]."""
+    ctx.save_for_backward(x, step, out)
+    ctx.consts = (qmin, qmax, grad_scale, float(step) if x.device.type == "cpu" else step)
+
+
 class _LSQFunction(torch.autograd.Function):
     """round(clip(x/s, qmin, qmax)) * s with LSQ's straight-through gradients.
 
@@ -31,11 +38,11 @@ class _LSQFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, step, qmin: int, qmax: int, grad_scale: float):  # type: ignore[override]
+        x = x.to(step.dtype)  # under autocast the input may arrive in half precision
         step = step.clamp(min=STEP_EPS)
         s = float(step) if x.device.type == "cpu" else step
         out = torch.div(x, step).clamp_(qmin, qmax).round_().mul_(s)
-        ctx.save_for_backward(x, step, out)
-        ctx.consts = (qmin, qmax, grad_scale, s)
+        save_for_lsq_backward(ctx, x, step, out, qmin, qmax, grad_scale)
         return out
 
     @staticmethod

@@ -26,7 +26,7 @@ def layer_table(layers: Layers) -> Sequence[LayerInfo]:
     return getattr(layers, "layers", layers)
 
 
-def _nearest(allowed: Sequence[int], bits: int) -> int:
+def nearest_bits(allowed: Sequence[int], bits: int) -> int:
     """The allowed bit-width closest to ``bits``; ties go to the higher one."""
     return min(allowed, key=lambda b: (abs(b - bits), -b))
 
@@ -88,7 +88,7 @@ class Policy(Mapping[str, LayerBits]):
     def uniform(cls, layers: Layers, w_bits: int, a_bits: int | None = None) -> "Policy":
         """Every layer at ``w_bits``/``a_bits``, or the nearest bit-width the layer allows."""
         a_bits = w_bits if a_bits is None else a_bits
-        return cls({l.name: (_nearest(l.w_bits, w_bits), _nearest(l.a_bits, a_bits)) for l in layer_table(layers)})
+        return cls({l.name: (nearest_bits(l.w_bits, w_bits), nearest_bits(l.a_bits, a_bits)) for l in layer_table(layers)})
 
     @classmethod
     def max(cls, layers: Layers) -> "Policy":

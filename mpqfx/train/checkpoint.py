@@ -1,0 +1,95 @@
+"""Training checkpoints: atomic writes, RNG states, and a clear error when one does not fit."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from mpqfx.errors import MpqfxError
+from mpqfx.io import atomic_open
+
+FORMAT = "mpqfx.checkpoint/1"
+
+
+class CheckpointError(MpqfxError):
+    """A checkpoint is missing, unreadable, or belongs to another model or recipe."""
+
+
+def rng_state() -> dict[str, Any]:
+    """Python, numpy and torch (CPU and CUDA) global RNG states, in types torch.load accepts safely."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    state = {"python": random.getstate(), "torch": torch.get_rng_state(),
+             "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                       "has_gauss": int(has_gauss), "gauss": float(gauss)}}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(as_tuples(state["python"]))
+    n = state["numpy"]
+    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def as_tuples(value: Any) -> Any:
+    return tuple(as_tuples(v) for v in value) if isinstance(value, (list, tuple)) else value
+
+
+def fingerprint(state_dict: dict[str, torch.Tensor]) -> dict[str, list[int]]:
+    """Names and shapes of a model's state: two supernets match iff their fingerprints do."""
+    return {k: list(v.shape) for k, v in state_dict.items()}
+
+
+def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
+    """Write ``state`` to ``path`` atomically (temp file, fsync, rename)."""
+    with atomic_open(path, "wb") as fh:
+        torch.save({"format": FORMAT, **state}, fh)
+
+
+def load_checkpoint(path: Path, map_location: Any = "cpu") -> dict[str, Any]:
+    if not path.is_file():
+        raise CheckpointError(f"no checkpoint at {str(path)!r}: nothing to resume")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:  # torch raises many types for truncated or corrupt zips
+        raise CheckpointError(f"checkpoint {str(path)!r} is corrupt or truncated ({type(exc).__name__}: "
+                              f"{' '.join(str(exc).split())[:160]})") from None
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise CheckpointError(f"{str(path)!r} is not an mpqfx checkpoint (format {FORMAT})")
+    return state
+
+
+def mismatch(expected: dict[str, list[int]], found: dict[str, list[int]], what: str = "layers") -> str | None:
+    """A one-line description of how two fingerprints differ, or None when they match."""
+    missing = [k for k in expected if k not in found]
+    extra = [k for k in found if k not in expected]
+    shapes = [k for k in expected if k in found and expected[k] != found[k]]
+    if not (missing or extra or shapes):
+        return None
+    parts = []
+    for label, keys in (("missing", missing), ("unexpected", extra), ("different shape", shapes)):
+        if keys:
+            more = f" and {len(keys) - 3} more" if len(keys) > 3 else ""
+            parts.append(f"{label}: {', '.join(keys[:3])}{more}")
+    return f"{what} differ ({'; '.join(parts)})"
+
+
+def recipe_differences(expected: dict[str, Any], found: dict[str, Any], prefix: str = "") -> list[str]:
+    """Dotted names of the recipe fields whose values differ."""
+    keys = sorted(set(expected) | set(found))
+    out = []
+    for k in keys:
+        a, b = expected.get(k), found.get(k)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += recipe_differences(a, b, f"{prefix}{k}.")
+        elif a != b:
+            out.append(f"{prefix}{k}")
+    return out
