@@ -31,6 +31,7 @@ from mpqfx.recipe import ClipMode, Recipe
 from mpqfx.supernet import Supernet
 from mpqfx.train.checkpoint import (CheckpointError, as_tuples, fingerprint, load_checkpoint, mismatch,
                                     recipe_differences, rng_state, save_checkpoint, set_rng_state)
+from mpqfx.train.distributed import init_from_env
 from mpqfx.train.losses import task_loss
 from mpqfx.train.metrics import MetricsLog, progress_bar
 from mpqfx.train.sampler import EpochSampler
@@ -79,7 +80,7 @@ class Trainer:
                  device: str | torch.device | None = None, teacher: nn.Module | None = None, progress: bool = True):
         self.recipe = (recipe or net.recipe).check()
         self.cfg = cfg = self.recipe.train
-        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.device = init_from_env(device)
         self.net = net.to(self.device)
         self.teacher = teacher.to(self.device).eval() if teacher is not None and cfg.distill.teacher else None
         self.distributed = dist.is_available() and dist.is_initialized()

@@ -149,7 +149,7 @@ class OneShot(Strategy):
         weight decay on those weights for this step."""
         wd = self.trainer.cfg.weight_decay
         terms = []
-        for name in layers:
+        for name in sorted(layers):  # a fixed summation order keeps resumed runs bit-identical
             module = self.modules[name]
             bits = min(self.w_candidates(name))
             step = module.weight_quant.step(bits).detach()

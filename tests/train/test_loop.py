@@ -1,0 +1,141 @@
+"""The shared loop: every strategy end to end, exact resume, checkpoint errors, bad recipes, metrics."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pytest
+import torch
+
+from mpqfx import Recipe, RecipeError
+from mpqfx.train import Trainer
+from mpqfx.train.checkpoint import CheckpointError
+
+STRATEGY_OPTIONS = {
+    "oneshot": {"schedule_every": 3, "qe_start": 0.3},
+    "limpq": None,
+    "double_rounding": {"hessian_images": 64, "hessian_samples": 2, "multi_precision": 0.5},
+    "bitmixer": {"stages": (0.25, 0.25, 0.5)},
+}
+
+
+@pytest.mark.parametrize("name", sorted(STRATEGY_OPTIONS))
+def test_strategy_trains_and_loss_falls(name, make_net, small_recipe, dataset, tmp_path):
+    recipe = small_recipe(name, STRATEGY_OPTIONS[name], epochs=3)
+    net = make_net(recipe)
+    result = Trainer(net, dataset, recipe, run_dir=tmp_path, progress=False).fit()
+    assert result.steps == 3 * (len(dataset) // 32)
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == list(range(1, result.steps + 1))
+    assert {"loss", "lr", "quant_lr", "images_per_s", "epoch"} <= set(records[0])
+    first, last = sum(r["loss"] for r in records[:4]) / 4, sum(r["loss"] for r in records[-4:]) / 4
+    assert last < 0.7 * first, f"{name}: loss {first:.3f} -> {last:.3f}"
+    assert (tmp_path / "checkpoint.pt").is_file()
+
+
+def _params(net):
+    return {k: v.detach().clone() for k, v in net.state_dict().items()}
+
+
+@pytest.mark.parametrize("name", sorted(STRATEGY_OPTIONS))
+def test_checkpoint_kill_resume_equals_an_uninterrupted_run(name, make_net, small_recipe, dataset, tmp_path):
+    recipe = small_recipe(name, STRATEGY_OPTIONS[name], max_steps=10, checkpoint_every=4)
+    whole = make_net(recipe)
+    Trainer(whole, dataset, recipe, run_dir=tmp_path / "whole", progress=False).fit()
+
+    first = make_net(recipe)
+    Trainer(first, dataset, recipe, run_dir=tmp_path / "cut", progress=False).fit(stop_after=6)  # "killed" at 6
+    resumed = make_net(recipe)  # a fresh process would rebuild the supernet the same way
+    trainer = Trainer(resumed, dataset, recipe, run_dir=tmp_path / "cut", progress=False)
+    trainer.fit(resume=True)  # continues from the checkpoint at step 4
+    expected, got = _params(whole), _params(resumed)
+    assert expected.keys() == got.keys()
+    different = [k for k in expected if not torch.equal(expected[k], got[k])]
+    assert not different, f"{name}: {len(different)} tensors differ, e.g. {different[:3]}"
+    steps = [json.loads(l)["step"] for l in (tmp_path / "cut" / "metrics.jsonl").read_text().splitlines()]
+    assert steps == list(range(1, 11))  # the lost steps 5-6 were logged once, after the resume
+
+
+def test_resume_refuses_a_checkpoint_of_another_model(make_net, small_recipe, dataset, tmp_path):
+    recipe = small_recipe("oneshot", max_steps=2)
+    Trainer(make_net(recipe), dataset, recipe, run_dir=tmp_path, progress=False).fit()
+    before = (tmp_path / "checkpoint.pt").read_bytes()
+    other = make_net(recipe, model="test_efficientnet")
+    with pytest.raises(CheckpointError, match=r"belongs to another model: model layers differ \(missing: graph_module"):
+        Trainer(other, dataset, recipe, run_dir=tmp_path, progress=False).fit(resume=True)
+    assert (tmp_path / "checkpoint.pt").read_bytes() == before
+
+
+def test_resume_refuses_a_checkpoint_of_another_recipe(make_net, small_recipe, dataset, tmp_path):
+    recipe = small_recipe("oneshot", max_steps=2)
+    Trainer(make_net(recipe), dataset, recipe, run_dir=tmp_path, progress=False).fit()
+    before = (tmp_path / "checkpoint.pt").read_bytes()
+    changed = small_recipe("oneshot", {"samples": 2}, max_steps=2, lr=0.01)
+    with pytest.raises(CheckpointError, match=r"different recipe \(fields: strategy.options.samples, train.lr\)"):
+        Trainer(make_net(changed), dataset, changed, run_dir=tmp_path, progress=False).fit(resume=True)
+    assert (tmp_path / "checkpoint.pt").read_bytes() == before
+
+
+def test_a_fresh_run_does_not_overwrite_a_checkpoint(make_net, small_recipe, dataset, tmp_path):
+    recipe = small_recipe("bitmixer", max_steps=1)
+    Trainer(make_net(recipe), dataset, recipe, run_dir=tmp_path, progress=False).fit()
+    with pytest.raises(CheckpointError, match="already holds a checkpoint"):
+        Trainer(make_net(recipe), dataset, recipe, run_dir=tmp_path, progress=False).fit()
+
+
+def test_resume_without_a_checkpoint_says_so(make_net, small_recipe, dataset, tmp_path):
+    recipe = small_recipe("bitmixer", max_steps=1)
+    with pytest.raises(CheckpointError, match="no checkpoint at .*nothing to resume"):
+        Trainer(make_net(recipe), dataset, recipe, run_dir=tmp_path, progress=False).fit(resume=True)
+
+
+def test_truncated_checkpoint_is_detected(make_net, small_recipe, dataset, tmp_path):
+    recipe = small_recipe("bitmixer", max_steps=1)
+    Trainer(make_net(recipe), dataset, recipe, run_dir=tmp_path, progress=False).fit()
+    path = tmp_path / "checkpoint.pt"
+    path.write_bytes(path.read_bytes()[:1000])
+    with pytest.raises(CheckpointError, match="corrupt or truncated"):
+        Trainer(make_net(recipe), dataset, recipe, run_dir=tmp_path, progress=False).fit(resume=True)
+
+
+@pytest.mark.parametrize("text,problems", [
+    ("strategy: {name: oneshot, options: {samples: 0}}\ntrain: {lr: -1}",
+     ["strategy.options.samples: K must be >= 1", "train.lr: must be > 0"]),
+    ("strategy: {name: nope}\ntrain: {epochs: 0, optimizer: sgdd}",
+     ["strategy.name: unknown strategy 'nope'; registered: bitmixer, double_rounding, limpq, oneshot",
+      "train.epochs: must be >= 1", "train.optimizer: 'sgdd' is not allowed"]),
+    ("strategy: {name: bitmixer, options: {stages: [0.5, 0.5, 0.5]}}\nquant: {bn: shared}",
+     ["strategy.options.stages: [0.5, 0.5, 0.5] must add up to 1 (they add up to 1.5)",
+      "quant.bn: bitmixer needs 'transitional'"]),
+    ("strategy: {name: double_rounding, options: {sigma: 2}}",
+     ["quant.weight_quantizer: the double_rounding strategy needs 'double_rounding'",
+      "strategy.options.sigma: must be in [0, 1]"]),
+    ("strategy: {name: oneshot, options: {samplez: 3}}\ntrain: {distill: {kl_weight: -1}}",
+     ["strategy.options.samplez: unknown field", "train.distill.kl_weight: must be >= 0"]),
+])
+def test_bad_training_fields_are_all_listed_in_one_error(text, problems):
+    with pytest.raises(RecipeError) as info:
+        Recipe.from_yaml(text)
+    joined = " | ".join(info.value.problems)
+    for problem in problems:
+        assert problem in joined, joined
+
+
+def test_batch_larger_than_the_dataset_is_a_clear_error(make_net, small_recipe, dataset):
+    recipe = small_recipe("oneshot", batch_size=1024)
+    with pytest.raises(Exception, match=r"train.batch_size 1024 x 1 rank\(s\) is more than the 256 training images"):
+        Trainer(make_net(recipe), dataset, recipe, progress=False)
+
+
+def test_float_teacher_distillation_uses_the_teacher(make_net, small_recipe, dataset, monkeypatch):
+    recipe = small_recipe("bitmixer", max_steps=1)
+    recipe = dataclasses.replace(recipe, train=dataclasses.replace(
+        recipe.train, distill=dataclasses.replace(recipe.train.distill, teacher=True, kl_weight=1.0))).check()
+    teacher = make_net(recipe)
+    trainer = Trainer(make_net(recipe), dataset, recipe, teacher=teacher, progress=False)
+    seen = []
+    run = trainer.run
+    monkeypatch.setattr(trainer, "run", lambda *a, **k: (seen.append(k.get("teacher_logits")), run(*a, **k))[1])
+    trainer.fit()
+    assert seen and all(t is not None for t in seen)
