@@ -3,7 +3,8 @@ as a ratio to the float model's step; goal <= 1.3x (batch 64, 32x32, CPU).
 
 Float and supernet steps alternate; the ratio is the median of the per-pair ratios, so that
 machine drift (this 2-core box varies +-15% between runs) cancels out.
-Usage: python benchmarks/bench_train_step.py [model ...]
+Usage: python benchmarks/bench_train_step.py [--fwd-bwd] [model ...]
+(--fwd-bwd: forward + backward only, no optimizer step.)
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ sys.path.insert(0, __file__.rsplit("/", 1)[0])
 import mpqfx  # noqa: E402
 from _machine import header  # noqa: E402
 
-MODELS = sys.argv[1:] or ["efficientnet_lite0", "resnet18"]
+FWD_BWD = "--fwd-bwd" in sys.argv
+MODELS = [a for a in sys.argv[1:] if not a.startswith("--")] or ["efficientnet_lite0", "resnet18"]
 BATCH, SIZE, STEPS, WARMUP = 64, 32, 20, 3
 
 
@@ -30,12 +32,14 @@ def make_step(model):
     def step(x, y):
         opt.zero_grad(set_to_none=True)
         F.cross_entropy(model(x), y).backward()
-        opt.step()
+        if not FWD_BWD:
+            opt.step()
     return step
 
 
 def main() -> None:
-    print(header(f"training step, batch {BATCH}, {SIZE}x{SIZE}, fixed sampled policy"))
+    what = "forward + backward" if FWD_BWD else "training step (forward + backward + SGD step)"
+    print(header(f"{what}, batch {BATCH}, {SIZE}x{SIZE}, fixed sampled policy"))
     print("| model | float step (ms) | supernet step (ms) | ratio |\n|---|---:|---:|---:|")
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(BATCH, 3, SIZE, SIZE, generator=gen)

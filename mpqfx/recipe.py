@@ -273,13 +273,9 @@ class Recipe:
         return cls.from_yaml(shipped[str(name_or_path)], f"recipe {name_or_path!r}")
 
     def check(self) -> "Recipe":
-        """The recipe with its strategy options resolved; RecipeError listing every bad value."""
-        problems: list[str] = []
-        resolved = self._resolve_strategy(problems)
-        problems += check_all(resolved)
-        if problems:
-            raise RecipeError(problems, f"recipe {self.name!r}")
-        return resolved
+        """Validate a recipe built in Python exactly as a YAML one (types, ranges, strategy options);
+        return it with enums and options resolved, or raise RecipeError listing every problem."""
+        return Recipe.from_dict(self.to_dict(), f"recipe {self.name!r}")
 
     # -- saving ------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:

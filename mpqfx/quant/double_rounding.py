@@ -21,7 +21,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from mpqfx.quant.lsq import STEP_EPS, _LSQFunction, int_range, mse_init_steps, save_for_lsq_backward
+from mpqfx.quant.lsq import STEP_EPS, _LSQFunction, host_step, int_range, mse_init_steps, save_for_lsq_backward
 
 
 def derive_integers(high_ints: torch.Tensor, high: int, bits: int) -> torch.Tensor:
@@ -39,9 +39,10 @@ class _DoubleRoundingFunction(torch.autograd.Function):
         scale = scale.clamp(min=STEP_EPS)
         high_ints = torch.div(w, scale).round_().clamp_(*int_range(high, signed=True))  # Eq. 1
         effective = scale * 2 ** (high - bits)
-        out = derive_integers(high_ints, high, bits).mul_(effective)  # Eq. 2, 3
+        s = host_step(effective)
+        out = derive_integers(high_ints, high, bits).mul_(s)  # Eq. 2, 3
         # Eq. 13: LSQ's gradient at the effective scale, passed to s_h unchanged
-        save_for_lsq_backward(ctx, w, effective, out, *int_range(bits, signed=True), grad_scale)
+        save_for_lsq_backward(ctx, w, effective, s, out, *int_range(bits, signed=True), grad_scale)
         return out
 
     backward = _LSQFunction.backward

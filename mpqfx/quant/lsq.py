@@ -19,11 +19,17 @@ def int_range(bits: int, signed: bool) -> tuple[int, int]:
     return 0, 2**bits - 1
 
 
-def save_for_lsq_backward(ctx, x: torch.Tensor, step: torch.Tensor, out: torch.Tensor, qmin: int, qmax: int,
-                          grad_scale: float) -> None:
+def host_step(step: torch.Tensor) -> torch.Tensor | float:
+    """On CPU the step as a Python float: in-place ops by a 0-dim tensor take a slow path there
+    (mul_ ~6x slower); on accelerators the tensor itself, so nothing syncs with the host."""
+    return float(step) if step.device.type == "cpu" else step
+
+
+def save_for_lsq_backward(ctx, x: torch.Tensor, step: torch.Tensor, s: torch.Tensor | float, out: torch.Tensor,
+                          qmin: int, qmax: int, grad_scale: float) -> None:
     """Store what ``_LSQFunction.backward`` needs: out = q * step with integers q in [qmin, qmax]."""
     ctx.save_for_backward(x, step, out)
-    ctx.consts = (qmin, qmax, grad_scale, float(step) if x.device.type == "cpu" else step)
+    ctx.consts = (qmin, qmax, grad_scale, s)
 
 
 class _LSQFunction(torch.autograd.Function):
@@ -32,17 +38,16 @@ class _LSQFunction(torch.autograd.Function):
     Hand-written for speed on CPU, where quantizing 11M weights per step otherwise costs a third
     of a ResNet18 step: the output is built in place from one allocation, only ``x`` and the
     output are saved, and the backward is one fused mask kernel (hardtanh_backward) plus two dot
-    products. On CPU the step is also used as a Python float (in-place ops by a 0-dim tensor
-    take a slow path there); on accelerators it stays a tensor, so nothing syncs with the host.
+    products.
     """
 
     @staticmethod
     def forward(ctx, x, step, qmin: int, qmax: int, grad_scale: float):  # type: ignore[override]
         x = x.to(step.dtype)  # under autocast the input may arrive in half precision
         step = step.clamp(min=STEP_EPS)
-        s = float(step) if x.device.type == "cpu" else step
+        s = host_step(step)
         out = torch.div(x, step).clamp_(qmin, qmax).round_().mul_(s)
-        save_for_lsq_backward(ctx, x, step, out, qmin, qmax, grad_scale)
+        save_for_lsq_backward(ctx, x, step, s, out, qmin, qmax, grad_scale)
         return out
 
     @staticmethod

@@ -139,3 +139,20 @@ def test_float_teacher_distillation_uses_the_teacher(make_net, small_recipe, dat
     monkeypatch.setattr(trainer, "run", lambda *a, **k: (seen.append(k.get("teacher_logits")), run(*a, **k))[1])
     trainer.fit()
     assert seen and all(t is not None for t in seen)
+
+
+def test_resume_with_ema_and_norm_clipping_is_exact(make_net, small_recipe, dataset, tmp_path):
+    recipe = small_recipe("bitmixer", max_steps=6, checkpoint_every=2, ema_decay=0.9, grad_clip_mode="norm",
+                          optimizer="adamw", lr=1e-3)
+    whole = make_net(recipe)
+    t_whole = Trainer(whole, dataset, recipe, run_dir=tmp_path / "whole", progress=False)
+    t_whole.fit()
+    Trainer(make_net(recipe), dataset, recipe, run_dir=tmp_path / "cut", progress=False).fit(stop_after=3)
+    resumed = make_net(recipe)
+    t_resumed = Trainer(resumed, dataset, recipe, run_dir=tmp_path / "cut", progress=False)
+    t_resumed.fit(resume=True)
+    for a, b in ((whole, resumed), (t_whole.ema.module, t_resumed.ema.module)):
+        sa, sb = a.state_dict(), b.state_dict()
+        assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    ema_w = t_whole.ema.module.layer_modules()[whole.layers[2].name].weight
+    assert not torch.equal(ema_w, whole.layer_modules()[whole.layers[2].name].weight)  # the EMA lags the model
