@@ -283,16 +283,27 @@ class Trainer:
             "quant_scheduler": self.quant_scheduler.state_dict() if self.quant_scheduler else None,
             "ema": self.ema.state_dict() if self.ema else None,
             "strategy": self.strategy.state_dict(),
-            "rng": rng_state(), "policy_rng": self.rng.getstate(),
+            "rng": self._rng_states(), "policy_rng": self.rng.getstate(),
             "step": self.global_step, "epoch": self.epoch, "step_in_epoch": self.step_in_epoch,
             "recipe": self.recipe.to_dict(),
             "fingerprint": fingerprint(self.net.state_dict()),
         }
 
+    def _rng_states(self) -> list[dict[str, Any]]:
+        """Every rank's global RNG state (gathered to all ranks under DDP), indexed by rank."""
+        if not self.distributed:
+            return [rng_state()]
+        states: list[Any] = [None] * self.world
+        dist.all_gather_object(states, rng_state())
+        return states
+
     def save(self) -> None:
-        """Write the checkpoint atomically (rank 0 only; no-op without a run directory)."""
-        if self.checkpoint_path is not None and self.is_main:
-            save_checkpoint(self.checkpoint_path, self.state_dict())
+        """Write the checkpoint atomically (rank 0 writes; every rank must call it under DDP)."""
+        if self.checkpoint_path is None:
+            return
+        state = self.state_dict()
+        if self.is_main:
+            save_checkpoint(self.checkpoint_path, state)
 
     def _load(self) -> None:
         if self.checkpoint_path is None:
@@ -312,7 +323,11 @@ class Trainer:
             if obj is not None and state[key] is not None:
                 obj.load_state_dict(state[key])
         self.strategy.load_state_dict(state["strategy"])
-        set_rng_state(state["rng"])
+        rngs = state["rng"]
+        if len(rngs) != self.world:
+            raise CheckpointError(f"checkpoint {str(self.checkpoint_path)!r} was written by {len(rngs)} rank(s), "
+                                  f"this run has {self.world}")
+        set_rng_state(rngs[self.rank])
         self.rng.setstate(as_tuples(state["policy_rng"]))
         self.global_step, self.epoch, self.step_in_epoch = state["step"], state["epoch"], state["step_in_epoch"]
         self.metrics.truncate_after(self.global_step)
