@@ -7,6 +7,7 @@ import sys
 import click
 
 from mpqfx.cli.options import parse_input_size
+from mpqfx.cli.search import search_command
 from mpqfx.errors import MpqfxError
 
 
@@ -54,6 +55,9 @@ def bitops(model_name: str, bits: int | None, wbits: int | None, abits: int | No
     net = prepare(model, recipe_obj, example_input=example, inplace=True)
     print_cost_report(net, Policy.uniform(net, w, a), title=f"{model_name} at W{w}/A{a}, input {list(example.shape[1:])}",
                       per_layer=per_layer)
+
+
+cli.add_command(search_command)
 
 
 def main() -> None:

@@ -30,3 +30,17 @@ def print_cost_report(net, policy: Policy, title: str, per_layer: bool = True, c
         console.print(title)
     console.print(f"total: {report.macs / 1e9:.3f} GMACs, {report.total / 1e9:.2f} GBitOPs, "
                   f"size {report.size_bits / 8 / 1e6:.2f} MB ({report.compression:.1f}x smaller than float32)")
+
+
+def print_policy_summary(net, rows, console: Console | None = None) -> None:
+    """One line per searched policy: target, BitOPs, size, mean bits, backend time, file."""
+    console = console or Console()
+    table = Table(title="searched policies")
+    for col in ("target", "BitOPs (G)", "size (MB)", "mean W/A bits", "search (s)", "policy file"):
+        table.add_column(col)
+    for target, result, path in rows:
+        report = bitops(net, result.policy)
+        table.add_row(target, f"{report.total / 1e9:.3f}", f"{report.size_bits / 8e6:.3f}",
+                      f"{result.policy.mean_bits('w'):.2f}/{result.policy.mean_bits('a'):.2f}",
+                      f"{result.seconds:.2f}", str(path))
+    console.print(table)

@@ -16,7 +16,7 @@ from mpqfx.graph.rewrite import rewrite
 from mpqfx.graph.tracer import trace
 from mpqfx.models import create_model
 from mpqfx.recipe import Recipe
-from mpqfx.supernet import Supernet
+from mpqfx.supernet import ModelSpec, Supernet
 
 MIN_COVERAGE = 0.99
 
@@ -42,7 +42,8 @@ def default_example_input(model: nn.Module, recipe: Recipe) -> torch.Tensor:
 
 
 def prepare(model: nn.Module | str, recipe: Recipe | str | Path = "default",
-            example_input: torch.Tensor | None = None, inplace: bool = False) -> Supernet:
+            example_input: torch.Tensor | None = None, inplace: bool = False,
+            model_spec: ModelSpec | None = None) -> Supernet:
     """Turn a timm model (or any traceable ``nn.Module``) into a weight-shared mixed-precision supernet.
 
     Every ``nn.Conv2d``/``nn.Linear`` call site becomes a multi-bit layer (one latent weight, one
@@ -58,6 +59,8 @@ def prepare(model: nn.Module | str, recipe: Recipe | str | Path = "default",
             seeded random image of the size in the recipe or the model's timm ``pretrained_cfg``.
         inplace: reuse ``model``'s modules and parameters instead of a deep copy; ``model``
             must not be used on its own afterwards.
+        model_spec: the timm name and kwargs that re-create ``model`` (recorded automatically when
+            ``model`` is a name); needed to save the supernet to a file and load it elsewhere.
 
     Example:
         >>> import mpqfx, timm, torch
@@ -68,6 +71,7 @@ def prepare(model: nn.Module | str, recipe: Recipe | str | Path = "default",
     """
     recipe = Recipe.load(recipe).check()
     if isinstance(model, str):
+        model_spec = ModelSpec(model)
         model = create_model(model)
     elif not inplace:
         model = copy.deepcopy(model)
@@ -82,7 +86,7 @@ def prepare(model: nn.Module | str, recipe: Recipe | str | Path = "default",
     layer_graph = build_layer_graph(gm, found.layers)
     float_params = sum(p.numel() for p in gm.parameters()) - sum(l.params for l in found.layers)
     rewrite(gm, found.layers, found.nodes, layer_graph, recipe.quant)
-    net = Supernet(gm, found.layers, found.skipped, layer_graph, recipe, tuple(example_input.shape[1:]), float_params)
+    net = Supernet(gm, found.layers, found.skipped, layer_graph, recipe, example_input, float_params, model_spec)
     net.train(was_training)
     if net.coverage() < MIN_COVERAGE:
         warnings.warn(f"{type(model).__name__}: only {net.coverage():.1%} of conv/linear weights are quantized; "

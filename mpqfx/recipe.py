@@ -194,6 +194,29 @@ class StrategySpec:
 
 
 @dataclass(frozen=True)
+class EvalConfig:
+    """How policies are evaluated after search and during data-driven search."""
+
+    bn_images: int = 1024  # training images to re-estimate BatchNorm statistics before each evaluation (0: off)
+    batch_size: int = 128
+    search_images: int = 512  # the fixed set of training images data-driven search backends score on
+
+    def problems(self) -> list[str]:
+        found = [f"{n}: must be >= 0, got {getattr(self, n)}" for n in ("bn_images", "search_images") if getattr(self, n) < 0]
+        if self.batch_size < 1:
+            found.append(f"batch_size: must be >= 1, got {self.batch_size}")
+        return found
+
+
+@dataclass(frozen=True)
+class SearchSpec:
+    """The default search backend by registered name, with that backend's typed options."""
+
+    backend: str = "ilp"
+    options: Any = None  # a mapping in YAML; the backend's options dataclass once resolved
+
+
+@dataclass(frozen=True)
 class Recipe:
     """Everything mpqfx needs to know about how to compress a model.
 
@@ -210,6 +233,8 @@ class Recipe:
     graph: GraphConfig = field(default_factory=GraphConfig)
     strategy: StrategySpec = field(default_factory=StrategySpec)
     train: TrainConfig = field(default_factory=TrainConfig)
+    search: SearchSpec = field(default_factory=SearchSpec)
+    evaluate: EvalConfig = field(default_factory=EvalConfig)
 
     # -- loading -----------------------------------------------------------------------------
     @classmethod
@@ -225,22 +250,20 @@ class Recipe:
         return recipe
 
     def _resolve_strategy(self, problems: list[str]) -> "Recipe":
-        """Convert ``strategy.options`` to the named strategy's options dataclass and run its checks."""
-        from mpqfx.train import STRATEGIES  # imports every built-in strategy; late to avoid an import cycle
+        """Convert the strategy's and the search backend's options to their typed dataclasses."""
+        from mpqfx.search import SEARCHES  # the registries import recipes: late imports avoid a cycle
+        from mpqfx.train import STRATEGIES
 
-        spec = self.strategy
-        if spec.name not in STRATEGIES:
-            problems.append(f"strategy.name: unknown strategy {spec.name!r}; registered: {', '.join(STRATEGIES.names())}")
-            return self
-        strategy = STRATEGIES.get(spec.name)
-        options = spec.options
-        if not dataclasses.is_dataclass(options):
-            options = from_mapping(strategy.options_cls, options, "strategy.options", problems) or strategy.options_cls()
-        elif not isinstance(options, strategy.options_cls):
-            problems.append(f"strategy.options: expected {strategy.options_cls.__name__} for strategy {spec.name!r}")
-            return self
-        resolved = dataclasses.replace(self, strategy=StrategySpec(spec.name, options))
-        problems += strategy.recipe_problems(resolved)  # cross-field needs, e.g. a weight quantizer
+        resolved = self
+        strategy = _resolve_options(self.strategy.name, self.strategy.options, STRATEGIES, "strategy.name",
+                                    "strategy.options", problems)
+        if strategy is not None:
+            resolved = dataclasses.replace(resolved, strategy=StrategySpec(self.strategy.name, strategy[1]))
+            problems += strategy[0].recipe_problems(resolved)  # cross-field needs, e.g. a weight quantizer
+        search = _resolve_options(self.search.backend, self.search.options, SEARCHES, "search.backend",
+                                  "search.options", problems)
+        if search is not None:
+            resolved = dataclasses.replace(resolved, search=SearchSpec(self.search.backend, search[1]))
         return resolved
 
     @classmethod
@@ -287,6 +310,21 @@ class Recipe:
     def replace(self, **changes: Any) -> "Recipe":
         """A copy with top-level fields replaced (``dataclasses.replace``), validated."""
         return dataclasses.replace(self, **changes).check()
+
+
+def _resolve_options(name: str, options: Any, registry, name_path: str, options_path: str,
+                     problems: list[str]) -> tuple[Any, Any] | None:
+    """(registered class, its options dataclass built from ``options``), or None with a problem noted."""
+    if name not in registry:
+        problems.append(f"{name_path}: unknown {registry.kind} {name!r}; registered: {', '.join(registry.names())}")
+        return None
+    entry = registry.get(name)
+    if dataclasses.is_dataclass(options):
+        if not isinstance(options, entry.options_cls):
+            problems.append(f"{options_path}: expected {entry.options_cls.__name__} for {registry.kind} {name!r}")
+            return None
+        return entry, options
+    return entry, from_mapping(entry.options_cls, options, options_path, problems) or entry.options_cls()
 
 
 def shipped_recipes() -> dict[str, str]:

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from typing import Any, Iterator, Sequence
 
 import networkx as nx
+import torch
 import torch.fx as fx
 from torch import nn
 
@@ -15,6 +17,14 @@ from mpqfx.quant.layers import MultiBitMixin
 from mpqfx.quant.policy import Policy
 from mpqfx.quant.transitional_bn import TransitionalBatchNorm
 from mpqfx.recipe import Recipe
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A timm model by name and the keyword arguments it was created with (num_classes, in_chans...)."""
+
+    name: str
+    kwargs: dict[str, Any] = field(default_factory=dict)
 
 
 class Supernet(nn.Module):
@@ -30,15 +40,18 @@ class Supernet(nn.Module):
     """
 
     def __init__(self, graph_module: fx.GraphModule, layers: Sequence[LayerInfo], skipped: Sequence[SkippedLayer],
-                 layer_graph: nx.DiGraph, recipe: Recipe, input_size: Sequence[int], float_params: int):
+                 layer_graph: nx.DiGraph, recipe: Recipe, example_input: torch.Tensor, float_params: int,
+                 model_spec: ModelSpec | None = None):
         super().__init__()
         self.graph_module = graph_module
         self.layers: tuple[LayerInfo, ...] = tuple(layers)
         self.skipped: tuple[SkippedLayer, ...] = tuple(skipped)
         self.layer_graph = layer_graph
         self.recipe = recipe
-        self.input_size = tuple(input_size)
+        self.example_input = example_input.detach()[:1].cpu()  # what annotate saw; rebuilding needs the same
+        self.input_size = tuple(self.example_input.shape[1:])
         self.float_params = float_params  # parameters of the original model outside quantized weights
+        self.model_spec = model_spec  # how to re-create the float model (timm name + kwargs), when known
         self._modules_by_layer: dict[str, MultiBitMixin] = {l.name: graph_module.get_submodule(l.name) for l in layers}
         self._bns = [m for m in graph_module.modules() if isinstance(m, TransitionalBatchNorm)]
         self._prev = {bn.layer: previous_layer(layer_graph, bn.layer) for bn in self._bns}

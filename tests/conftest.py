@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import gzip
 import os
+import struct
+from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -52,3 +55,30 @@ def resnet_supernet() -> mpqfx.Supernet:
     """A small timm ResNet rewritten once per session (tests must not change its policy for good)."""
     torch.manual_seed(0)
     return mpqfx.prepare(timm.create_model("test_resnet"), example_input=torch.randn(1, 3, 32, 32)).eval()
+
+
+def write_idx(path: Path, array) -> None:
+    """Write a uint8 array as a gzip IDX file (the format of MNIST / Fashion-MNIST)."""
+    import numpy as np
+
+    array = np.asarray(array, dtype=np.uint8)
+    header = bytes([0, 0, 8, array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape)
+    with gzip.open(path, "wb") as fh:
+        fh.write(header + array.tobytes())
+
+
+@pytest.fixture(scope="session")
+def fashion_dir(tmp_path_factory) -> Path:
+    """A Fashion-MNIST-format folder with 600 train / 200 test 28x28 images of 10 learnable classes."""
+    import numpy as np
+
+    root = tmp_path_factory.mktemp("fashion")
+    rng = np.random.default_rng(0)
+    templates = rng.integers(0, 256, (10, 28, 28))
+    for split, n, images, labels in (("train", 600, "train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
+                                     ("test", 200, "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")):
+        y = rng.integers(0, 10, n)
+        x = np.clip(templates[y] * 0.7 + rng.integers(0, 77, (n, 28, 28)), 0, 255)
+        write_idx(root / images, x)
+        write_idx(root / labels, y)
+    return root

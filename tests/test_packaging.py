@@ -26,3 +26,19 @@ def test_public_api():
     for name in ("prepare", "bitops", "model_size", "Policy", "Recipe", "Supernet"):
         assert name in mpqfx.__all__ and hasattr(mpqfx, name)
         assert getattr(mpqfx, name).__doc__
+
+
+def test_every_subpackage_is_listed_for_installation():
+    """Editable installs hide a package missing from pyproject's list; a wheel would lack it."""
+    import tomllib
+
+    root = Path(__file__).resolve().parents[1]
+    listed = set(tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    on_disk = {
+        ".".join(d.relative_to(root).parts)
+        for d in (root / "mpqfx").rglob("*")
+        if d.is_dir() and any(d.glob("*.py"))
+    } | {"mpqfx", "mpqfx.cli", "mpqfx.recipes"}
+    assert on_disk <= listed, f"missing from pyproject packages: {sorted(on_disk - listed)}"
+    for package in on_disk - {"mpqfx.cli", "mpqfx.recipes"}:
+        assert (root / package.replace(".", "/") / "__init__.py").exists(), package

@@ -1,0 +1,45 @@
+"""``mpqfx search``: policies for one or more budgets from a trained run, without training."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import click
+
+from mpqfx.errors import MpqfxError
+
+
+def policy_filename(target: str) -> str:
+    """A file name for a target string: ``uniform:4`` -> ``uniform-4.yaml``."""
+    stem = re.sub(r"[^A-Za-z0-9._]+", "-", target.replace(",", "_")).strip("-")
+    return f"{stem or 'policy'}.yaml"
+
+
+@click.command("search")
+@click.option("--run", "run_dir", required=True, type=click.Path(path_type=Path),
+              help="Run directory (or supernet file) written by `mpqfx compress`.")
+@click.option("--target", "targets", multiple=True, required=True,
+              help="Budget: 4.5G, uniform:4, size=8x, avg=3.5, or key=value terms joined by commas (repeatable).")
+@click.option("--backend", default=None, help="ilp, greedy or hessian (default: the run's recipe).")
+@click.option("--out", "out_dir", default=None, type=click.Path(path_type=Path),
+              help="Where to write the policies (default: RUN/policies).")
+def search_command(run_dir: Path, targets: tuple[str, ...], backend: str | None, out_dir: Path | None) -> None:
+    """Search policies for one or more budgets on a trained supernet (no training)."""
+    from mpqfx.cli.tables import print_policy_summary
+    from mpqfx.rundir import search_data
+    from mpqfx.search import search
+    from mpqfx.store import load_supernet
+
+    if not run_dir.exists():
+        raise MpqfxError(f"--run: {str(run_dir)!r} does not exist")
+    net, extras = load_supernet(run_dir)
+    data, calibration = search_data(run_dir, net, backend or net.recipe.search.backend)
+    out_dir = out_dir or (run_dir if run_dir.is_dir() else run_dir.parent) / "policies"
+    rows = []
+    for target in targets:
+        result = search(net, target, backend=backend, data=data, calibration=calibration,
+                        indicators=extras.get("indicators"), traces=extras.get("traces"))
+        path = result.policy.save(out_dir / policy_filename(target))
+        rows.append((target, result, path))
+    print_policy_summary(net, rows)

@@ -1,0 +1,1 @@
+"""Data sets for compression runs: embedded Fashion-MNIST and ImageFolder trees."""

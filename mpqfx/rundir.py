@@ -1,0 +1,76 @@
+"""The run directory: one place per compression run, laid out so that any later command
+(resume, search, export) can rebuild what it needs from it alone.
+
+    run.json          model spec, data spec, recipe name, timing
+    recipe.yaml       the resolved recipe
+    float.pt          float warm-start weights (when a warm-start phase ran)
+    checkpoint.pt     supernet training checkpoint (resume)
+    supernet.pt       the trained supernet (search, export)
+    metrics.jsonl     training metrics
+    policies/*.yaml   searched policies
+    report.json / report.md / pareto.png / bits.png
+    export/           ONNX and integer safetensors files
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from mpqfx.data.spec import DataSpec, fixed_batches
+from mpqfx.errors import MpqfxError
+from mpqfx.io import atomic_write_text
+from mpqfx.models import create_model
+from mpqfx.supernet import Supernet
+
+RUN_FORMAT = "mpqfx.run/1"
+DATA_BACKENDS = ("greedy", "hessian")
+
+
+class RunDir:
+    """Paths of a run directory and its ``run.json``."""
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+        self.run_json = self.root / "run.json"
+        self.recipe = self.root / "recipe.yaml"
+        self.float_weights = self.root / "float.pt"
+        self.checkpoint = self.root / "checkpoint.pt"
+        self.supernet = self.root / "supernet.pt"
+        self.metrics = self.root / "metrics.jsonl"
+        self.policies = self.root / "policies"
+        self.report_json = self.root / "report.json"
+        self.report_md = self.root / "report.md"
+        self.pareto_png = self.root / "pareto.png"
+        self.bits_png = self.root / "bits.png"
+        self.export = self.root / "export"
+
+    def write_meta(self, meta: dict[str, Any]) -> None:
+        atomic_write_text(self.run_json, json.dumps({"format": RUN_FORMAT, **meta}, indent=1, sort_keys=True))
+
+    def meta(self) -> dict[str, Any]:
+        if not self.run_json.is_file():
+            raise MpqfxError(f"{str(self.root)!r} is not an mpqfx run directory (no run.json)")
+        try:
+            meta = json.loads(self.run_json.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as exc:
+            raise MpqfxError(f"{str(self.run_json)!r} is corrupt: {exc}") from None
+        if meta.get("format") != RUN_FORMAT:
+            raise MpqfxError(f"{str(self.run_json)!r}: unknown format {meta.get('format')!r} (expected {RUN_FORMAT})")
+        return meta
+
+
+def search_data(run_dir: str | Path, net: Supernet, backend: str) -> tuple[list, list]:
+    """(evaluation batches, BatchNorm calibration batches) for data-driven backends, rebuilt from
+    the run's data spec; empty lists for backends that need no data or runs that record none."""
+    run = RunDir(run_dir)
+    if backend not in DATA_BACKENDS or not run.run_json.is_file():
+        return [], []
+    spec = DataSpec.from_dict(run.meta()["data"])
+    evaluate = net.recipe.evaluate
+    model = create_model(net.model_spec.name, **net.model_spec.kwargs) if net.model_spec else None
+    train = spec.split("train", model, train=False)
+    batches = fixed_batches(train, evaluate.search_images, evaluate.batch_size, seed=1)
+    calibration = fixed_batches(train, evaluate.bn_images, evaluate.batch_size, seed=2) if evaluate.bn_images else []
+    return batches, calibration

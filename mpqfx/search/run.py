@@ -1,0 +1,74 @@
+"""``mpqfx.search``: search a trained supernet (or a run directory) for a budget, without retraining."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+from mpqfx.config import check_all, from_mapping
+from mpqfx.errors import RecipeError
+from mpqfx.search.backend import SEARCHES, Batch, SearchContext, SearchError, SearchResult
+from mpqfx.search.constraints import Constraints, constraints_from
+from mpqfx.store import load_supernet
+from mpqfx.supernet import Supernet
+
+
+def _options(cls: type, net: Supernet, name: str, options: Any) -> Any:
+    spec = net.recipe.search
+    if options is None:
+        return spec.options if spec.backend == name and isinstance(spec.options, cls.options_cls) else cls.options_cls()
+    problems: list[str] = []
+    if dataclasses.is_dataclass(options):
+        resolved = options
+    else:
+        resolved = from_mapping(cls.options_cls, dict(options), "search.options", problems)
+    problems += check_all(resolved, "search.options") if resolved is not None else []
+    if problems:
+        raise RecipeError(problems, f"search backend {name!r}")
+    return resolved
+
+
+def search(supernet_or_run_dir: Supernet | str | Path, constraints: Constraints | str | Mapping[str, Any],
+           backend: str | None = None, options: Any = None, data: Iterable[Batch] | None = None,
+           calibration: Iterable[Batch] | None = None, indicators: Mapping | None = None,
+           traces: Mapping[str, float] | None = None, costs: Mapping | None = None) -> SearchResult:
+    """Find a policy that meets ``constraints`` on a trained supernet; never retrains.
+
+    Args:
+        supernet_or_run_dir: a Supernet, a supernet file, or a run directory holding ``supernet.pt``.
+        constraints: a :class:`Constraints`, a target string (``"4.5G"``, ``"uniform:4"``,
+            ``"bitops=4.5G,size=8x"``, ``"avg=3.5"``) or a mapping of them.
+        backend: a registered backend (``ilp``, ``greedy``, ``hessian``); default: the recipe's.
+        options: the backend's options (dataclass or mapping); default: the recipe's or the backend's.
+        data: fixed evaluation batches (greedy, hessian, and the ILP's hessian objective).
+        calibration: training batches for BatchNorm re-estimation when a backend asks for it.
+        indicators / traces / costs: per-layer statistics for the ILP objectives (defaults:
+            the supernet's learned steps, the traces stored with it).
+
+    Example:
+        >>> result = mpqfx.search("runs/efficientnet_lite0-oneshot", "uniform:4")
+        >>> result.policy.save("policy-4bit.yaml")
+    """
+    extras: dict[str, Any] = {}
+    if isinstance(supernet_or_run_dir, (str, Path)):
+        net, extras = load_supernet(supernet_or_run_dir)
+    else:
+        net = supernet_or_run_dir
+    name = backend or net.recipe.search.backend
+    cls = SEARCHES.get(name)
+    resolved = _options(cls, net, name, options)
+    target = constraints_from(constraints, net)
+    target.check_feasible(net)
+    context = SearchContext(batches=list(data or []), calibration=list(calibration or []),
+                            indicators=indicators or extras.get("indicators"),
+                            traces=traces or extras.get("traces"), costs=costs)
+    start = time.perf_counter()
+    result = cls(net, resolved, context).run(target)
+    result.seconds = time.perf_counter() - start
+    for policy in result.policies + [result.policy]:
+        policy.validate(net.layers)
+        if not target.satisfied_by(net, policy):
+            raise SearchError(f"search backend {name!r} returned a policy that breaks {target.describe()}")
+    return result
