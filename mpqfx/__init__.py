@@ -14,12 +14,14 @@ from mpqfx.prepare import prepare
 from mpqfx.quant.layers import LayerBits
 from mpqfx.quant.policy import Policy
 from mpqfx.recipe import Recipe
+from mpqfx.search import Constraints, SearchResult
+from mpqfx.search.run import search  # the function shadows the subpackage's name on purpose
 from mpqfx.supernet import Supernet
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "prepare", "bitops", "model_size", "Policy", "Recipe", "Supernet", "LayerInfo", "LayerBits",
-    "LayerKind", "Role", "SkippedLayer", "CostReport", "MpqfxError", "RecipeError", "PolicyError",
+    "prepare", "search", "bitops", "model_size", "Policy", "Recipe", "Supernet", "LayerInfo", "LayerBits",
+    "LayerKind", "Role", "SkippedLayer", "CostReport", "Constraints", "SearchResult", "MpqfxError", "RecipeError", "PolicyError",
     "UnknownModelError", "UntraceableModelError",
 ]

@@ -23,7 +23,7 @@ def test_console_script_runs(tmp_path):
 def test_public_api():
     import mpqfx
 
-    for name in ("prepare", "bitops", "model_size", "Policy", "Recipe", "Supernet"):
+    for name in ("prepare", "search", "bitops", "model_size", "Policy", "Recipe", "Supernet"):
         assert name in mpqfx.__all__ and hasattr(mpqfx, name)
         assert getattr(mpqfx, name).__doc__
 
@@ -42,3 +42,11 @@ def test_every_subpackage_is_listed_for_installation():
     assert on_disk <= listed, f"missing from pyproject packages: {sorted(on_disk - listed)}"
     for package in on_disk - {"mpqfx.cli", "mpqfx.recipes"}:
         assert (root / package.replace(".", "/") / "__init__.py").exists(), package
+
+
+def test_search_function_survives_submodule_imports():
+    import mpqfx
+    import mpqfx.search.greedy  # noqa: F401
+    from mpqfx.search import Constraints  # noqa: F401
+
+    assert callable(mpqfx.search) and mpqfx.search.__module__ == "mpqfx.search.run"
