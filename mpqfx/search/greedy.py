@@ -48,6 +48,15 @@ def _normalise(values: list[float]) -> list[float]:
     return [0.0 if high == low else (v - low) / (high - low) for v in values]
 
 
+def _budget_cost(constraints: Constraints, measured: dict[str, float]) -> float:
+    """The cost term of Eq. 9 for any set of bounds: each bounded quantity as a multiple of its
+    limit, counted down to the limit only, so a move is rewarded for cutting what still breaks a
+    bound and penalised for pushing a met one over it (one BitOPs bound: Eq. 9's BitOPs term)."""
+    bounds = [(constraints.bitops, measured["bitops"]), (constraints.size_bits, measured["size_bits"]),
+              (constraints.avg_bits, measured["avg_w_bits"]), (constraints.avg_bits, measured["avg_a_bits"])]
+    return sum(max(value / limit, 1.0) for limit, value in bounds if limit is not None)
+
+
 @register_search("greedy")
 class GreedySearch(SearchBackend):
     """Bidirectional greedy: +-1 bit on one layer's weights or activations per iteration (Eq. 9)."""
@@ -69,9 +78,6 @@ class GreedySearch(SearchBackend):
                         out.append((layer.name, policy.replace(**{layer.name: new})))
         return out
 
-    def _cost_key(self, constraints: Constraints) -> str:
-        return "size_bits" if constraints.bitops is None and constraints.size_bits is not None else "bitops"
-
     def run(self, constraints: Constraints) -> SearchResult:
         o = self.options
         batches = self.require_batches()
@@ -81,7 +87,6 @@ class GreedySearch(SearchBackend):
         limit = o.max_iterations or 2 * steps_to_min + 1
         reuse = o.reuse_activations and o.recalibrate_batches == 0
         incremental = IncrementalEvaluator(self.net, batches) if reuse else None
-        cost_key = self._cost_key(constraints)
         visited, iterations, evaluations = {policy}, 0, 0
         while not constraints.satisfied_by(self.net, policy):
             if iterations >= limit:
@@ -92,7 +97,7 @@ class GreedySearch(SearchBackend):
             if not candidates:
                 raise SearchError(f"greedy search ran out of unvisited moves before meeting {constraints.describe()}")
             losses = [self._loss(p, name, incremental) for name, p in candidates]
-            costs = [constraints.measure(self.net, p)[cost_key] for _, p in candidates]
+            costs = [_budget_cost(constraints, constraints.measure(self.net, p)) for _, p in candidates]
             scores = [l + o.lam * c for l, c in zip(_normalise(losses), _normalise(costs))]  # Eq. 9
             policy = candidates[min(range(len(scores)), key=scores.__getitem__)][1]
             visited.add(policy)

@@ -125,3 +125,16 @@ def test_targets_parse_to_the_documented_budgets(trained):
     assert parse_target("size=2.5MB", net).size_bits == 2.5 * 8e6
     assert parse_target("size=uniform:4", net).size_bits == u4.size_bits
     assert parse_target("uniform:4/8", net).bitops == mpqfx.bitops(net, Policy.uniform(net, 4, 8)).total
+
+
+@pytest.mark.parametrize("backend,seed", [("greedy", 0), ("greedy", 1), ("hessian", 0), ("hessian", 1)])
+def test_data_backends_meet_random_constraint_combinations(trained, backend, seed):
+    net, evaluation, calibration = trained
+    rng = random.Random(seed)
+    terms = [f"bitops=uniform:{rng.choice([4, 5])}", f"size={rng.uniform(5, 6):.2f}x", f"avg={rng.uniform(4.5, 5.5):.2f}"]
+    target = ",".join(rng.sample(terms, rng.randint(1, 3)))
+    options = {"top_k": 2, "power_iters": 3} if backend == "hessian" else {}
+    result = search(net, target, backend=backend, data=evaluation, calibration=calibration, options=options)
+    for policy in result.policies + [result.policy]:
+        _valid(net, policy)
+        assert parse_target(target, net).satisfied_by(net, policy), target
