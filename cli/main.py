@@ -7,6 +7,9 @@ import sys
 import click
 
 from mpqfx.cli.options import parse_input_size
+from mpqfx.cli.compress import compress_command
+from mpqfx.cli.export import export_command
+from mpqfx.cli.recipes import recipes_command, validate_command
 from mpqfx.cli.search import search_command
 from mpqfx.errors import MpqfxError
 
@@ -57,7 +60,8 @@ def bitops(model_name: str, bits: int | None, wbits: int | None, abits: int | No
                       per_layer=per_layer)
 
 
-cli.add_command(search_command)
+for command in (compress_command, search_command, export_command, recipes_command, validate_command):
+    cli.add_command(command)
 
 
 def main() -> None:

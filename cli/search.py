@@ -2,18 +2,11 @@
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 import click
 
 from mpqfx.errors import MpqfxError
-
-
-def policy_filename(target: str) -> str:
-    """A file name for a target string: ``uniform:4`` -> ``uniform-4.yaml``."""
-    stem = re.sub(r"[^A-Za-z0-9._]+", "-", target.replace(",", "_")).strip("-")
-    return f"{stem or 'policy'}.yaml"
 
 
 @click.command("search")
@@ -27,7 +20,7 @@ def policy_filename(target: str) -> str:
 def search_command(run_dir: Path, targets: tuple[str, ...], backend: str | None, out_dir: Path | None) -> None:
     """Search policies for one or more budgets on a trained supernet (no training)."""
     from mpqfx.cli.tables import print_policy_summary
-    from mpqfx.rundir import search_data
+    from mpqfx.rundir import policy_filename, search_data
     from mpqfx.search import search
     from mpqfx.store import load_supernet
 

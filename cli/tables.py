@@ -44,3 +44,16 @@ def print_policy_summary(net, rows, console: Console | None = None) -> None:
                       f"{result.policy.mean_bits('w'):.2f}/{result.policy.mean_bits('a'):.2f}",
                       f"{result.seconds:.2f}", str(path))
     console.print(table)
+
+
+def print_compress_summary(result, console: Console | None = None) -> None:
+    """The policies of a compress run (BitOPs, size, accuracy) and where the run directory is."""
+    console = console or Console()
+    table = Table(title=f"mpqfx compress: {result.run_dir}")
+    for col in ("model", "target", "top-1 (%)", "GBitOPs", "size (MB)", "compression"):
+        table.add_column(col, justify="left" if col in ("model", "target") else "right")
+    for r in result.results:
+        table.add_row(r.name, r.target or "", f"{100 * r.accuracy:.2f}", f"{r.bitops / 1e9:.4g}",
+                      f"{r.size_bits / 8e6:.3f}", f"{r.compression:.2f}x")
+    console.print(table)
+    console.print(f"report: {result.run_dir / 'report.md'}")

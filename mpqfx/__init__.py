@@ -7,6 +7,7 @@ Example:
     >>> mpqfx.bitops(net, net.policy).total
 """
 
+from mpqfx.compress import CompressResult, compress
 from mpqfx.cost.report import CostReport, bitops, model_size
 from mpqfx.errors import MpqfxError, PolicyError, RecipeError, UnknownModelError, UntraceableModelError
 from mpqfx.graph.layer_info import LayerInfo, LayerKind, Role, SkippedLayer
@@ -21,7 +22,7 @@ from mpqfx.supernet import Supernet
 __version__ = "0.1.0"
 
 __all__ = [
-    "prepare", "search", "bitops", "model_size", "Policy", "Recipe", "Supernet", "LayerInfo", "LayerBits",
+    "prepare", "search", "compress", "CompressResult", "bitops", "model_size", "Policy", "Recipe", "Supernet", "LayerInfo", "LayerBits",
     "LayerKind", "Role", "SkippedLayer", "CostReport", "Constraints", "SearchResult", "MpqfxError", "RecipeError", "PolicyError",
     "UnknownModelError", "UntraceableModelError",
 ]

@@ -200,12 +200,42 @@ class EvalConfig:
     bn_images: int = 1024  # training images to re-estimate BatchNorm statistics before each evaluation (0: off)
     batch_size: int = 128
     search_images: int = 512  # the fixed set of training images data-driven search backends score on
+    uniform_bits: tuple[int, ...] = (8, 4, 3)  # uniform policies reported next to the searched ones
 
     def problems(self) -> list[str]:
         found = [f"{n}: must be >= 0, got {getattr(self, n)}" for n in ("bn_images", "search_images") if getattr(self, n) < 0]
+        found += [f"uniform_bits: {b} is not a bit-width in 1..8" for b in self.uniform_bits if not 1 <= b <= 8]
         if self.batch_size < 1:
             found.append(f"batch_size: must be >= 1, got {self.batch_size}")
         return found
+
+
+@dataclass(frozen=True)
+class WarmStartConfig:
+    """Float training of the original model before the supernet, when ``compress`` is given
+    neither pretrained nor local weights. Other settings (batch size, optimizer, seed...) come
+    from ``train``."""
+
+    epochs: int = 1
+    lr: float = 0.05
+
+    def problems(self) -> list[str]:
+        found = [] if self.epochs >= 0 else [f"epochs: must be >= 0, got {self.epochs}"]
+        return found + ([] if self.lr > 0 else [f"lr: must be > 0, got {self.lr}"])
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """How much of the data set a run uses and the Fashion-MNIST input size."""
+
+    train_images: int | None = None  # the first N training images; null: all
+    val_images: int | None = None  # the first N held-out images; null: all
+    image_size: int = 32  # square input side for Fashion-MNIST (ImageFolder uses the model's config)
+
+    def problems(self) -> list[str]:
+        found = [f"{n}: must be >= 1 or null, got {getattr(self, n)}" for n in ("train_images", "val_images")
+                 if getattr(self, n) is not None and getattr(self, n) < 1]
+        return found + ([] if self.image_size >= 8 else [f"image_size: must be >= 8, got {self.image_size}"])
 
 
 @dataclass(frozen=True)
@@ -235,6 +265,8 @@ class Recipe:
     train: TrainConfig = field(default_factory=TrainConfig)
     search: SearchSpec = field(default_factory=SearchSpec)
     evaluate: EvalConfig = field(default_factory=EvalConfig)
+    warm_start: WarmStartConfig = field(default_factory=WarmStartConfig)
+    data: DataConfig = field(default_factory=DataConfig)
 
     # -- loading -----------------------------------------------------------------------------
     @classmethod

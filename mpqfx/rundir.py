@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +60,12 @@ class RunDir:
         if meta.get("format") != RUN_FORMAT:
             raise MpqfxError(f"{str(self.run_json)!r}: unknown format {meta.get('format')!r} (expected {RUN_FORMAT})")
         return meta
+
+
+def policy_filename(target: str) -> str:
+    """A file name for a target string: ``uniform:4`` -> ``uniform-4.yaml``."""
+    stem = re.sub(r"[^A-Za-z0-9._]+", "-", target.replace(",", "_")).strip("-")
+    return f"{stem or 'policy'}.yaml"
 
 
 def search_data(run_dir: str | Path, net: Supernet, backend: str) -> tuple[list, list]:

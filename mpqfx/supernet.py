@@ -15,7 +15,7 @@ from mpqfx.graph.layer_graph import previous_layer
 from mpqfx.graph.layer_info import LayerInfo, SkippedLayer
 from mpqfx.quant.layers import MultiBitMixin
 from mpqfx.quant.policy import Policy
-from mpqfx.quant.transitional_bn import TransitionalBatchNorm
+from mpqfx.quant.transitional_bn import FLOAT_KEY, TransitionalBatchNorm
 from mpqfx.recipe import Recipe
 
 
@@ -106,6 +106,20 @@ class Supernet(nn.Module):
             yield self
         finally:
             self.set_policy(previous)
+
+    @torch.no_grad()
+    def refit_quantizers(self) -> None:
+        """Fit the quantizers and BatchNorm sets to the current float weights again, as ``prepare``
+        does for a new model: weight steps from the weights, activation steps lazily from the next
+        batch, every Transitional BN set a copy of the float (``fp``) one. Run it after training
+        the float model in bypass mode (``compress``'s warm start)."""
+        for module in self._modules_by_layer.values():
+            module.weight_quant.init_steps(module.weight)
+            module.act_quant.reset()
+        for bn in self._bns:
+            for key, bn_set in bn.sets.items():
+                if key != FLOAT_KEY:
+                    bn_set.load_state_dict(bn.sets[FLOAT_KEY].state_dict())
 
     def describe(self) -> str:
         """A few lines: layers (traced/untraced), skipped weights with reasons, coverage, BN sets."""

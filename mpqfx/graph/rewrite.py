@@ -24,7 +24,7 @@ from mpqfx.recipe import BnMode, QuantConfig, WeightQuantizer
 BN_TYPES = (nn.BatchNorm2d, BatchNormAct2d)
 
 
-def _set_submodule(root: nn.Module, name: str, new: nn.Module) -> None:
+def set_submodule(root: nn.Module, name: str, new: nn.Module) -> None:
     parent, _, child = name.rpartition(".")
     setattr(root.get_submodule(parent) if parent else root, child, new)
 
@@ -62,11 +62,11 @@ def rewrite(gm: fx.GraphModule, layers: Sequence[LayerInfo], nodes: dict[str, fx
             # The quantizer of the raw network input is calibrated on the first batch and kept
             # fixed: learning it would cost the first conv a full input-gradient pass.
             module.act_quant.steps.requires_grad_(False)
-        _set_submodule(gm, info.name, module)
+        set_submodule(gm, info.name, module)
     for bn_name, info in bn_matches:
         prev = previous_layer(layer_graph, info.name)
         keys = _bn_keys(bn_mode, info, by_name.get(prev) if prev else None)
-        _set_submodule(gm, bn_name, TransitionalBatchNorm(gm.get_submodule(bn_name), bn_mode, keys, info.name, prev))
+        set_submodule(gm, bn_name, TransitionalBatchNorm(gm.get_submodule(bn_name), bn_mode, keys, info.name, prev))
     gm.graph.lint()
     gm.recompile()
     return gm

@@ -155,6 +155,18 @@ class MultiBitLSQ(nn.Module):
         self.initialized.fill_(True)
         self._ready.update(self.bits)
 
+    @torch.no_grad()
+    def integers(self, x: torch.Tensor, bits: int) -> torch.Tensor:
+        """The integers (as float values) that ``forward(x, bits)`` multiplies by the step."""
+        step = self.step(bits).clamp(min=STEP_EPS)
+        return torch.div(x, step).clamp_(*int_range(bits, self.signed)).round_()
+
+    @torch.no_grad()
+    def reset(self) -> None:
+        """Forget every fitted step: each bit-width is fitted again from the next input it sees."""
+        self.initialized.fill_(False)
+        self._ready.clear()
+
     def forward(self, x: torch.Tensor, bits: int | None) -> torch.Tensor:
         if bits is None:
             return x

@@ -54,3 +54,9 @@ def progress_bar(enabled: bool) -> Progress:
         TextColumn("loss {task.fields[loss]:.4f}"), TextColumn("lr {task.fields[lr]:.2e}"),
         TextColumn("{task.fields[ips]:.0f} img/s"), TimeElapsedColumn(), TimeRemainingColumn(),
         disable=not enabled, transient=False)
+
+
+def phase_bar(enabled: bool) -> Progress:
+    """A plain bar for the phases after training (evaluation, export)."""
+    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                    disable=not enabled, transient=False)

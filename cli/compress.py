@@ -1,0 +1,46 @@
+"""``mpqfx compress``: the whole job, from a timm model name to a report and exported files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+
+@click.command("compress")
+@click.option("--model", "model_name", required=True, help="timm model name, e.g. efficientnet_lite0.")
+@click.option("--recipe", default="quickstart", show_default=True, help="Shipped recipe name (see `mpqfx recipes`) or YAML path.")
+@click.option("--data", default="fashion-mnist", show_default=True,
+              help="fashion-mnist (embedded) or the root of an ImageFolder tree with train/ and val/.")
+@click.option("--data-dir", default=None, help="Folder with the Fashion-MNIST IDX files (default: $MPQFX_DATA_DIR, "
+              "then /usr/share/datasets/fashion-mnist).")
+@click.option("--target", "targets", multiple=True, help="Budget (repeatable): 4.5G, uniform:4, size=8x, avg=3.5, ... "
+              "[default: uniform:4 and uniform:3]")
+@click.option("--epochs", type=click.IntRange(1), default=None, help="Supernet epochs (default: the recipe's).")
+@click.option("--batch-size", type=click.IntRange(1), default=None, help="Training batch size (default: the recipe's).")
+@click.option("--train-images", type=click.IntRange(1), default=None, help="Use the first N training images.")
+@click.option("--val-images", type=click.IntRange(1), default=None, help="Use the first N held-out images.")
+@click.option("--out", type=click.Path(path_type=Path), default=None,
+              help="Run directory [default: runs/<model>-<recipe>-<timestamp>].")
+@click.option("--checkpoint", type=click.Path(path_type=Path), default=None, help="Local float weights (state dict).")
+@click.option("--pretrained", is_flag=True, help="Start from timm's pretrained weights (needs the network).")
+@click.option("--device", type=click.Choice(["cpu", "cuda"]), default=None, help="Default: cuda when available.")
+@click.option("--resume", is_flag=True, help="Continue the run in --out from where it stopped.")
+@click.option("--seed", type=int, default=None, help="Seed (default: the recipe's).")
+@click.option("--no-export", is_flag=True, help="Skip the safetensors/ONNX export.")
+def compress_command(model_name: str, recipe: str, data: str, data_dir: str | None, targets: tuple[str, ...],
+                     epochs: int | None, batch_size: int | None, train_images: int | None, val_images: int | None,
+                     out: Path | None, checkpoint: Path | None, pretrained: bool, device: str | None, resume: bool,
+                     seed: int | None, no_export: bool) -> None:
+    """Train a supernet once, search every --target, evaluate, report and export."""
+    from rich.console import Console
+
+    from mpqfx.cli.tables import print_compress_summary
+    from mpqfx.compress import compress
+
+    console = Console(stderr=True)
+    result = compress(model_name, recipe, data, targets, epochs=epochs, batch_size=batch_size, out=out,
+                      checkpoint=checkpoint, pretrained=pretrained, device=device, resume=resume, seed=seed,
+                      data_dir=data_dir, train_images=train_images, val_images=val_images, export=not no_export,
+                      log=lambda message: console.print(f"[dim]mpqfx:[/dim] {message}"))
+    print_compress_summary(result)

@@ -1,0 +1,105 @@
+"""The integer weight file: a safetensors file holding each layer's weights packed to its
+bit-width, its per-channel scale and bias (BatchNorm folded in), the activation steps, the
+remaining float tensors, and in its metadata what rebuilds the module (timm model, recipe,
+input size, policy) plus a SHA-256 of every tensor, checked on load.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save as safetensors_bytes
+from torch import nn
+
+from mpqfx.errors import MpqfxError
+from mpqfx.export.deploy import deploy
+from mpqfx.export.packing import pack_ints, unpack_ints
+from mpqfx.io import atomic_write_bytes
+from mpqfx.quant.policy import Policy
+from mpqfx.supernet import Supernet
+
+FORMAT = "mpqfx.integer/1"
+PACKED = ".weight_packed"
+
+
+class ExportFileError(MpqfxError):
+    """An exported file that is missing, corrupt, or not an mpqfx file."""
+
+
+def tensor_digest(tensors: dict[str, torch.Tensor]) -> str:
+    """SHA-256 over every tensor's name, dtype, shape and bytes, in name order."""
+    h = hashlib.sha256()
+    for name in sorted(tensors):
+        t = tensors[name].contiguous().cpu()
+        h.update(f"{name}|{t.dtype}|{list(t.shape)}|".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def save_integer_model(net: Supernet, policy: Policy, path: str | Path) -> Path:
+    """Write ``net`` at ``policy`` (see :func:`deploy`) to ``path`` with weights packed to their bits."""
+    if net.model_spec is None:
+        raise MpqfxError("the integer file records the timm model that rebuilds the module; "
+                         "prepare() the supernet from a timm name or pass model_spec=")
+    state = deploy(net, policy).state_dict()
+    tensors: dict[str, torch.Tensor] = {}
+    layers: dict[str, dict[str, Any]] = {}
+    for name, tensor in state.items():
+        layer, _, leaf = name.rpartition(".")
+        if leaf == "weight_int":
+            tensors[layer + PACKED] = pack_ints(tensor, policy[layer].w)
+            layers[layer] = {"w_bits": policy[layer].w, "shape": list(tensor.shape)}
+        else:
+            tensors[name] = tensor.detach().clone().contiguous()
+    meta = {"format": FORMAT, "model": {"name": net.model_spec.name, "kwargs": dict(net.model_spec.kwargs)},
+            "recipe": net.recipe.to_dict(), "input_size": list(net.input_size), "policy": policy.to_dict(),
+            "layers": layers, "sha256": tensor_digest(tensors)}
+    path = Path(path)
+    atomic_write_bytes(path, safetensors_bytes(tensors, metadata={"mpqfx": json.dumps(meta)}))
+    return path
+
+
+def read_integer_file(path: str | Path, fmt: str = FORMAT) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """(metadata, tensors) of an mpqfx safetensors file of format ``fmt``, with its SHA-256 checked."""
+    path = Path(path)
+    if not path.is_file():
+        raise ExportFileError(f"no integer weight file at {str(path)!r}")
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            meta = json.loads((fh.metadata() or {}).get("mpqfx", "{}"))
+            tensors = {k: fh.get_tensor(k) for k in fh.keys()}
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        raise ExportFileError(f"{str(path)!r} is corrupt or truncated ({' '.join(str(exc).split())[:120]})") from None
+    if meta.get("format") != fmt:
+        raise ExportFileError(f"{str(path)!r} is not an mpqfx file of format {fmt} (found {meta.get('format')!r})")
+    if tensor_digest(tensors) != meta.get("sha256"):
+        raise ExportFileError(f"{str(path)!r} is corrupt: its tensors do not match the SHA-256 it records")
+    return meta, tensors
+
+
+def load_integer_model(path: str | Path) -> nn.Module:
+    """Rebuild the runnable module (eval mode) that :func:`save_integer_model` wrote to ``path``."""
+    from mpqfx.models import create_model
+    from mpqfx.prepare import prepare
+    from mpqfx.recipe import Recipe
+    from mpqfx.supernet import ModelSpec
+
+    meta, tensors = read_integer_file(path)
+    spec = ModelSpec(meta["model"]["name"], meta["model"]["kwargs"])
+    net = prepare(create_model(spec.name, **spec.kwargs), Recipe.from_dict(meta["recipe"], str(path)),
+                  example_input=torch.zeros(1, *meta["input_size"]), inplace=True, model_spec=spec)
+    module = deploy(net, Policy.from_dict(meta["policy"], str(path)))
+    state = {k: v for k, v in tensors.items() if not k.endswith(PACKED)}
+    for layer, info in meta["layers"].items():
+        state[f"{layer}.weight_int"] = unpack_ints(tensors[layer + PACKED], info["w_bits"], tuple(info["shape"]))
+    try:
+        module.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise ExportFileError(f"{str(path)!r} does not match {spec.name} rebuilt with its recipe: "
+                              f"{' '.join(str(exc).split())[:200]}") from None
+    return module.eval()
