@@ -22,8 +22,16 @@ test: install
 test-slow: install
 	$(BIN)/python -m pytest -q -m slow
 
+FASHION_MNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
+
+# Installs Debian's dataset-fashion-mnist when neither it nor $MPQFX_DATA_DIR is there, then
+# runs the whole job (float warm start, supernet, search, evaluation, report, export).
 demo: install
-	$(BIN)/mpqfx bitops --model efficientnet_lite0 --bits 4
+	@if [ ! -f $(FASHION_MNIST) ] && [ -z "$$MPQFX_DATA_DIR" ]; then \
+	  echo "installing Fashion-MNIST: apt-get install dataset-fashion-mnist"; \
+	  $$([ "$$(id -u)" = 0 ] || echo sudo) apt-get install -y dataset-fashion-mnist; \
+	fi
+	$(BIN)/mpqfx compress --model efficientnet_lite0
 
 bench: install
 	$(BIN)/python benchmarks/bench_prepare.py

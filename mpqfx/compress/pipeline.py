@@ -203,7 +203,7 @@ def _warm_start(net: Supernet, train_set, recipe: Recipe, run: RunDir, device, r
         log(f"warm start: {recipe.warm_start.epochs} float epoch(s)")
         trainer = Trainer(net, train_set, float_recipe(recipe), run_dir=run.root / "float", device=device, progress=progress)
         trainer.fit(resume=resume and trainer.checkpoint_path.is_file())
-        save_supernet(net.cpu(), run.float_weights)
+        save_supernet(net, run.float_weights)
     net.refit_quantizers()
 
 
@@ -219,7 +219,7 @@ def _train_supernet(net: Supernet, train_set, recipe: Recipe, run: RunDir, devic
     trainer.fit(resume=resume and trainer.checkpoint_path.is_file())
     state = trainer.strategy.state_dict()
     extras = {k: state[k] for k in ("traces", "indicators") if k in state}
-    save_supernet(net.cpu(), run.supernet, extras=extras)
+    save_supernet(net, run.supernet, extras=extras)
     return extras
 
 

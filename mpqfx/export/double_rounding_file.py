@@ -36,12 +36,12 @@ def save_double_rounding(net: Supernet, path: str | Path) -> Path:
     if net.model_spec is None:
         raise MpqfxError("the Double Rounding file records the timm model that rebuilds the supernet; "
                          "prepare() it from a timm name or pass model_spec=")
-    state = {k: v.detach().clone().contiguous() for k, v in net.state_dict().items()}
+    state = {k: v.detach().cpu().clone().contiguous() for k, v in net.state_dict().items()}
     high = {}
     for name, module in modules.items():
         quant = module.weight_quant
         state.pop(f"graph_module.{name}.weight")
-        state[f"graph_module.{name}{INTS}"] = quant.integers(module.weight).to(torch.int8)  # Eq. 1
+        state[f"graph_module.{name}{INTS}"] = quant.integers(module.weight).to(torch.int8).cpu()  # Eq. 1
         high[name] = quant.high
     meta = {"format": FORMAT, "model": {"name": net.model_spec.name, "kwargs": dict(net.model_spec.kwargs)},
             "recipe": net.recipe.to_dict(), "input_size": list(net.input_size), "high_bits": high,

@@ -55,7 +55,7 @@ def save_integer_model(net: Supernet, policy: Policy, path: str | Path) -> Path:
             tensors[layer + PACKED] = pack_ints(tensor, policy[layer].w)
             layers[layer] = {"w_bits": policy[layer].w, "shape": list(tensor.shape)}
         else:
-            tensors[name] = tensor.detach().clone().contiguous()
+            tensors[name] = tensor.detach().cpu().clone().contiguous()
     meta = {"format": FORMAT, "model": {"name": net.model_spec.name, "kwargs": dict(net.model_spec.kwargs)},
             "recipe": net.recipe.to_dict(), "input_size": list(net.input_size), "policy": policy.to_dict(),
             "layers": layers, "sha256": tensor_digest(tensors)}

@@ -96,7 +96,7 @@ def export_onnx(module: nn.Module, example_input: torch.Tensor, path: str | Path
 
     Raises MpqfxError (and writes nothing) when the outputs differ by more than 1e-4 of the output range.
     """
-    module = module.eval()
+    module = module.cpu().eval()
     example_input = example_input.detach().cpu()
     buffer = io.BytesIO()
     with warnings.catch_warnings(), torch.no_grad():

@@ -103,7 +103,7 @@ def test_truncated_checkpoint_is_detected(make_net, small_recipe, dataset, tmp_p
     ("strategy: {name: oneshot, options: {samples: 0}}\ntrain: {lr: -1}",
      ["strategy.options.samples: K must be >= 1", "train.lr: must be > 0"]),
     ("strategy: {name: nope}\ntrain: {epochs: 0, optimizer: sgdd}",
-     ["strategy.name: unknown strategy 'nope'; registered: bitmixer, double_rounding, limpq, oneshot",
+     ["strategy.name: unknown strategy 'nope'; registered: bitmixer, double_rounding, float, limpq, oneshot",
       "train.epochs: must be >= 1", "train.optimizer: 'sgdd' is not allowed"]),
     ("strategy: {name: bitmixer, options: {stages: [0.5, 0.5, 0.5]}}\nquant: {bn: shared}",
      ["strategy.options.stages: [0.5, 0.5, 0.5] must add up to 1 (they add up to 1.5)",

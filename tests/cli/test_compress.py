@@ -1,0 +1,151 @@
+"""`mpqfx compress` end to end through the CLI with tiny settings, and the commands around it."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+
+import mpqfx
+from mpqfx import Policy
+from mpqfx.export import load_integer_model
+from mpqfx.search import parse_target
+from mpqfx.store import load_supernet
+
+TARGETS = ["uniform:4", "bitops=uniform:5,size=6x"]
+
+
+def mpqfx_cli(*args, env=None):
+    return subprocess.run([sys.executable, "-m", "mpqfx.cli.main", *map(str, args)], capture_output=True, text=True,
+                          env=env)
+
+
+def one_line_error(proc, message):
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0] and "Traceback" not in proc.stderr, proc.stderr
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory, fashion_dir):
+    root = tmp_path_factory.mktemp("compress") / "run"
+    targets = [a for t in TARGETS for a in ("--target", t)]
+    proc = mpqfx_cli("compress", "--model", "test_resnet", "--data-dir", fashion_dir, "--train-images", 128,
+                     "--val-images", 64, "--batch-size", 32, "--out", root, *targets)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return root, proc
+
+
+def test_run_directory_holds_every_promised_file(run):
+    root, proc = run
+    for name in ("run.json", "recipe.yaml", "float.pt", "supernet.pt", "checkpoint.pt", "metrics.jsonl",
+                 "report.json", "report.md", "pareto.png", "bits.png", "float/checkpoint.pt"):
+        assert (root / name).is_file(), name
+    for png in ("pareto.png", "bits.png"):
+        assert (root / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert sorted(p.name for p in (root / "policies").iterdir()) == ["bitops-uniform-5_size-6x.yaml", "uniform-4.yaml"]
+    exports = sorted(p.name for p in (root / "export").iterdir())
+    assert exports == sorted(f"{s}.{e}" for s in ("bitops-uniform-5_size-6x", "uniform-4") for e in ("onnx", "safetensors"))
+    assert str(root) in proc.stdout and "uniform 4/4" in proc.stdout and "report.md" in proc.stdout
+    for line in (root / "metrics.jsonl").read_text().splitlines():
+        assert "loss" in json.loads(line)
+
+
+def test_report_lists_float_uniform_and_searched_with_exact_bitops(run):
+    root, _ = run
+    report = json.loads((root / "report.json").read_text())
+    net, _ = load_supernet(root)
+    kinds = [p["kind"] for p in report["policies"]]
+    assert kinds == ["float", "uniform", "uniform", "uniform", "searched", "searched"]
+    assert [p["name"] for p in report["policies"]][1:4] == ["uniform 8/8", "uniform 4/4", "uniform 3/3"]
+    for entry in report["policies"]:
+        policy = Policy.bypass(net.layers) if entry["bits"] is None else Policy({k: tuple(v) for k, v in entry["bits"].items()})
+        cost = mpqfx.bitops(net, policy)
+        assert entry["bitops"] == cost.total and entry["size_bits"] == cost.size_bits
+        assert 0 <= entry["accuracy"] <= 1
+    assert report["float_accuracy"] == report["policies"][0]["accuracy"]
+    assert set(report["seconds"]) == {"warm start", "supernet training", "search", "evaluation", "export"}
+    markdown = (root / "report.md").read_text()
+    assert "Float accuracy" in markdown and "Per-layer bits" in markdown and "pareto.png" in markdown
+
+
+def test_searched_policies_meet_their_targets(run):
+    root, _ = run
+    net, _ = load_supernet(root)
+    report = json.loads((root / "report.json").read_text())
+    searched = [p for p in report["policies"] if p["kind"] == "searched"]
+    assert [p["target"] for p in searched] == TARGETS
+    for entry in searched:
+        policy = Policy.load(entry["policy_file"])
+        assert parse_target(entry["target"], net).satisfied_by(net, policy)
+
+
+def test_exported_onnx_and_pytorch_agree(run):
+    root, _ = run
+    x = torch.randn(4, 1, 32, 32, generator=torch.Generator().manual_seed(0))
+    for stem in ("uniform-4", "bitops-uniform-5_size-6x"):
+        module = load_integer_model(root / "export" / f"{stem}.safetensors")
+        expected = module(x).detach().numpy()
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        session = ort.InferenceSession(str(root / "export" / f"{stem}.onnx"), options)
+        got = session.run(None, {"input": x.numpy()})[0]
+        assert np.abs(got - expected).max() <= 1e-4 * (expected.max() - expected.min())
+
+
+def test_export_command_writes_a_policy_again(run, tmp_path):
+    root, _ = run
+    out = tmp_path / "again.safetensors"
+    proc = mpqfx_cli("export", "--run", root, "--policy", root / "policies" / "uniform-4.yaml", "--format",
+                     "safetensors", "--out", out)
+    assert proc.returncode == 0, proc.stderr
+    x = torch.randn(2, 1, 32, 32)
+    assert torch.equal(load_integer_model(out)(x), load_integer_model(root / "export" / "uniform-4.safetensors")(x))
+    proc = mpqfx_cli("export", "--run", root, "--policy", root / "policies" / "uniform-4.yaml", "--format", "double-rounding")
+    one_line_error(proc, "weight_quantizer: double_rounding")
+
+
+def test_a_finished_run_is_not_overwritten(run, fashion_dir):
+    root, _ = run
+    before = (root / "report.json").read_bytes()
+    proc = mpqfx_cli("compress", "--model", "test_resnet", "--data-dir", fashion_dir, "--out", root)
+    one_line_error(proc, "already holds a run; pass --resume")
+    assert (root / "report.json").read_bytes() == before
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--pretrained"], "cannot fetch timm's pretrained weights for 'test_resnet'"),
+    (["--checkpoint", "/nonexistent.pt"], "--checkpoint: no file at '/nonexistent.pt'"),
+    (["--target", "0.0000001G"], "below the minimum"),
+    (["--recipe", "nope"], "no shipped recipe named 'nope'"),
+    (["--data", "/nonexistent"], "data directory '/nonexistent' does not exist"),
+])
+def test_compress_errors_are_one_line(args, message, fashion_dir, tmp_path):
+    proc = mpqfx_cli("compress", "--model", "test_resnet", "--data-dir", fashion_dir, "--out", tmp_path / "r", *args,
+                     env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"})
+    one_line_error(proc, message)
+    assert not (tmp_path / "r" / "report.json").exists()
+
+
+def test_recipes_lists_every_shipped_recipe():
+    proc = mpqfx_cli("recipes")
+    assert proc.returncode == 0
+    names = [line.split(":")[0].split(" ")[0] for line in proc.stdout.strip().splitlines()]
+    assert names == ["bitmixer", "double_rounding", "limpq", "oneshot", "quickstart"]
+    assert "oneshot (= default)" in proc.stdout
+
+
+def test_validate_prints_every_problem(tmp_path):
+    assert mpqfx_cli("validate", "quickstart").returncode == 0
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train: {epochs: 0, lr: -1}\nstrategy: {name: magic}\n")
+    proc = mpqfx_cli("validate", bad)
+    assert proc.returncode == 1
+    assert "3 problem(s)" in proc.stderr
+    assert "train.epochs: must be >= 1" in proc.stderr and "train.lr: must be > 0" in proc.stderr
+    assert "strategy.name: unknown strategy 'magic'" in proc.stderr
