@@ -3,7 +3,8 @@
 
     run.json          model spec, data spec, recipe name, timing
     recipe.yaml       the resolved recipe
-    float.pt          float warm-start weights (when a warm-start phase ran)
+    float.pt          the float starting point (trained, pretrained, loaded or given), as a supernet
+    float.json        the float model's measured accuracy
     checkpoint.pt     supernet training checkpoint (resume)
     supernet.pt       the trained supernet (search, export)
     metrics.jsonl     training metrics
@@ -37,6 +38,7 @@ class RunDir:
         self.run_json = self.root / "run.json"
         self.recipe = self.root / "recipe.yaml"
         self.float_weights = self.root / "float.pt"
+        self.float_result = self.root / "float.json"
         self.checkpoint = self.root / "checkpoint.pt"
         self.supernet = self.root / "supernet.pt"
         self.metrics = self.root / "metrics.jsonl"

@@ -1,5 +1,6 @@
 """``mpqfx.compress``: warm start, supernet training, search, evaluation, report and export in one call."""
 
-from mpqfx.compress.pipeline import CompressResult, PolicyResult, compress
+from mpqfx.compress.evaluation import PolicyResult
+from mpqfx.compress.pipeline import CompressResult, compress
 
 __all__ = ["compress", "CompressResult", "PolicyResult"]

@@ -1,32 +1,38 @@
 """The compression pipeline behind ``mpqfx compress``.
 
-Phases (each timed, each resumable from the run directory): warm start (float training unless
-weights are given), supernet training, search (one policy per target), evaluation (float,
-uniform and searched policies after BatchNorm re-estimation), report, export.
+Phases (each timed, each resumable from the run directory): warm start (float weights from
+timm, a local file, a given module, or a float training phase; then the float model's
+accuracy), supernet training, search (one policy per target), evaluation (uniform and searched
+policies after BatchNorm re-estimation), report, export.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
+import json
 import time
-from dataclasses import dataclass, field
+from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import torch
-from torch.utils.data import DataLoader
+from torch import nn
 
+from mpqfx.compress.evaluation import PolicyEvaluator, PolicyResult, uniform_policies
 from mpqfx.compress.report import write_report
-from mpqfx.compress.warm_start import create_float_model, float_recipe
-from mpqfx.cost.report import bitops
-from mpqfx.data.spec import DataSpec, fixed_batches
+from mpqfx.compress.warm_start import create_float_model, float_recipe, timm_spec_of
+from mpqfx.data.spec import DataSpec
 from mpqfx.errors import MpqfxError
-from mpqfx.evaluate import evaluate, recalibrated_bn
+from mpqfx.evaluate import recalibrated_bn
 from mpqfx.export import deploy, export_onnx, save_integer_model
+from mpqfx.export.double_rounding_file import save_double_rounding
+from mpqfx.io import atomic_write_text
 from mpqfx.prepare import prepare
 from mpqfx.quant.policy import Policy
-from mpqfx.recipe import Recipe
+from mpqfx.recipe import Recipe, WeightQuantizer
 from mpqfx.rundir import RunDir, policy_filename, search_data
 from mpqfx.search.constraints import parse_target
 from mpqfx.search.run import search
@@ -37,27 +43,15 @@ from mpqfx.train.metrics import phase_bar
 
 DEFAULT_RECIPE = "quickstart"
 DEFAULT_TARGETS = ("uniform:4", "uniform:3")
+PHASES = ("warm start", "supernet training", "search", "evaluation", "export")
 
-
-@dataclass
-class PolicyResult:
-    """One evaluated model: the float one, a uniform policy or a searched policy."""
-
-    name: str
-    kind: str  # "float", "uniform" or "searched"
-    accuracy: float
-    loss: float
-    bitops: float
-    size_bits: float
-    compression: float
-    target: str | None = None
-    policy: Policy | None = None
-    policy_file: str | None = None
-    exports: dict[str, Any] = field(default_factory=dict)
+Log = Callable[[str], None]
 
 
 @dataclass
 class CompressResult:
+    """What ``compress`` measured and wrote: every evaluated model, the time per phase, the run directory."""
+
     run_dir: Path
     results: list[PolicyResult]
     seconds: dict[str, float]
@@ -71,7 +65,13 @@ class CompressResult:
         return [r for r in self.results if r.kind == "searched"]
 
 
-Log = Callable[[str], None]
+@contextmanager
+def _timed(seconds: dict[str, float], phase: str) -> Iterator[None]:
+    start = time.perf_counter()
+    try:
+        yield
+    finally:
+        seconds[phase] = seconds.get(phase, 0.0) + time.perf_counter() - start
 
 
 def _resolve_recipe(recipe: Recipe | str | Path, overrides: dict[str, Any]) -> Recipe:
@@ -85,20 +85,29 @@ def _resolve_recipe(recipe: Recipe | str | Path, overrides: dict[str, Any]) -> R
     return recipe.check()
 
 
-def _run_root(out: str | Path | None, model: str, recipe: Recipe, resume: bool) -> RunDir:
+def _run_dir(out: str | Path | None, model_name: str, recipe_name: str, resume: bool) -> RunDir:
     if out is None:
         if resume:
             raise MpqfxError("--resume needs --out DIR: the run directory to continue")
-        out = Path("runs") / f"{model}-{recipe.name}-{datetime.now():%Y%m%d-%H%M%S}"
+        out = Path("runs") / f"{model_name}-{recipe_name}-{datetime.now():%Y%m%d-%H%M%S}"
     run = RunDir(out)
     if resume and not run.run_json.is_file():
         raise MpqfxError(f"--resume: {str(run.root)!r} holds no run to continue (no run.json)")
     if not resume and run.run_json.is_file():
         raise MpqfxError(f"--out: {str(run.root)!r} already holds a run; pass --resume to continue it or choose another --out")
+    if run.root.exists() and not run.root.is_dir():
+        raise MpqfxError(f"--out: {str(run.root)!r} is a file, not a directory")
+    try:
+        run.root.mkdir(parents=True, exist_ok=True)
+        probe = run.root / ".mpqfx-write-test"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise MpqfxError(f"--out: cannot write to {str(run.root)!r} ({exc.strerror})") from None
     return run
 
 
-def compress(model: str, recipe: Recipe | str | Path = DEFAULT_RECIPE, data: str = "fashion-mnist",
+def compress(model: str | nn.Module, recipe: Recipe | str | Path = DEFAULT_RECIPE, data: str = "fashion-mnist",
              targets: Sequence[str] = DEFAULT_TARGETS, *, epochs: int | None = None, batch_size: int | None = None,
              out: str | Path | None = None, checkpoint: str | Path | None = None, pretrained: bool = False,
              device: str | None = None, resume: bool = False, seed: int | None = None, data_dir: str | None = None,
@@ -108,14 +117,16 @@ def compress(model: str, recipe: Recipe | str | Path = DEFAULT_RECIPE, data: str
     evaluation, report and export, all in one run directory.
 
     Args:
-        model: a timm model name.
+        model: a timm model name, or a timm model instance (``timm.create_model(...)``) whose
+            weights are the float starting point (no float training phase runs).
         recipe: a shipped recipe name (``mpqfx recipes``), a YAML path or a :class:`Recipe`.
         data: ``"fashion-mnist"`` (embedded) or the root of an ImageFolder tree (train/, val/).
         targets: budgets, e.g. ``"uniform:4"``, ``"4.5G"``, ``"size=8x"``, ``"avg=3.5"``.
         epochs, batch_size, seed, train_images, val_images: override the recipe's values.
         out: the run directory (default ``runs/<model>-<recipe>-<timestamp>``).
         checkpoint / pretrained: float weights from a local file / timm's hub (skips the float phase).
-        resume: continue the run in ``out`` from its last completed phase or checkpoint.
+        resume: continue the run in ``out`` from its last completed phase or checkpoint, with the
+            settings it was started with.
         export: write the integer safetensors and ONNX files of every searched policy.
 
     Example:
@@ -124,87 +135,104 @@ def compress(model: str, recipe: Recipe | str | Path = DEFAULT_RECIPE, data: str
     """
     log = log or (lambda message: None)
     seconds: dict[str, float] = {}
-    targets = list(targets) or list(DEFAULT_TARGETS)
+    module = model if isinstance(model, nn.Module) else None
     overrides = dict(epochs=epochs, batch_size=batch_size, seed=seed, train_images=train_images, val_images=val_images)
-    run = _run_root(out, model, Recipe.load(recipe) if not resume else Recipe(), resume)
     if resume:
-        meta = run.meta()
         if any(v is not None for v in overrides.values()):
-            raise MpqfxError("--resume continues with the run's own settings; drop --epochs/--batch-size/--seed")
+            raise MpqfxError("--resume continues with the run's own settings; drop --epochs/--batch-size/--seed/"
+                             "--train-images/--val-images")
+        run = _run_dir(out, "", "", resume=True)
+        meta = run.meta()
         recipe_obj = Recipe.load(run.recipe)
         spec = DataSpec.from_dict(meta["data"])
-        model, targets = meta["model"]["name"], list(meta["targets"])
-        checkpoint, pretrained = meta.get("checkpoint"), bool(meta.get("pretrained"))
+        model_spec = ModelSpec(meta["model"]["name"], meta["model"]["kwargs"])
+        targets, source = list(meta["targets"]), meta["weights"]
     else:
         recipe_obj = _resolve_recipe(recipe, overrides)
         spec = DataSpec.parse(data, data_dir, train_limit=recipe_obj.data.train_images,
                               val_limit=recipe_obj.data.val_images, image_size=recipe_obj.data.image_size)
+        model_spec = timm_spec_of(module, spec.model_kwargs()) if module is not None else ModelSpec(model, spec.model_kwargs())
+        targets = list(targets) or list(DEFAULT_TARGETS)
+        source = _weights_source(module, pretrained, checkpoint)
     torch.manual_seed(recipe_obj.train.seed)
-    model_spec = ModelSpec(model, spec.model_kwargs())
-    float_model = create_float_model(model, model_spec.kwargs, pretrained, checkpoint)
+    have_float = resume and run.float_weights.is_file()
+    if source == "module" and module is None and not have_float:
+        raise MpqfxError(f"--resume: {str(run.root)!r} started from a module whose weights were not saved yet; "
+                         "pass that module to compress() again")
+    if module is not None and not have_float:
+        float_model = copy.deepcopy(module)
+    else:  # a resumed run reads its float weights from float.pt, never from the hub again
+        float_model = create_float_model(model_spec.name, model_spec.kwargs, source == "pretrained" and not have_float,
+                                         checkpoint if source == "checkpoint" and not have_float else None)
     example = torch.randn(1, *spec.input_size(float_model), generator=torch.Generator().manual_seed(0))
     net = prepare(float_model, recipe_obj, example_input=example, inplace=True, model_spec=model_spec)
-    for target in targets:  # a malformed or infeasible target fails before any training
+    for target in targets:  # a malformed or infeasible target fails before anything is written
         parse_target(target, net).check_feasible(net)
     if not resume:
-        run.root.mkdir(parents=True, exist_ok=True)
-        run.recipe.write_text(recipe_obj.to_yaml(), encoding="utf-8")
-        run.write_meta({"model": {"name": model, "kwargs": model_spec.kwargs}, "data": spec.to_dict(),
-                        "recipe": recipe_obj.name, "targets": targets, "checkpoint": str(checkpoint) if checkpoint else None,
-                        "pretrained": pretrained, "started": datetime.now().isoformat(timespec="seconds")})
+        run = _run_dir(out, model_spec.name, recipe_obj.name, resume=False)
+        atomic_write_text(run.recipe, recipe_obj.to_yaml())
+        run.write_meta({"model": {"name": model_spec.name, "kwargs": model_spec.kwargs}, "data": spec.to_dict(),
+                        "recipe": recipe_obj.name, "targets": targets, "weights": source,
+                        "checkpoint": str(checkpoint) if checkpoint else None,
+                        "started": datetime.now().isoformat(timespec="seconds")})
     log(f"run directory: {run.root}")
     log(net.describe().splitlines()[0])
     train_set = spec.split("train", float_model, train=True)
+    evaluator = PolicyEvaluator(spec, float_model, recipe_obj)
 
-    start = time.perf_counter()
-    if not (pretrained or checkpoint) and recipe_obj.warm_start.epochs > 0:
-        _warm_start(net, train_set, recipe_obj, run, device, resume, progress, log)
-    seconds["warm start"] = time.perf_counter() - start
-
-    start = time.perf_counter()
-    extras = _train_supernet(net, train_set, recipe_obj, run, device, resume, progress, log)
-    seconds["supernet training"] = time.perf_counter() - start
+    with _timed(seconds, "warm start"):
+        _warm_start(net, source, train_set, recipe_obj, run, device, resume, progress, log)
+    with _timed(seconds, "evaluation"):
+        float_result = _float_result(net, evaluator, run, log)
+    with _timed(seconds, "supernet training"):
+        extras = _train_supernet(net, train_set, recipe_obj, run, device, resume, progress, log)
     net.eval()
-
-    start = time.perf_counter()
-    search_batches, search_calibration = search_data(run.root, net, recipe_obj.search.backend)
-    searched: list[tuple[str, Policy, Path]] = []
-    for target in targets:
-        log(f"search {target} ({recipe_obj.search.backend})")
-        found = search(net, target, data=search_batches, calibration=search_calibration,
-                       indicators=extras.get("indicators"), traces=extras.get("traces")).policy
-        searched.append((target, found, found.save(run.policies / policy_filename(target))))
-    seconds["search"] = time.perf_counter() - start
-
-    start = time.perf_counter()
-    results = _evaluate_all(net, spec, float_model, recipe_obj, searched, progress, log)
-    seconds["evaluation"] = time.perf_counter() - start
-
-    start = time.perf_counter()
-    if export:
-        calibration = fixed_batches(spec.split("train", float_model, train=False), recipe_obj.evaluate.bn_images,
-                                    recipe_obj.evaluate.batch_size, seed=2)
-        for result in results:
-            if result.kind == "searched":
-                result.exports = _export(net, result, run, calibration, example, log)
-    seconds["export"] = time.perf_counter() - start
-    write_report(run, net, recipe_obj, results, seconds)
+    with _timed(seconds, "search"):
+        searched = _search(net, targets, recipe_obj, run, extras, log)
+    with _timed(seconds, "evaluation"):
+        results = [float_result] + _evaluate(net, evaluator, recipe_obj, searched, progress, log)
+    with _timed(seconds, "export"):
+        if export:
+            _export_all(net, results, recipe_obj, run, evaluator, example, progress, log)
+    write_report(run, net, recipe_obj, results, {phase: seconds.get(phase, 0.0) for phase in PHASES})
     log(f"report: {run.report_md}")
     return CompressResult(run.root, results, seconds)
 
 
-def _warm_start(net: Supernet, train_set, recipe: Recipe, run: RunDir, device, resume: bool, progress: bool,
-                log: Log) -> None:
+def _weights_source(module: nn.Module | None, pretrained: bool, checkpoint: str | Path | None) -> str:
+    given = [name for name, on in (("a module", module is not None), ("--pretrained", pretrained),
+                                   ("--checkpoint", checkpoint)) if on]
+    if len(given) > 1:
+        raise MpqfxError(f"{' and '.join(given)} both give the float weights: pass one of them")
+    return "module" if module is not None else "pretrained" if pretrained else "checkpoint" if checkpoint else "train"
+
+
+def _warm_start(net: Supernet, source: str, train_set, recipe: Recipe, run: RunDir, device, resume: bool,
+                progress: bool, log: Log) -> None:
+    """Bring ``net`` to its float starting point and keep it in float.pt (what a resumed run reloads)."""
     if run.float_weights.is_file():
         log(f"warm start: float weights from {run.float_weights}")
         loaded, _ = load_supernet(run.float_weights)
         net.load_state_dict(loaded.state_dict())
-    else:
+        return
+    if source == "train" and recipe.warm_start.epochs > 0:
         log(f"warm start: {recipe.warm_start.epochs} float epoch(s)")
         trainer = Trainer(net, train_set, float_recipe(recipe), run_dir=run.root / "float", device=device, progress=progress)
         trainer.fit(resume=resume and trainer.checkpoint_path.is_file())
-        save_supernet(net, run.float_weights)
-    net.refit_quantizers()
+        net.refit_quantizers()  # the quantizers follow the trained float weights
+    else:
+        log(f"warm start: float weights from {source}")
+    save_supernet(net, run.float_weights)
+
+
+def _float_result(net: Supernet, evaluator: PolicyEvaluator, run: RunDir, log: Log) -> PolicyResult:
+    """The float model's accuracy, measured once after the warm start (kept in float.json)."""
+    if run.float_result.is_file():
+        return PolicyResult.from_dict(json.loads(run.float_result.read_text(encoding="utf-8")))
+    result = evaluator.measure(net, "float", "float", None)
+    atomic_write_text(run.float_result, json.dumps(result.to_dict(), indent=1))
+    log(f"float: top-1 {result.accuracy:.2%} on {evaluator.val_images} held-out images")
+    return result
 
 
 def _train_supernet(net: Supernet, train_set, recipe: Recipe, run: RunDir, device, resume: bool, progress: bool,
@@ -223,49 +251,58 @@ def _train_supernet(net: Supernet, train_set, recipe: Recipe, run: RunDir, devic
     return extras
 
 
-def _measured(net: Supernet, name: str, kind: str, policy: Policy | None, calibration, val_loader) -> PolicyResult:
-    run_policy = policy if policy is not None else Policy.bypass(net.layers)
-    with recalibrated_bn(net, run_policy, calibration):
-        result = evaluate(net, run_policy, val_loader)
-    cost = bitops(net, run_policy)
-    return PolicyResult(name, kind, result.accuracy, result.loss, cost.total, cost.size_bits, cost.compression,
-                        policy=policy)
+def _search(net: Supernet, targets: list[str], recipe: Recipe, run: RunDir, extras: dict[str, Any],
+            log: Log) -> list[tuple[str, Policy, Path]]:
+    """One policy per target, written to policies/; a resumed run keeps the policies it already found."""
+    batches, calibration = search_data(run.root, net, recipe.search.backend)
+    searched = []
+    for target in targets:
+        path = run.policies / policy_filename(target)
+        if path.is_file():
+            found = Policy.load(path).validate(net.layers)
+        else:
+            log(f"search {target} ({recipe.search.backend})")
+            found = search(net, target, data=batches, calibration=calibration, indicators=extras.get("indicators"),
+                           traces=extras.get("traces")).policy
+            found.save(path)
+        searched.append((target, found, path))
+    return searched
 
 
-def uniform_policies(net: Supernet, bits: Iterable[int]) -> list[tuple[str, Policy]]:
-    """Uniform policies for ``bits`` that every layer allows, named "uniform W/A"."""
-    out = []
-    for b in bits:
-        if all(b in l.w_bits and b in l.a_bits for l in net.layers if len(l.w_bits) > 1 or len(l.a_bits) > 1):
-            out.append((f"uniform {b}/{b}", Policy.uniform(net, b)))
-    return out
-
-
-def _evaluate_all(net: Supernet, spec: DataSpec, float_model, recipe: Recipe, searched, progress: bool,
-                  log: Log) -> list[PolicyResult]:
-    ev = recipe.evaluate
-    calibration = fixed_batches(spec.split("train", float_model, train=False), ev.bn_images, ev.batch_size, seed=2) \
-        if ev.bn_images else []
-    val_set = spec.split("val", float_model, train=False)
-    val_loader = [(x, y) for x, y in DataLoader(val_set, batch_size=ev.batch_size, shuffle=False)]
-    jobs = [("float", "float", None, None, None)]
-    jobs += [(name, "uniform", p, None, None) for name, p in uniform_policies(net, ev.uniform_bits)]
+def _evaluate(net: Supernet, evaluator: PolicyEvaluator, recipe: Recipe, searched, progress: bool,
+              log: Log) -> list[PolicyResult]:
+    jobs = [(name, "uniform", p, None, None) for name, p in uniform_policies(net, recipe.evaluate.uniform_bits)]
     jobs += [(f"searched {t}", "searched", p, t, path) for t, p, path in searched]
     results = []
     with phase_bar(progress) as bar:
         task = bar.add_task("evaluation", total=len(jobs))
         for name, kind, policy, target, path in jobs:
-            result = _measured(net, name, kind, policy, calibration, val_loader)
+            result = evaluator.measure(net, name, kind, policy)
             result.target, result.policy_file = target, str(path) if path else None
             results.append(result)
-            log(f"{name}: top-1 {result.accuracy:.2%} on {len(val_set)} held-out images")
+            log(f"{name}: top-1 {result.accuracy:.2%} on {evaluator.val_images} held-out images")
             bar.update(task, advance=1)
     return results
 
 
+def _export_all(net: Supernet, results: list[PolicyResult], recipe: Recipe, run: RunDir, evaluator: PolicyEvaluator,
+                example: torch.Tensor, progress: bool, log: Log) -> None:
+    searched = [r for r in results if r.kind == "searched"]
+    double_rounding = recipe.quant.weight_quantizer is WeightQuantizer.DOUBLE_ROUNDING
+    with phase_bar(progress) as bar:
+        task = bar.add_task("export", total=len(searched) + double_rounding)
+        for result in searched:
+            result.exports = _export(net, result, run, evaluator.calibration, example, log)
+            bar.update(task, advance=1)
+        if double_rounding:  # one 8-bit file from which every policy's weights derive (Eq. 2-3)
+            path = save_double_rounding(net, run.export / "supernet.dr8.safetensors")
+            log(f"export: {path.name} (every policy's weights derive from its 8-bit integers)")
+            bar.update(task, advance=1)
+
+
 def _export(net: Supernet, result: PolicyResult, run: RunDir, calibration, example, log: Log) -> dict[str, Any]:
     stem = Path(result.policy_file).stem
-    with recalibrated_bn(net, result.policy, calibration, restore=True):
+    with recalibrated_bn(net, result.policy, calibration):
         integer = save_integer_model(net, result.policy, run.export / f"{stem}.safetensors")
         module = deploy(net, result.policy)
     check_input = calibration[0][0][:16] if calibration else example

@@ -13,7 +13,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from mpqfx.io import atomic_open  # noqa: E402
 
 if TYPE_CHECKING:
-    from mpqfx.compress.pipeline import PolicyResult
+    from mpqfx.compress.evaluation import PolicyResult
     from mpqfx.supernet import Supernet
 
 

@@ -12,7 +12,7 @@ from mpqfx.rundir import RunDir
 from mpqfx.supernet import Supernet
 
 if TYPE_CHECKING:
-    from mpqfx.compress.pipeline import PolicyResult
+    from mpqfx.compress.evaluation import PolicyResult
 
 REPORT_FORMAT = "mpqfx.report/1"
 

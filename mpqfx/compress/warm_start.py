@@ -1,5 +1,5 @@
-"""Where the float weights come from: timm's pretrained weights, a local file, or a float
-training phase (the supernet in bypass mode, strategy ``float``) before the supernet."""
+"""Where the float weights come from: timm's pretrained weights, a local file, a timm model
+instance, or a float training phase (the supernet in bypass mode, strategy ``float``)."""
 
 from __future__ import annotations
 
@@ -12,12 +12,12 @@ from torch import nn
 from mpqfx.errors import MpqfxError
 from mpqfx.models import create_model
 from mpqfx.recipe import Recipe, StrategySpec
+from mpqfx.supernet import ModelSpec
+from mpqfx.train.checkpoint import fingerprint, mismatch
 
 
 def create_float_model(name: str, kwargs: dict, pretrained: bool, checkpoint: str | Path | None) -> nn.Module:
     """The timm model with pretrained weights, weights from ``checkpoint``, or fresh ones."""
-    if pretrained and checkpoint:
-        raise MpqfxError("--pretrained and --checkpoint both give the float weights: pass one of them")
     if pretrained:
         try:
             return create_model(name, pretrained=True, **kwargs)
@@ -31,6 +31,22 @@ def create_float_model(name: str, kwargs: dict, pretrained: bool, checkpoint: st
     if checkpoint:
         load_float_weights(model, Path(checkpoint), name)
     return model
+
+
+def timm_spec_of(module: nn.Module, kwargs: dict) -> ModelSpec:
+    """The timm name that re-creates ``module`` with ``kwargs`` (what the data needs: classes,
+    channels), so that a run directory can rebuild it; an error says what does not fit."""
+    name = (getattr(module, "pretrained_cfg", None) or {}).get("architecture")
+    if not name:
+        raise MpqfxError(f"compress: a {type(module).__name__} module is not a timm model; pass a timm model "
+                         "name or a module made by timm.create_model, so that the run directory can rebuild it")
+    problem = mismatch(fingerprint(create_model(name, **kwargs).state_dict()), fingerprint(module.state_dict()),
+                       "parameters")
+    if problem:
+        args = ", ".join(f"{k}={v!r}" for k, v in kwargs.items())
+        raise MpqfxError(f"compress: the {name} module does not fit the data, which needs "
+                         f"timm.create_model({name!r}, {args}): {problem}")
+    return ModelSpec(name, dict(kwargs))
 
 
 def load_float_weights(model: nn.Module, path: Path, name: str) -> None:

@@ -1,7 +1,7 @@
 """Fashion-MNIST from the gzip IDX files Debian's ``dataset-fashion-mnist`` installs.
 
 Images are 1-channel 28x28; models get ``in_chans=1``. The files are looked up in
-``--data-dir``, then ``$MPQFX_DATA_DIR``, then /usr/share/datasets/fashion-mnist.
+``--data-dir``, else ``$MPQFX_DATA_DIR``, else /usr/share/datasets/fashion-mnist.
 """
 
 from __future__ import annotations
@@ -30,7 +30,10 @@ class DataError(MpqfxError):
 
 
 def find_dir(data_dir: str | Path | None = None) -> Path:
-    candidates = [Path(p) for p in (data_dir, os.environ.get("MPQFX_DATA_DIR")) if p] + [DEFAULT_DIR]
+    """The folder holding the four IDX files: ``data_dir`` when given, else ``$MPQFX_DATA_DIR``
+    when set, else Debian's folder. A folder named explicitly is never replaced by another."""
+    named = data_dir or os.environ.get("MPQFX_DATA_DIR")
+    candidates = [Path(named)] if named else [DEFAULT_DIR]
     for directory in candidates:
         if all((directory / name).is_file() for pair in FILES.values() for name in pair):
             return directory

@@ -124,12 +124,21 @@ def test_a_finished_run_is_not_overwritten(run, fashion_dir):
     (["--target", "0.0000001G"], "below the minimum"),
     (["--recipe", "nope"], "no shipped recipe named 'nope'"),
     (["--data", "/nonexistent"], "data directory '/nonexistent' does not exist"),
+    (["--data", "{tmp}/classless"], "has no class folders"),
+    (["--model", "resnet181"], "unknown timm model 'resnet181'; close matches: resnet18"),
+    (["--data-dir", "/nonexistent"], "Fashion-MNIST IDX files not found (looked in /nonexistent)"),
+    (["--resume"], "holds no run to continue"),
+    (["--out", "{tmp}/a-file/run"], "--out: cannot write to"),
 ])
 def test_compress_errors_are_one_line(args, message, fashion_dir, tmp_path):
+    (tmp_path / "classless" / "train").mkdir(parents=True)
+    (tmp_path / "classless" / "val").mkdir()
+    (tmp_path / "a-file").write_text("not a folder")
+    args = [a.format(tmp=tmp_path) for a in args]
     proc = mpqfx_cli("compress", "--model", "test_resnet", "--data-dir", fashion_dir, "--out", tmp_path / "r", *args,
                      env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"})
     one_line_error(proc, message)
-    assert not (tmp_path / "r" / "report.json").exists()
+    assert not (tmp_path / "r").exists()
 
 
 def test_recipes_lists_every_shipped_recipe():

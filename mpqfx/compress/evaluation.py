@@ -1,0 +1,88 @@
+"""Measuring the models a compression run reports: the float model, uniform policies and searched
+policies, each on the held-out split after BatchNorm re-estimation on training images."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from functools import cached_property
+from typing import Any, Iterable
+
+from torch.utils.data import DataLoader
+
+from mpqfx.cost.report import bitops
+from mpqfx.data.spec import DataSpec, fixed_batches
+from mpqfx.evaluate import evaluate, recalibrated_bn
+from mpqfx.quant.policy import Policy
+from mpqfx.recipe import Recipe
+from mpqfx.supernet import Supernet
+
+CALIBRATION_SEED = 2  # the training images BatchNorm statistics are re-estimated on (search uses seed 1)
+
+
+@dataclass
+class PolicyResult:
+    """One evaluated model: the float one, a uniform policy or a searched policy."""
+
+    name: str
+    kind: str  # "float", "uniform" or "searched"
+    accuracy: float
+    loss: float
+    bitops: float
+    size_bits: float
+    compression: float
+    target: str | None = None
+    policy: Policy | None = None
+    policy_file: str | None = None
+    exports: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["policy"] = None if self.policy is None else self.policy.to_dict()
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "PolicyResult":
+        policy = None if data.get("policy") is None else Policy.from_dict(data["policy"])
+        return cls(**{**data, "policy": policy})
+
+
+class PolicyEvaluator:
+    """Top-1 accuracy and loss of policies on the held-out split, each after re-estimating the
+    BatchNorm statistics it uses on ``recipe.evaluate.bn_images`` training images."""
+
+    def __init__(self, spec: DataSpec, float_model, recipe: Recipe):
+        self.spec, self.float_model, self.config = spec, float_model, recipe.evaluate
+
+    @cached_property
+    def calibration(self) -> list:
+        if not self.config.bn_images:
+            return []
+        train = self.spec.split("train", self.float_model, train=False)
+        return fixed_batches(train, self.config.bn_images, self.config.batch_size, seed=CALIBRATION_SEED)
+
+    @cached_property
+    def val_batches(self) -> list:
+        val_set = self.spec.split("val", self.float_model, train=False)
+        return list(DataLoader(val_set, batch_size=self.config.batch_size, shuffle=False))
+
+    @property
+    def val_images(self) -> int:
+        return sum(len(y) for _, y in self.val_batches)
+
+    def measure(self, net: Supernet, name: str, kind: str, policy: Policy | None) -> PolicyResult:
+        """``policy`` (None: the float model, i.e. bypass) measured on the held-out split."""
+        run_policy = policy if policy is not None else Policy.bypass(net.layers)
+        with recalibrated_bn(net, run_policy, self.calibration):
+            result = evaluate(net, run_policy, self.val_batches)
+        cost = bitops(net, run_policy)
+        return PolicyResult(name, kind, result.accuracy, result.loss, cost.total, cost.size_bits, cost.compression,
+                            policy=policy)
+
+
+def uniform_policies(net: Supernet, bits: Iterable[int]) -> list[tuple[str, Policy]]:
+    """Uniform policies for ``bits`` that every searchable layer allows, named "uniform W/A"."""
+    out = []
+    for b in bits:
+        if all(b in l.w_bits and b in l.a_bits for l in net.layers if len(l.w_bits) > 1 or len(l.a_bits) > 1):
+            out.append((f"uniform {b}/{b}", Policy.uniform(net, b)))
+    return out
