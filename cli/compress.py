@@ -8,7 +8,7 @@ import click
 
 
 @click.command("compress")
-@click.option("--model", "model_name", required=True, help="timm model name, e.g. efficientnet_lite0.")
+@click.option("--model", "model_name", default=None, help="timm model name, e.g. efficientnet_lite0 (not needed with --resume).")
 @click.option("--recipe", default="quickstart", show_default=True, help="Shipped recipe name (see `mpqfx recipes`) or YAML path.")
 @click.option("--data", default="fashion-mnist", show_default=True,
               help="fashion-mnist (embedded) or the root of an ImageFolder tree with train/ and val/.")
@@ -28,16 +28,20 @@ import click
 @click.option("--resume", is_flag=True, help="Continue the run in --out from where it stopped.")
 @click.option("--seed", type=int, default=None, help="Seed (default: the recipe's).")
 @click.option("--no-export", is_flag=True, help="Skip the safetensors/ONNX export.")
-def compress_command(model_name: str, recipe: str, data: str, data_dir: str | None, targets: tuple[str, ...],
+def compress_command(model_name: str | None, recipe: str, data: str, data_dir: str | None, targets: tuple[str, ...],
                      epochs: int | None, batch_size: int | None, train_images: int | None, val_images: int | None,
                      out: Path | None, checkpoint: Path | None, pretrained: bool, device: str | None, resume: bool,
                      seed: int | None, no_export: bool) -> None:
     """Train a supernet once, search every --target, evaluate, report and export."""
     from rich.console import Console
 
+    from mpqfx.errors import MpqfxError
+
     from mpqfx.cli.tables import print_compress_summary
     from mpqfx.compress import compress
 
+    if model_name is None and not resume:
+        raise MpqfxError("--model: required (a timm model name, e.g. efficientnet_lite0)")
     console = Console(stderr=True)
     result = compress(model_name, recipe, data, targets, epochs=epochs, batch_size=batch_size, out=out,
                       checkpoint=checkpoint, pretrained=pretrained, device=device, resume=resume, seed=seed,

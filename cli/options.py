@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+import yaml
 
 from mpqfx.errors import MpqfxError
 
@@ -20,3 +21,17 @@ def parse_input_size(text: str | None, default: torch.Tensor) -> torch.Tensor:
     if len(dims) != 3 or min(dims) < 1:
         raise MpqfxError(f"--input-size: expected H or C,H,W of positive integers, got {text!r}")
     return torch.randn(1, *dims, generator=torch.Generator().manual_seed(0))
+
+
+def parse_options(pairs: tuple[str, ...]) -> dict[str, object]:
+    """``--option KEY=VALUE`` pairs as a mapping; values are read as YAML scalars (1.5, true, sensitivity)."""
+    out: dict[str, object] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise MpqfxError(f"--option: expected KEY=VALUE, got {pair!r}")
+        try:
+            out[key.strip()] = yaml.safe_load(value)
+        except yaml.YAMLError:
+            out[key.strip()] = value
+    return out

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from mpqfx.cli.options import parse_options
 from mpqfx.errors import MpqfxError
 
 
@@ -15,23 +16,27 @@ from mpqfx.errors import MpqfxError
 @click.option("--target", "targets", multiple=True, required=True,
               help="Budget: 4.5G, uniform:4, size=8x, avg=3.5, or key=value terms joined by commas (repeatable).")
 @click.option("--backend", default=None, help="ilp, greedy or hessian (default: the run's recipe).")
+@click.option("--option", "options", multiple=True, metavar="KEY=VALUE",
+              help="A backend option (repeatable), e.g. objective=sensitivity for ilp; default: the recipe's.")
 @click.option("--out", "out_dir", default=None, type=click.Path(path_type=Path),
               help="Where to write the policies (default: RUN/policies).")
-def search_command(run_dir: Path, targets: tuple[str, ...], backend: str | None, out_dir: Path | None) -> None:
+def search_command(run_dir: Path, targets: tuple[str, ...], backend: str | None, options: tuple[str, ...],
+                   out_dir: Path | None) -> None:
     """Search policies for one or more budgets on a trained supernet (no training)."""
     from mpqfx.cli.tables import print_policy_summary
     from mpqfx.rundir import policy_filename, search_data
-    from mpqfx.search import search
+    from mpqfx.search.run import search, uses_data
     from mpqfx.store import load_supernet
 
     if not run_dir.exists():
         raise MpqfxError(f"--run: {str(run_dir)!r} does not exist")
     net, extras = load_supernet(run_dir)
-    data, calibration = search_data(run_dir, net, backend or net.recipe.search.backend)
+    backend_options = parse_options(options) if options else None
+    data, calibration = search_data(run_dir, net) if uses_data(net, backend, backend_options) else ([], [])
     out_dir = out_dir or (run_dir if run_dir.is_dir() else run_dir.parent) / "policies"
     rows = []
     for target in targets:
-        result = search(net, target, backend=backend, data=data, calibration=calibration,
+        result = search(net, target, backend=backend, options=backend_options, data=data, calibration=calibration,
                         indicators=extras.get("indicators"), traces=extras.get("traces"))
         path = result.policy.save(out_dir / policy_filename(target))
         rows.append((target, result, path))

@@ -27,7 +27,6 @@ from mpqfx.models import create_model
 from mpqfx.supernet import Supernet
 
 RUN_FORMAT = "mpqfx.run/1"
-DATA_BACKENDS = ("greedy", "hessian")
 
 
 class RunDir:
@@ -48,6 +47,13 @@ class RunDir:
         self.pareto_png = self.root / "pareto.png"
         self.bits_png = self.root / "bits.png"
         self.export = self.root / "export"
+
+    def remove_temp_files(self) -> list[Path]:
+        """Delete the temporary files a killed run left behind (an atomic write cut short)."""
+        stale = [p for p in self.root.rglob(".*.tmp") if p.is_file()]
+        for path in stale:
+            path.unlink()
+        return stale
 
     def write_meta(self, meta: dict[str, Any]) -> None:
         atomic_write_text(self.run_json, json.dumps({"format": RUN_FORMAT, **meta}, indent=1, sort_keys=True))
@@ -70,11 +76,11 @@ def policy_filename(target: str) -> str:
     return f"{stem or 'policy'}.yaml"
 
 
-def search_data(run_dir: str | Path, net: Supernet, backend: str) -> tuple[list, list]:
-    """(evaluation batches, BatchNorm calibration batches) for data-driven backends, rebuilt from
-    the run's data spec; empty lists for backends that need no data or runs that record none."""
+def search_data(run_dir: str | Path, net: Supernet) -> tuple[list, list]:
+    """(evaluation batches, BatchNorm calibration batches) for searches that evaluate the supernet,
+    rebuilt from the run's data spec; empty lists for runs that record no data."""
     run = RunDir(run_dir)
-    if backend not in DATA_BACKENDS or not run.run_json.is_file():
+    if not run.run_json.is_file():
         return [], []
     spec = DataSpec.from_dict(run.meta()["data"])
     evaluate = net.recipe.evaluate

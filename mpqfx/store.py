@@ -1,7 +1,8 @@
 """Supernet files: everything needed to rebuild a trained supernet without training.
 
 A file holds the timm model spec (name + kwargs), the example input ``prepare`` annotated with,
-the resolved recipe, the weights and a fingerprint, plus optional extras (e.g. Hessian traces).
+the resolved recipe, the weights and a fingerprint, plus optional extras (e.g. Hessian traces),
+sealed with a SHA-256 that loading checks.
 Loading re-creates the float model with ``pretrained=False``, runs ``prepare`` with the same
 recipe and example input, checks the fingerprint and loads the weights.
 """
@@ -14,6 +15,7 @@ from typing import Any
 import torch
 
 from mpqfx.errors import MpqfxError
+from mpqfx.integrity import intact, seal
 from mpqfx.io import atomic_open
 from mpqfx.models import create_model
 from mpqfx.prepare import prepare
@@ -38,7 +40,7 @@ def save_supernet(net: Supernet, path: str | Path, model_spec: ModelSpec | None 
                "fingerprint": fingerprint(state), "extras": extras or {}}
     path = Path(path)
     with atomic_open(path, "wb") as fh:
-        torch.save(payload, fh)
+        torch.save(seal(payload), fh)
     return path
 
 
@@ -55,6 +57,8 @@ def load_supernet(path: str | Path, device: str | torch.device = "cpu") -> tuple
         raise CheckpointError(f"supernet file {str(path)!r} is corrupt or truncated ({type(exc).__name__})") from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError(f"{str(path)!r} is not an mpqfx supernet file (format {FORMAT})")
+    if not intact(payload):
+        raise CheckpointError(f"supernet file {str(path)!r} is corrupt: its content does not match the SHA-256 it records")
     spec = ModelSpec(payload["model"]["name"], payload["model"]["kwargs"])
     model = create_model(spec.name, **spec.kwargs)
     net = prepare(model, Recipe.from_dict(payload["recipe"], str(path)), example_input=payload["example_input"],

@@ -35,7 +35,7 @@ from mpqfx.quant.policy import Policy
 from mpqfx.recipe import Recipe, WeightQuantizer
 from mpqfx.rundir import RunDir, policy_filename, search_data
 from mpqfx.search.constraints import parse_target
-from mpqfx.search.run import search
+from mpqfx.search.run import search, uses_data
 from mpqfx.store import load_supernet, save_supernet
 from mpqfx.supernet import ModelSpec, Supernet
 from mpqfx.train.loop import Trainer
@@ -107,7 +107,7 @@ def _run_dir(out: str | Path | None, model_name: str, recipe_name: str, resume: 
     return run
 
 
-def compress(model: str | nn.Module, recipe: Recipe | str | Path = DEFAULT_RECIPE, data: str = "fashion-mnist",
+def compress(model: str | nn.Module | None, recipe: Recipe | str | Path = DEFAULT_RECIPE, data: str = "fashion-mnist",
              targets: Sequence[str] = DEFAULT_TARGETS, *, epochs: int | None = None, batch_size: int | None = None,
              out: str | Path | None = None, checkpoint: str | Path | None = None, pretrained: bool = False,
              device: str | None = None, resume: bool = False, seed: int | None = None, data_dir: str | None = None,
@@ -118,7 +118,8 @@ def compress(model: str | nn.Module, recipe: Recipe | str | Path = DEFAULT_RECIP
 
     Args:
         model: a timm model name, or a timm model instance (``timm.create_model(...)``) whose
-            weights are the float starting point (no float training phase runs).
+            weights are the float starting point (no float training phase runs); a resumed run
+            reads it from its run directory.
         recipe: a shipped recipe name (``mpqfx recipes``), a YAML path or a :class:`Recipe`.
         data: ``"fashion-mnist"`` (embedded) or the root of an ImageFolder tree (train/, val/).
         targets: budgets, e.g. ``"uniform:4"``, ``"4.5G"``, ``"size=8x"``, ``"avg=3.5"``.
@@ -142,12 +143,15 @@ def compress(model: str | nn.Module, recipe: Recipe | str | Path = DEFAULT_RECIP
             raise MpqfxError("--resume continues with the run's own settings; drop --epochs/--batch-size/--seed/"
                              "--train-images/--val-images")
         run = _run_dir(out, "", "", resume=True)
+        run.remove_temp_files()
         meta = run.meta()
         recipe_obj = Recipe.load(run.recipe)
         spec = DataSpec.from_dict(meta["data"])
         model_spec = ModelSpec(meta["model"]["name"], meta["model"]["kwargs"])
         targets, source = list(meta["targets"]), meta["weights"]
     else:
+        if model is None:
+            raise MpqfxError("compress: pass a timm model name or a timm model instance")
         recipe_obj = _resolve_recipe(recipe, overrides)
         spec = DataSpec.parse(data, data_dir, train_limit=recipe_obj.data.train_images,
                               val_limit=recipe_obj.data.val_images, image_size=recipe_obj.data.image_size)
@@ -254,7 +258,7 @@ def _train_supernet(net: Supernet, train_set, recipe: Recipe, run: RunDir, devic
 def _search(net: Supernet, targets: list[str], recipe: Recipe, run: RunDir, extras: dict[str, Any],
             log: Log) -> list[tuple[str, Policy, Path]]:
     """One policy per target, written to policies/; a resumed run keeps the policies it already found."""
-    batches, calibration = search_data(run.root, net, recipe.search.backend)
+    batches, calibration = search_data(run.root, net) if uses_data(net) else ([], [])
     searched = []
     for target in targets:
         path = run.policies / policy_filename(target)

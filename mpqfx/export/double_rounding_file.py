@@ -17,7 +17,8 @@ import torch
 from safetensors.torch import save as safetensors_bytes
 
 from mpqfx.errors import MpqfxError
-from mpqfx.export.integer_file import ExportFileError, read_integer_file, tensor_digest
+from mpqfx.export.integer_file import ExportFileError, read_integer_file
+from mpqfx.integrity import DIGEST_KEY, digest
 from mpqfx.io import atomic_write_bytes
 from mpqfx.quant.double_rounding import DoubleRoundingQuantizer
 from mpqfx.quant.lsq import STEP_EPS
@@ -45,7 +46,7 @@ def save_double_rounding(net: Supernet, path: str | Path) -> Path:
         high[name] = quant.high
     meta = {"format": FORMAT, "model": {"name": net.model_spec.name, "kwargs": dict(net.model_spec.kwargs)},
             "recipe": net.recipe.to_dict(), "input_size": list(net.input_size), "high_bits": high,
-            "sha256": tensor_digest(state)}
+            DIGEST_KEY: digest(state)}
     atomic_write_bytes(path, safetensors_bytes(state, metadata={"mpqfx": json.dumps(meta)}))
     return Path(path)
 

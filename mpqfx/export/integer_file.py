@@ -6,7 +6,6 @@ input size, policy) plus a SHA-256 of every tensor, checked on load.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -19,6 +18,7 @@ from torch import nn
 from mpqfx.errors import MpqfxError
 from mpqfx.export.deploy import deploy
 from mpqfx.export.packing import pack_ints, unpack_ints
+from mpqfx.integrity import DIGEST_KEY, digest
 from mpqfx.io import atomic_write_bytes
 from mpqfx.quant.policy import Policy
 from mpqfx.supernet import Supernet
@@ -29,16 +29,6 @@ PACKED = ".weight_packed"
 
 class ExportFileError(MpqfxError):
     """An exported file that is missing, corrupt, or not an mpqfx file."""
-
-
-def tensor_digest(tensors: dict[str, torch.Tensor]) -> str:
-    """SHA-256 over every tensor's name, dtype, shape and bytes, in name order."""
-    h = hashlib.sha256()
-    for name in sorted(tensors):
-        t = tensors[name].contiguous().cpu()
-        h.update(f"{name}|{t.dtype}|{list(t.shape)}|".encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return h.hexdigest()
 
 
 def save_integer_model(net: Supernet, policy: Policy, path: str | Path) -> Path:
@@ -58,7 +48,7 @@ def save_integer_model(net: Supernet, policy: Policy, path: str | Path) -> Path:
             tensors[name] = tensor.detach().cpu().clone().contiguous()
     meta = {"format": FORMAT, "model": {"name": net.model_spec.name, "kwargs": dict(net.model_spec.kwargs)},
             "recipe": net.recipe.to_dict(), "input_size": list(net.input_size), "policy": policy.to_dict(),
-            "layers": layers, "sha256": tensor_digest(tensors)}
+            "layers": layers, DIGEST_KEY: digest(tensors)}
     path = Path(path)
     atomic_write_bytes(path, safetensors_bytes(tensors, metadata={"mpqfx": json.dumps(meta)}))
     return path
@@ -77,7 +67,7 @@ def read_integer_file(path: str | Path, fmt: str = FORMAT) -> tuple[dict[str, An
         raise ExportFileError(f"{str(path)!r} is corrupt or truncated ({' '.join(str(exc).split())[:120]})") from None
     if meta.get("format") != fmt:
         raise ExportFileError(f"{str(path)!r} is not an mpqfx file of format {fmt} (found {meta.get('format')!r})")
-    if tensor_digest(tensors) != meta.get("sha256"):
+    if digest(tensors) != meta.get(DIGEST_KEY):
         raise ExportFileError(f"{str(path)!r} is corrupt: its tensors do not match the SHA-256 it records")
     return meta, tensors
 

@@ -7,6 +7,9 @@ each weight is stored once as an int8 initializer read by a DequantizeLinear (pe
 channel). Activations are Clip (the layer's b-bit range) -> QuantizeLinear ->
 DequantizeLinear in int8/uint8.
 
+The file records the SHA-256 of its own serialised model (without that entry) in the metadata
+property ``mpqfx.sha256``; :func:`load_onnx` checks it.
+
 The check runs onnxruntime with its graph optimizations off, which executes the exported graph
 as written; it must agree with PyTorch within 1e-4 of the output range. With ORT's default
 optimizations, QDQ groups run as fused integer kernels whose float rounding differs in the last
@@ -16,6 +19,7 @@ that session's max difference and top-1 agreement are reported too.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import warnings
 from dataclasses import dataclass
@@ -29,10 +33,12 @@ from onnx import numpy_helper
 from torch import nn
 
 from mpqfx.errors import MpqfxError
+from mpqfx.export.integer_file import ExportFileError
 from mpqfx.io import atomic_write_bytes
 
 OPSET = 13
 TOLERANCE = 1e-4  # max |onnx - torch| relative to the range of the torch output
+DIGEST_PROP = "mpqfx.sha256"
 
 
 @dataclass(frozen=True)
@@ -118,5 +124,26 @@ def export_onnx(module: nn.Module, example_input: torch.Tensor, path: str | Path
     if not check.ok:
         raise MpqfxError(f"ONNX export of {str(path)!r} disagrees with PyTorch: max |diff| {check.max_abs_diff:.3g} "
                          f"is {check.relative:.2g} of the output range (allowed {TOLERANCE:g})")
-    atomic_write_bytes(path, data)
+    model.metadata_props.add(key=DIGEST_PROP, value=hashlib.sha256(data).hexdigest())
+    atomic_write_bytes(path, model.SerializeToString())
     return check
+
+
+def load_onnx(path: str | Path) -> onnx.ModelProto:
+    """The ONNX model :func:`export_onnx` wrote, after checking the SHA-256 it records."""
+    path = Path(path)
+    if not path.is_file():
+        raise ExportFileError(f"no ONNX file at {str(path)!r}")
+    try:
+        model = onnx.load(str(path))
+    except Exception as exc:  # protobuf's DecodeError and friends
+        raise ExportFileError(f"{str(path)!r} is corrupt or truncated ({type(exc).__name__})") from None
+    index = next((i for i, p in enumerate(model.metadata_props) if p.key == DIGEST_PROP), None)
+    if index is None:
+        raise ExportFileError(f"{str(path)!r} is not an mpqfx ONNX export (no {DIGEST_PROP} property)")
+    recorded = model.metadata_props[index].value
+    del model.metadata_props[index]  # the digest covers the model as it was before this entry
+    if hashlib.sha256(model.SerializeToString()).hexdigest() != recorded:
+        raise ExportFileError(f"{str(path)!r} is corrupt: its content does not match the SHA-256 it records")
+    model.metadata_props.add(key=DIGEST_PROP, value=recorded)
+    return model

@@ -72,6 +72,11 @@ class SearchBackend:
         self.options = options
         self.context = context
 
+    @classmethod
+    def uses_data(cls, options: Any) -> bool:
+        """Whether the backend evaluates the supernet on data with these options."""
+        return False
+
     def run(self, constraints: Constraints) -> SearchResult:
         raise NotImplementedError
 

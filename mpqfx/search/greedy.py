@@ -63,6 +63,10 @@ class GreedySearch(SearchBackend):
 
     options_cls = GreedyOptions
 
+    @classmethod
+    def uses_data(cls, options) -> bool:
+        return True
+
     def moves(self, policy: Policy) -> list[tuple[str, Policy]]:
         """Every one-bit move up or down of one searchable layer's weights or activations."""
         out = []

@@ -42,6 +42,10 @@ class HessianSearch(SearchBackend):
 
     options_cls = HessianOptions
 
+    @classmethod
+    def uses_data(cls, options) -> bool:
+        return True
+
     def run(self, constraints: Constraints) -> SearchResult:
         o = self.options
         batches = self.require_batches()

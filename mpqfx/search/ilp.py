@@ -1,7 +1,8 @@
 """``ilp``: one binary variable per (layer, (w_bits, a_bits)), exactly one per layer (LIMPQ Eq. 4).
 
 Objectives: LIMPQ's indicators (Eq. 4: sum of s_a + alpha * s_w), Hessian-trace weighted bits
-(Double Rounding Alg. 2) or user-given per-layer costs; constraints: BitOPs, size, average bits.
+(Double Rounding Alg. 2), measured per-layer loss increases (mpqfx/search/sensitivity.py) or
+user-given per-layer costs; constraints: BitOPs, size, average bits.
 Solved with PuLP's bundled CBC; any status but Optimal is an error. Every constraint has integer
 coefficients, so right-hand sides are floored and CBC's preprocessing is off: the bundled CBC
 2.10.3 otherwise declared a wrong point optimal on 3 of 400 random instances (brute-force check). ``pareto=True`` sweeps the
@@ -27,6 +28,7 @@ from mpqfx.graph.layer_info import LayerInfo
 from mpqfx.quant.policy import Policy, layer_table
 from mpqfx.search.backend import SearchBackend, SearchError, SearchResult, register_search
 from mpqfx.search.constraints import Constraints
+from mpqfx.search.sensitivity import measure_sensitivities
 
 Pair = tuple[int, int]
 Coefficients = Mapping[str, Mapping[Pair, float]]
@@ -97,12 +99,13 @@ def solve_ilp(layers: Sequence[LayerInfo], coefficients: Coefficients, constrain
     return IlpSolution(Policy(chosen), float(pulp.value(prob.objective) or 0.0), status, seconds)
 
 
-OBJECTIVES = ("limpq", "hessian", "costs")
+OBJECTIVES = ("limpq", "hessian", "sensitivity", "costs")
+DATA_OBJECTIVES = ("hessian", "sensitivity")  # evaluate the supernet on data (hessian: unless traces are given)
 
 
 @dataclass(frozen=True)
 class IlpOptions:
-    objective: str = "limpq"  # limpq: LIMPQ Eq. 4; hessian: Double Rounding Alg. 2; costs: user-given
+    objective: str = "limpq"  # limpq: LIMPQ Eq. 4; hessian: Double Rounding Alg. 2; sensitivity: measured; costs: user-given
     alpha: float = 1.0  # LIMPQ Eq. 4: weight of the weight indicators against the activation ones
     pareto: bool = False
     pareto_points: int = 8  # budgets in the sweep from the smallest reachable value to the target
@@ -172,6 +175,10 @@ class IlpSearch(SearchBackend):
 
     options_cls = IlpOptions
 
+    @classmethod
+    def uses_data(cls, options: IlpOptions) -> bool:
+        return options.objective in DATA_OBJECTIVES
+
     def coefficients(self) -> dict[str, dict[Pair, float]]:
         o, ctx, layers = self.options, self.context, self.net.layers
         if o.objective == "limpq":
@@ -183,6 +190,8 @@ class IlpSearch(SearchBackend):
                 from mpqfx.hessian import hutchinson_traces
                 traces = hutchinson_traces(self.net, self.require_batches()[:8])
             return hessian_coefficients(layers, traces)
+        if o.objective == "sensitivity":
+            return cost_coefficients(layers, measure_sensitivities(self.net, self.require_batches())[0])
         if ctx.costs is None:
             raise SearchError("ILP objective 'costs' needs per-layer costs (mpqfx.search(..., costs=...))")
         return cost_coefficients(layers, ctx.costs)

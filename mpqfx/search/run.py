@@ -30,6 +30,13 @@ def _options(cls: type, net: Supernet, name: str, options: Any) -> Any:
     return resolved
 
 
+def uses_data(net: Supernet, backend: str | None = None, options: Any = None) -> bool:
+    """Whether searching ``net`` with ``backend`` (default: the recipe's) and ``options`` evaluates it on data."""
+    name = backend or net.recipe.search.backend
+    cls = SEARCHES.get(name)
+    return cls.uses_data(_options(cls, net, name, options))
+
+
 def search(supernet_or_run_dir: Supernet | str | Path, constraints: Constraints | str | Mapping[str, Any],
            backend: str | None = None, options: Any = None, data: Iterable[Batch] | None = None,
            calibration: Iterable[Batch] | None = None, indicators: Mapping | None = None,

@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from mpqfx.errors import MpqfxError
+from mpqfx.integrity import intact, seal
 from mpqfx.io import atomic_open
 
 FORMAT = "mpqfx.checkpoint/1"
@@ -49,9 +50,9 @@ def fingerprint(state_dict: dict[str, torch.Tensor]) -> dict[str, list[int]]:
 
 
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
-    """Write ``state`` to ``path`` atomically (temp file, fsync, rename)."""
+    """Write ``state`` with its SHA-256 to ``path`` atomically (temp file, fsync, rename)."""
     with atomic_open(path, "wb") as fh:
-        torch.save({"format": FORMAT, **state}, fh)
+        torch.save(seal({"format": FORMAT, **state}), fh)
 
 
 def load_checkpoint(path: Path, map_location: Any = "cpu") -> dict[str, Any]:
@@ -64,6 +65,8 @@ def load_checkpoint(path: Path, map_location: Any = "cpu") -> dict[str, Any]:
                               f"{' '.join(str(exc).split())[:160]})") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise CheckpointError(f"{str(path)!r} is not an mpqfx checkpoint (format {FORMAT})")
+    if not intact(state):
+        raise CheckpointError(f"checkpoint {str(path)!r} is corrupt: its content does not match the SHA-256 it records")
     return state
 
 

@@ -1,0 +1,164 @@
+"""Accuracy on Fashion-MNIST: float, uniform 4/4 and 3/3 from the supernet, and searched policies
+at the BitOPs of uniform 4/4 and 3/3, with no retraining after search; each searched policy is
+compared with the median of random policies of equal or higher BitOPs.
+
+One ``mpqfx.compress`` run per model (recipe ``oneshot`` with the settings below), then every
+extra search backend on the same trained supernet. Accuracies are top-1 on the 10,000 test
+images after BatchNorm re-estimation, as ``compress`` reports them. Goals: searched at the 4/4
+budget within 1.0 point of float, at the 3/3 budget within 2.5 points, and each searched policy
+at least as accurate as the median of 5 random policies of equal or higher BitOPs.
+
+Usage: python benchmarks/bench_accuracy.py --model resnet18 [--float-epochs 8] [--epochs 6] ...
+       (an interrupted run continues where it stopped: the run directories are resumed)
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, __file__.rsplit("/", 1)[0])
+import mpqfx  # noqa: E402
+from _machine import header  # noqa: E402
+from mpqfx.cli.options import parse_options  # noqa: E402
+from mpqfx.compress.evaluation import PolicyEvaluator  # noqa: E402
+from mpqfx.compress.pipeline import PHASES  # noqa: E402
+from mpqfx.data.spec import DataSpec  # noqa: E402
+from mpqfx.models import create_model  # noqa: E402
+from mpqfx.recipe import Recipe, StrategySpec  # noqa: E402
+from mpqfx.rundir import RunDir, search_data  # noqa: E402
+from mpqfx.search.run import uses_data  # noqa: E402
+from mpqfx.store import load_supernet  # noqa: E402
+
+TARGETS = ("uniform:4", "uniform:3")
+GOALS = {"uniform:4": 1.0, "uniform:3": 2.5}  # points below float
+
+
+def bench_recipe(args: argparse.Namespace, backend: str, options: dict) -> Recipe:
+    base = Recipe.load("oneshot")
+    strategy = dict(base.strategy.options.__dict__, samples=args.samples, schedule_every=args.schedule_every)
+    return dataclasses.replace(
+        base, name="bench-oneshot",
+        strategy=StrategySpec("oneshot", strategy),
+        train=dataclasses.replace(base.train, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+                                  warmup_epochs=0, quant_lr=args.quant_lr, checkpoint_every=200, log_every=20),
+        warm_start=dataclasses.replace(base.warm_start, epochs=args.float_epochs, lr=args.float_lr),
+        search=dataclasses.replace(base.search, backend=backend, options=options),
+        evaluate=dataclasses.replace(base.evaluate, bn_images=args.bn_images, search_images=args.search_images,
+                                     uniform_bits=(6, 4, 3)),
+        data=dataclasses.replace(base.data, train_images=args.train_images, val_images=None),
+    ).check()
+
+
+def random_median(net, evaluator, bitops: float, count: int, seed: int) -> tuple[float, list[float]]:
+    """Median accuracy of the first ``count`` random policies with BitOPs >= ``bitops``."""
+    accuracies, draw = [], seed
+    while len(accuracies) < count:
+        policy = mpqfx.Policy.sample(net, draw)
+        draw += 1
+        if mpqfx.bitops(net, policy).total >= bitops:
+            accuracies.append(evaluator.measure(net, f"random {draw}", "random", policy).accuracy)
+    return statistics.median(accuracies), accuracies
+
+
+def bench_model(name: str, args: argparse.Namespace, backends: list[tuple[str, dict]]) -> list[dict]:
+    out = Path(args.out) / name
+    primary, primary_options = backends[0]
+    recipe = bench_recipe(args, primary, primary_options)
+    start, cpu = time.perf_counter(), time.process_time()
+    resume = (out / "run.json").is_file()
+    result = mpqfx.compress(name, recipe, targets=TARGETS, out=out, export=False, resume=resume,
+                            log=lambda m: print(f"  {name}: {m}", flush=True))
+    timing = {"wall": time.perf_counter() - start, "cpu": time.process_time() - cpu, **result.seconds}
+    net, extras = load_supernet(out)
+    net.eval()
+    meta = RunDir(out).meta()
+    evaluator = PolicyEvaluator(DataSpec.from_dict(meta["data"]), create_model(name, **meta["model"]["kwargs"]), net.recipe)
+    by_name = {r.name: r for r in result.results}
+    rows = []
+    for backend, options in backends:
+        for target in TARGETS:
+            if (backend, options) == (primary, primary_options):
+                searched = by_name[f"searched {target}"]
+                seconds = None
+            else:
+                data, calibration = search_data(out, net) if uses_data(net, backend, options) else ([], [])
+                found = mpqfx.search(net, target, backend=backend, options=options, data=data, calibration=calibration,
+                                     indicators=extras.get("indicators"), traces=extras.get("traces"))
+                searched, seconds = evaluator.measure(net, f"searched {target}", "searched", found.policy), found.seconds
+            median, randoms = random_median(net, evaluator, searched.bitops, args.random, seed=1000)
+            rows.append({"model": name, "backend": f"{backend} {json.dumps(options) if options else ''}".strip(),
+                         "target": target, "float": result.float_accuracy, "uniform": by_name[f"uniform {target[-1]}/{target[-1]}"].accuracy,
+                         "searched": searched.accuracy, "bitops": searched.bitops, "random_median": median,
+                         "randoms": randoms, "search_seconds": seconds, "timing": timing, "settings": settings(args)})
+            print(f"  {name} {backend} {target}: searched {searched.accuracy:.4f} random median {median:.4f}", flush=True)
+    return rows
+
+
+def settings(args: argparse.Namespace) -> str:
+    return (f"{args.float_epochs} float + {args.epochs} supernet epochs, {args.train_images or 60000} images, "
+            f"K={args.samples}, lr {args.float_lr:g}/{args.lr:g}")
+
+
+def table(rows: list[dict]) -> str:
+    lines = [header("Fashion-MNIST accuracy (oneshot, 32x32, bits {2..6}, first/last 8; top-1 % on the 10,000 test images)"),
+             "| model | search | target | float | uniform | searched (GBitOPs) | gap to float | random median (5) | goals |",
+             "|---|---|---|---:|---:|---:|---:|---:|---|"]
+    for r in rows:
+        gap = 100 * (r["float"] - r["searched"])
+        met = gap <= GOALS[r["target"]] and r["searched"] >= r["random_median"]
+        lines.append(f"| {r['model']} | {r['backend']} | {r['target']} | {100 * r['float']:.2f} | {100 * r['uniform']:.2f} | "
+                     f"{100 * r['searched']:.2f} ({r['bitops'] / 1e9:.3f}) | {gap:+.2f} | {100 * r['random_median']:.2f} | "
+                     f"{'met' if met else 'missed'} |")
+    lines += ["", "| model | settings | wall (min) | process CPU (min) | " + " | ".join(PHASES) + " |",
+              "|---|---|---:|---:|" + "---:|" * len(PHASES)]
+    for model in dict.fromkeys(r["model"] for r in rows):
+        row = next(r for r in rows if r["model"] == model)
+        t = row["timing"]
+        lines.append(f"| {model} | {row['settings']} | {t['wall'] / 60:.1f} | {t['cpu'] / 60:.1f} | "
+                     + " | ".join(f"{t.get(p, 0) / 60:.1f}" for p in PHASES) + " |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", nargs="+", default=["resnet18", "mobilenetv2_100", "efficientnet_lite0"])
+    parser.add_argument("--float-epochs", type=int, default=4)
+    parser.add_argument("--float-lr", type=float, default=0.05)
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--lr", type=float, default=0.02)
+    parser.add_argument("--quant-lr", type=float, default=1e-4)
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--samples", type=int, default=1, help="K sampled policies per step besides the max one")
+    parser.add_argument("--schedule-every", type=int, default=100)
+    parser.add_argument("--train-images", type=int, default=None)
+    parser.add_argument("--bn-images", type=int, default=1024)
+    parser.add_argument("--search-images", type=int, default=512)
+    parser.add_argument("--random", type=int, default=5)
+    parser.add_argument("--backend", action="append", default=None, metavar="NAME[:KEY=VALUE,...]",
+                        help="search backends (repeatable; the first one runs inside compress); default ilp:objective=sensitivity")
+    parser.add_argument("--out", default="runs/bench-accuracy")
+    parser.add_argument("--json", default=None, help="also write the rows as JSON here")
+    parser.add_argument("--table-from", nargs="+", default=None, metavar="JSON",
+                        help="print one table from the JSON rows of earlier runs instead of running")
+    args = parser.parse_args()
+    if args.table_from:
+        print(table([row for path in args.table_from for row in json.loads(Path(path).read_text())]))
+        return
+    backends = []
+    for spec in args.backend or ["ilp:objective=sensitivity"]:
+        name, _, opts = spec.partition(":")
+        backends.append((name, parse_options(tuple(o for o in opts.split(",") if o))))
+    rows = [row for model in args.model for row in bench_model(model, args, backends)]
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=1))
+    print(table(rows))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,132 @@
+"""``mpqfx compress`` killed with SIGKILL during the float warm start, supernet training and search,
+then resumed with ``--resume``, ends exactly like an uninterrupted run; at every kill point each
+file in the run directory is whole (the only partial files are atomic-write temporaries, which
+the resume removes)."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+
+import pytest
+import torch
+import yaml
+
+from mpqfx.export.integer_file import read_integer_file
+from mpqfx.export.onnx_qdq import load_onnx
+from mpqfx.integrity import intact
+from mpqfx.recipe import Recipe
+
+# Runs the CLI with one function wrapped so that the process SIGKILLs itself at a chosen moment:
+# KIND=float|supernet: after training step N of that phase; KIND=search: at the N-th search call.
+KILLER = """
+import importlib, os, signal, sys
+kind, n = sys.argv.pop(1), int(sys.argv.pop(1))
+pipeline = importlib.import_module("mpqfx.compress.pipeline")  # mpqfx.compress is also the function
+from mpqfx.train.loop import Trainer
+if kind == "search":
+    calls, real_search = [0], pipeline.search
+    def search(*args, **kwargs):
+        calls[0] += 1
+        if calls[0] == n:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return real_search(*args, **kwargs)
+    pipeline.search = search
+else:
+    real_update = Trainer._update_schedules
+    def update(self):
+        real_update(self)
+        if (self.recipe.strategy.name == "float") == (kind == "float") and self.global_step == n:
+            os.kill(os.getpid(), signal.SIGKILL)
+    Trainer._update_schedules = update
+from mpqfx.cli.main import main
+sys.argv[0] = "mpqfx"
+main()
+"""
+
+TARGETS = ("uniform:4", "uniform:3", "size=6x")
+
+
+@pytest.fixture(scope="module")
+def tiny_recipe(tmp_path_factory):
+    """quickstart with 2 float + 2 supernet epochs of 4 steps, a checkpoint every 3 steps."""
+    data = Recipe.load("quickstart").to_dict()
+    data["name"] = "tiny"
+    data["warm_start"]["epochs"] = 2
+    data["train"].update(epochs=2, batch_size=32, checkpoint_every=3, log_every=1)
+    data["evaluate"].update(bn_images=64, search_images=64, batch_size=64)
+    data["data"].update(train_images=128, val_images=64)
+    path = tmp_path_factory.mktemp("recipe") / "tiny.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def compress(out, recipe, fashion_dir, kill=None, resume=False):
+    args = ["--out", str(out), "--resume"] if resume else [
+        "--model", "test_resnet", "--recipe", str(recipe), "--data-dir", str(fashion_dir), "--out", str(out),
+        *[a for t in TARGETS for a in ("--target", t)]]
+    command = [sys.executable, "-c", KILLER, *kill] if kill else [sys.executable, "-m", "mpqfx.cli.main"]
+    return subprocess.run([*command, "compress", *args], capture_output=True, text=True)
+
+
+def assert_every_file_is_whole(root):
+    for path in root.rglob("*"):
+        if not path.is_file() or (path.name.startswith(".") and path.name.endswith(".tmp")):
+            continue
+        if path.suffix == ".pt":
+            assert intact(torch.load(path, weights_only=True)), path
+        elif path.suffix == ".json":
+            json.loads(path.read_text())
+        elif path.suffix == ".jsonl":
+            assert all(json.loads(line) for line in path.read_text().splitlines()), path
+        elif path.suffix == ".yaml":
+            assert yaml.safe_load(path.read_text()), path
+        elif path.suffix == ".png":
+            data = path.read_bytes()
+            assert data.startswith(b"\x89PNG") and data.endswith(b"IEND\xaeB`\x82"), path
+        elif path.suffix == ".safetensors":
+            read_integer_file(path)
+        elif path.suffix == ".onnx":
+            load_onnx(path)
+
+
+def outcome(root):
+    """Everything a run ends with, minus timings and its own path."""
+    report = json.loads((root / "report.json").read_text().replace(str(root), "RUN"))
+    report.pop("seconds")
+    policies = {p.name: p.read_text() for p in sorted((root / "policies").iterdir())}
+    state = torch.load(root / "supernet.pt", weights_only=True)["state_dict"]
+    return report, policies, state
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory, tiny_recipe, fashion_dir):
+    root = tmp_path_factory.mktemp("whole") / "run"
+    proc = compress(root, tiny_recipe, fashion_dir)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return outcome(root)
+
+
+@pytest.mark.parametrize("kill", [("float", "6"), ("supernet", "5"), ("search", "2")],
+                         ids=["during-float-warm-start", "during-supernet-training", "during-search"])
+def test_killed_and_resumed_run_equals_an_uninterrupted_one(kill, uninterrupted, tiny_recipe, fashion_dir, tmp_path):
+    root = tmp_path / "run"
+    proc = compress(root, tiny_recipe, fashion_dir, kill=kill)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
+    assert not (root / "report.json").exists()
+    assert_every_file_is_whole(root)
+    if kill[0] == "search":
+        assert (root / "supernet.pt").is_file() and len(list((root / "policies").iterdir())) == 1
+
+    proc = compress(root, tiny_recipe, fashion_dir, resume=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert_every_file_is_whole(root)
+    assert not list(root.rglob(".*.tmp"))
+    report, policies, state = outcome(root)
+    expected_report, expected_policies, expected_state = uninterrupted
+    assert policies == expected_policies
+    assert report == expected_report
+    assert state.keys() == expected_state.keys()
+    assert all(torch.equal(state[k], expected_state[k]) for k in state)

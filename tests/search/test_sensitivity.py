@@ -1,0 +1,43 @@
+"""Measured per-layer sensitivities and the ILP objective built on them."""
+
+from __future__ import annotations
+
+import pytest
+
+from mpqfx import Policy
+from mpqfx.evaluate import evaluate
+from mpqfx.search import SearchError, search
+from mpqfx.search.run import uses_data
+from mpqfx.search.sensitivity import measure_sensitivities
+
+
+def test_sensitivities_are_measured_loss_increases_monotone_in_bits(trained):
+    net, evaluation, _ = trained
+    table, evaluations = measure_sensitivities(net, evaluation)
+    assert evaluations == sum(len(l.w_bits) - 1 + len(l.a_bits) - 1 for l in net.layers)
+    base = Policy.max(net)
+    reference = evaluate(net, base, evaluation).loss
+    layer = next(l for l in net.layers if len(l.w_bits) > 1)
+    lowest = min(layer.w_bits)
+    measured = evaluate(net, base.replace(**{layer.name: (lowest, base[layer.name].a)}), evaluation).loss - reference
+    assert table[layer.name]["w"][lowest] == pytest.approx(max(measured, max(table[layer.name]["w"].values())), abs=1e-6)
+    for l in net.layers:
+        for which, allowed in (("w", l.w_bits), ("a", l.a_bits)):
+            costs = [table[l.name][which][b] for b in sorted(allowed, reverse=True)]
+            assert costs[0] == 0.0 and all(b >= a for a, b in zip(costs, costs[1:]))
+
+
+def test_ilp_with_sensitivities_minimises_their_sum_under_the_budget(trained):
+    net, evaluation, _ = trained
+    assert uses_data(net, "ilp", {"objective": "sensitivity"}) and not uses_data(net, "ilp", {"objective": "limpq"})
+    result = search(net, "uniform:4", backend="ilp", options={"objective": "sensitivity"}, data=evaluation)
+    table, _ = measure_sensitivities(net, evaluation)
+    cost = lambda p: sum(table[n]["w"][b.w] + table[n]["a"][b.a] for n, b in p.items())  # noqa: E731
+    budget = result.constraints
+    assert budget.satisfied_by(net, result.policy)
+    feasible = [p for p in (Policy.sample(net, seed) for seed in range(300)) if budget.satisfied_by(net, p)]
+    feasible.append(Policy.uniform(net, 4))
+    assert len(feasible) > 20
+    assert all(cost(result.policy) <= cost(p) + 1e-9 for p in feasible)  # no feasible policy found costs less
+    with pytest.raises(SearchError, match="evaluates policies on data"):
+        search(net, "uniform:4", backend="ilp", options={"objective": "sensitivity"})
