@@ -8,11 +8,51 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import math
+import reprlib
 import types
 import typing
 from typing import Any, Iterable
 
 _MISSING = object()
+INT_RANGE = (-(2**63), 2**64 - 1)  # what torch accepts as a seed; every int setting must fit
+
+
+class _ShortRepr(reprlib.Repr):
+    def __init__(self) -> None:
+        super().__init__()
+        self.maxlevel, self.maxdict, self.maxlist, self.maxtuple = 3, 8, 8, 8
+        self.maxstring = self.maxother = 80
+        self.maxlong = 40
+
+    def repr_int(self, x: int, level: int) -> str:
+        if x.bit_length() > 128:  # str() of an int over 4300 digits raises; never print one whole
+            return f"<int of {x.bit_length()} bits>"
+        return super().repr_int(x, level)
+
+
+_SHORT = _ShortRepr()
+
+
+def short_repr(value: Any) -> str:
+    """repr() of user data for an error message: bounded in length and depth (a YAML file can
+    hold a self-referencing alias, an int of 10 000 digits or a billion-laughs tree) and never raising."""
+    try:
+        return _SHORT.repr(value)
+    except Exception:  # an object whose __repr__ fails: name its type instead
+        return f"<{type(value).__name__}>"
+
+
+def _float(value: Any, path: str, problems: list[str]) -> Any:
+    try:
+        number = float(value)
+    except OverflowError:
+        problems.append(f"{path}: {short_repr(value)} is out of range for a float")
+        return _MISSING
+    if math.isnan(number):  # nan passes every range check (nan < 0 is False) and is unequal to itself
+        problems.append(f"{path}: expected a number, got nan")
+        return _MISSING
+    return number
 
 
 def _type_name(tp: Any) -> str:
@@ -36,28 +76,36 @@ def _convert(tp: Any, value: Any, path: str, problems: list[str]) -> Any:
     if origin is tuple:
         item_tp = typing.get_args(tp)[0]
         if not isinstance(value, (list, tuple)):
-            problems.append(f"{path}: expected {_type_name(tp)}, got {value!r}")
+            problems.append(f"{path}: expected {_type_name(tp)}, got {short_repr(value)}")
             return _MISSING
         items = [_convert(item_tp, v, f"{path}[{i}]", problems) for i, v in enumerate(value)]
         return _MISSING if any(i is _MISSING for i in items) else tuple(items)
     if dataclasses.is_dataclass(tp):
-        return from_mapping(tp, value, path, problems)
+        built = from_mapping(tp, value, path, problems)
+        return _MISSING if built is None else built
     if isinstance(tp, type) and issubclass(tp, enum.Enum):
         try:
             return tp(value)
         except ValueError:
-            problems.append(f"{path}: {value!r} is not allowed; expected {_type_name(tp)}")
+            problems.append(f"{path}: {short_repr(value)} is not allowed; expected {_type_name(tp)}")
             return _MISSING
     if tp is float and isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value)
+        return _float(value, path, problems)
     if tp is float and isinstance(value, str):
         try:  # YAML 1.1 reads "1e-5" as a string
-            return float(value)
+            float(value)
         except ValueError:
             pass
+        else:
+            return _float(value, path, problems)
+    if tp is int and isinstance(value, int) and not isinstance(value, bool):
+        if not INT_RANGE[0] <= value <= INT_RANGE[1]:  # YAML reads 0x<5000 hex digits> as one int
+            problems.append(f"{path}: {short_repr(value)} is out of range (integers must fit in 64 bits)")
+            return _MISSING
+        return value
     if tp is Any or (isinstance(value, tp) and not (tp is int and isinstance(value, bool))):
         return value
-    problems.append(f"{path}: expected {_type_name(tp)}, got {value!r}")
+    problems.append(f"{path}: expected {_type_name(tp)}, got {short_repr(value)}")
     return _MISSING
 
 
@@ -69,14 +117,18 @@ def from_mapping(cls: type, data: Any, path: str, problems: list[str]) -> Any:
     if data is None:
         data = {}
     if not isinstance(data, dict):
-        problems.append(f"{path or 'recipe'}: expected a mapping, got {data!r}")
-        return cls()
+        problems.append(f"{path or 'recipe'}: expected a mapping, got {short_repr(data)}")
+        try:
+            return cls()
+        except TypeError:  # ``cls`` has required fields (a BitOverride's pattern): nothing to fall back to
+            return None
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     for key in data:
         if key not in fields:
             allowed = ", ".join(fields)
-            problems.append(f"{_join(path, str(key))}: unknown field (allowed: {allowed})")
+            name = key if isinstance(key, str) else short_repr(key)
+            problems.append(f"{_join(path, name)}: unknown field (allowed: {allowed})")
     kwargs = {}
     for name, f in fields.items():
         if name not in data:

@@ -302,7 +302,8 @@ class Recipe:
     def from_yaml(cls, text: str, source: str = "recipe") -> "Recipe":
         try:
             data = yaml.safe_load(text)
-        except yaml.YAMLError as exc:
+        # ValueError: an int over 4300 digits or a date like 2001-02-30; RecursionError: deep nesting
+        except (yaml.YAMLError, ValueError, RecursionError) as exc:
             raise RecipeError([f"not valid YAML: {' '.join(str(exc).split())}"], source) from None
         return cls.from_dict(data, source)
 
@@ -317,6 +318,9 @@ class Recipe:
                 text = path.read_text(encoding="utf-8")
             except OSError as exc:
                 raise RecipeError([f"cannot read: {exc.strerror}"], str(path)) from None
+            except UnicodeDecodeError as exc:
+                raise RecipeError([f"cannot read: not UTF-8 text ({exc.reason} at byte {exc.start})"],
+                                  str(path)) from None
             return cls.from_yaml(text, str(path))
         shipped = shipped_recipes()
         if str(name_or_path) == "default":

@@ -10,12 +10,14 @@ from typing import Any, Iterator, Mapping, Sequence, Union
 import torch
 import yaml
 
+from mpqfx.config import short_repr
 from mpqfx.errors import PolicyError
 from mpqfx.graph.layer_info import LayerInfo
 from mpqfx.io import atomic_write_text
 from mpqfx.quant.layers import LayerBits
 
 FORMAT = "mpqfx.policy/1"
+MAX_POLICY_BITS = 64  # no quantizer is wider; the bound also keeps absurd YAML ints (0x<5000 digits>) out
 
 Layers = Union[Sequence[LayerInfo], Any]  # a sequence of LayerInfo or anything with `.layers`
 Rng = Union[random.Random, torch.Generator, int, None]
@@ -55,11 +57,16 @@ class Policy(Mapping[str, LayerBits]):
             if isinstance(value, Mapping):
                 value = (value.get("w"), value.get("a"))
             if not isinstance(value, (tuple, list)) or len(value) != 2:
-                raise PolicyError(f"layer {name!r}: expected (w_bits, a_bits), got {value!r}")
+                raise PolicyError(f"layer {short_repr(name)}: expected (w_bits, a_bits), got {short_repr(value)}")
             for v in value:
-                if v is not None and (isinstance(v, bool) or not isinstance(v, int)):
-                    raise PolicyError(f"layer {name!r}: bit-widths must be integers or null, got {value!r}")
-            table[str(name)] = LayerBits(*value)
+                if v is not None and (isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= MAX_POLICY_BITS):
+                    raise PolicyError(f"layer {short_repr(name)}: bit-widths must be integers in 1..{MAX_POLICY_BITS} "
+                                      f"or null, got {short_repr(value)}")
+            try:
+                key = str(name)  # YAML keys may be ints, bools or null
+            except ValueError:  # an int over 4300 digits
+                raise PolicyError(f"layer {short_repr(name)}: not a usable layer name") from None
+            table[key] = LayerBits(*value)
         self._bits = table
 
     # -- Mapping -----------------------------------------------------------------------------
@@ -154,7 +161,7 @@ class Policy(Mapping[str, LayerBits]):
         if not isinstance(data, Mapping) or not isinstance(data.get("layers"), Mapping):
             raise PolicyError(f"{source}: expected a mapping with a 'layers' mapping (format {FORMAT})")
         if data.get("format", FORMAT) != FORMAT:
-            raise PolicyError(f"{source}: unknown format {data.get('format')!r} (expected {FORMAT})")
+            raise PolicyError(f"{source}: unknown format {short_repr(data.get('format'))} (expected {FORMAT})")
         try:
             return cls(data["layers"])
         except PolicyError as exc:
@@ -166,9 +173,11 @@ class Policy(Mapping[str, LayerBits]):
     @classmethod
     def from_yaml(cls, text: str, source: str = "policy") -> "Policy":
         try:
-            return cls.from_dict(yaml.safe_load(text), source)
-        except yaml.YAMLError as exc:
+            data = yaml.safe_load(text)
+        # ValueError: an int over 4300 digits or a date like 2001-02-30; RecursionError: deep nesting
+        except (yaml.YAMLError, ValueError, RecursionError) as exc:
             raise PolicyError(f"{source}: not valid YAML: {' '.join(str(exc).split())}") from None
+        return cls.from_dict(data, source)
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=1)
@@ -176,9 +185,11 @@ class Policy(Mapping[str, LayerBits]):
     @classmethod
     def from_json(cls, text: str, source: str = "policy") -> "Policy":
         try:
-            return cls.from_dict(json.loads(text), source)
-        except json.JSONDecodeError as exc:
+            data = json.loads(text)
+        # ValueError: JSONDecodeError or an int over 4300 digits; RecursionError: deep nesting
+        except (ValueError, RecursionError) as exc:
             raise PolicyError(f"{source}: not valid JSON: {exc}") from None
+        return cls.from_dict(data, source)
 
     def save(self, path: str | Path) -> Path:
         """Write YAML (or JSON for a ``.json`` path) atomically."""
@@ -193,4 +204,7 @@ class Policy(Mapping[str, LayerBits]):
             text = path.read_text(encoding="utf-8")
         except OSError as exc:
             raise PolicyError(f"cannot read policy file {str(path)!r}: {exc.strerror}") from None
+        except UnicodeDecodeError as exc:
+            raise PolicyError(f"cannot read policy file {str(path)!r}: not UTF-8 text "
+                              f"({exc.reason} at byte {exc.start})") from None
         return cls.from_json(text, str(path)) if path.suffix == ".json" else cls.from_yaml(text, str(path))

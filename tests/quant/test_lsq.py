@@ -106,7 +106,10 @@ def test_gradient_scale_counts_per_sample_features_for_activations():
     act(x, 4).sum().backward()
     g = 1 / math.sqrt(3 * 4 * 4 * 15)
     expected = analytic_step_grad(x, act.step(4).detach(), 0, 15, g, torch.ones_like(x))
-    assert act.step(4).grad.item() == pytest.approx(expected.item(), rel=1e-5)
+    # the fused backward takes the sum as a difference of two large dot products: float32 rounding
+    # of those products, not of the result, bounds the error
+    rounding = 1e-6 * g * float((x / act.step(4).detach()).abs().sum())
+    assert act.step(4).grad.item() == pytest.approx(expected.item(), rel=1e-5, abs=rounding)
 
 
 def test_initialised_flags_survive_state_dict_round_trip():
