@@ -42,7 +42,7 @@ def compress_command(model_name: str | None, recipe: str, data: str, data_dir: s
 
     if model_name is None and not resume:
         raise MpqfxError("--model: required (a timm model name, e.g. efficientnet_lite0)")
-    console = Console(stderr=True)
+    console = Console()  # progress on stdout: stderr is left to the one-line error, if any
     result = compress(model_name, recipe, data, targets, epochs=epochs, batch_size=batch_size, out=out,
                       checkpoint=checkpoint, pretrained=pretrained, device=device, resume=resume, seed=seed,
                       data_dir=data_dir, train_images=train_images, val_images=val_images, export=not no_export,

@@ -1,0 +1,119 @@
+"""Every row of the user-facing error table in docs/design.md: the example raises the error type
+named, its message contains the quoted fragments, and from the CLI it is one line on stderr
+with a non-zero exit code and no traceback."""
+
+from __future__ import annotations
+
+import re
+import shlex
+import shutil
+from pathlib import Path
+
+import pytest
+import timm
+import torch
+import yaml
+from click.testing import CliRunner
+from torch import nn
+
+import mpqfx
+from mpqfx.cli.main import cli
+
+DESIGN = Path(__file__).resolve().parents[1] / "docs" / "design.md"
+
+
+def error_rows() -> list[tuple[str, str, str, list[str]]]:
+    """(error, type name, example, message fragments) of each row of the table."""
+    text = DESIGN.read_text().split("## User-facing errors", 1)[1]
+    rows = []
+    for line in text.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")] if line.startswith("| ") else []
+        if len(cells) == 4 and cells[1].startswith("`"):
+            example = re.findall(r"`([^`]+)`", cells[2])[0]
+            rows.append((cells[0], cells[1].strip("`"), example, re.findall(r"`([^`]+)`", cells[3])))
+    return rows
+
+
+class Gate(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(4, 4, 3, padding=1)
+
+    def forward(self, x):
+        return self.conv(x) if x.mean() > 0 else self.conv(-x)
+
+
+class GatedNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.stem, self.gate, self.head = nn.Conv2d(3, 4, 3, padding=1), Gate(), nn.Linear(4, 2)
+
+    def forward(self, x):
+        return self.head(self.gate(self.stem(x)).mean((2, 3)))
+
+
+@pytest.fixture(scope="module")
+def scratch(tmp_path_factory, fashion_dir):
+    """A finished tiny run ``RUN`` and every file the examples name."""
+    root = tmp_path_factory.mktemp("errors")
+    run = root / "RUN"
+    mpqfx.compress("test_resnet", data_dir=str(fashion_dir), targets=["uniform:4"], out=run, epochs=1, batch_size=32,
+                   train_images=96, val_images=64, progress=False)
+    (root / "bad-recipe.yaml").write_text("train: {lr: -1, epochs: 0}\nstrategy: {name: magic}\n")
+    (root / "garbage-policy.yaml").write_text("layers: [1, 2\n")
+    policy = yaml.safe_load((run / "policies" / "uniform-4.yaml").read_text())
+    (root / "unknown-layer-policy.yaml").write_text(yaml.safe_dump(
+        {**policy, "layers": {**policy["layers"], "fc2": {"w": 4, "a": 4}}}))
+    (root / "forbidden-bits-policy.yaml").write_text(yaml.safe_dump(
+        {**policy, "layers": {**policy["layers"], "conv1.0": {"w": 4, "a": 8}}}))
+    edited = shutil.copytree(run, root / "edited-run")
+    for name in ("supernet.pt", "report.json", "report.md"):
+        (edited / name).unlink()
+    recipe = yaml.safe_load((edited / "recipe.yaml").read_text())
+    recipe["train"]["lr"] *= 2
+    (edited / "recipe.yaml").write_text(yaml.safe_dump(recipe, sort_keys=False))
+    torch.save(timm.create_model("test_efficientnet").state_dict(), root / "other-weights.pt")
+    truncated = shutil.copytree(run, root / "truncated-run")
+    data = (truncated / "supernet.pt").read_bytes()
+    (truncated / "supernet.pt").write_bytes(data[: len(data) // 2])
+    data = bytearray((run / "export" / "uniform-4.safetensors").read_bytes())
+    data[-100] ^= 0xFF
+    (root / "flipped.safetensors").write_bytes(bytes(data))
+    (root / "empty-dir").mkdir()
+    (root / "a-file").write_text("a file, not a folder")
+    (root / "classless" / "train").mkdir(parents=True)
+    (root / "classless" / "val").mkdir()
+    return root
+
+
+def test_the_table_covers_the_promised_errors():
+    names = " | ".join(row[0] for row in error_rows())
+    for promised in ("bad recipe fields", "unknown timm model", "unknown strategy", "unknown search backend",
+                     "untraceable model", "infeasible budget", "Fashion-MNIST missing", "malformed policy file",
+                     "checkpoint of another recipe", "corrupt or truncated supernet"):
+        assert promised in names
+
+
+@pytest.mark.parametrize("error,kind,example,fragments", error_rows(), ids=[row[0] for row in error_rows()])
+def test_error_row(error, kind, example, fragments, scratch, fashion_dir, monkeypatch):
+    monkeypatch.chdir(scratch)
+    monkeypatch.setenv("MPQFX_DATA_DIR", str(fashion_dir))
+    if example.startswith("mpqfx "):
+        result = CliRunner().invoke(cli, shlex.split(example)[1:])
+        assert isinstance(result.exception, SystemExit), result.exception
+        assert "Traceback" not in result.output
+        if example.startswith("mpqfx validate"):
+            assert result.exit_code == 1 and result.stderr.startswith("bad-recipe.yaml: ")
+            message = result.stderr
+        else:
+            lines = result.stderr.strip().splitlines()
+            assert result.exit_code == 2 and len(lines) == 1 and lines[0].startswith("mpqfx: error: "), result.stderr
+            message = lines[0]
+    else:
+        namespace = {"mpqfx": mpqfx, "torch": torch, "GatedNet": GatedNet}
+        with pytest.raises(mpqfx.MpqfxError) as info:
+            exec(example, namespace)
+        assert kind in [cls.__name__ for cls in type(info.value).__mro__]
+        message = str(info.value)
+    for fragment in fragments:
+        assert fragment in message, f"{error}: {fragment!r} not in {message!r}"
