@@ -25,7 +25,7 @@ def search_command(run_dir: Path, targets: tuple[str, ...], backend: str | None,
     """Search policies for one or more budgets on a trained supernet (no training)."""
     from mpqfx.cli.tables import print_policy_summary
     from mpqfx.rundir import policy_filename, search_data
-    from mpqfx.search.run import search, uses_data
+    from mpqfx.search.run import search_many, uses_data
     from mpqfx.store import load_supernet
 
     if not run_dir.exists():
@@ -35,9 +35,8 @@ def search_command(run_dir: Path, targets: tuple[str, ...], backend: str | None,
     data, calibration = search_data(run_dir, net) if uses_data(net, backend, backend_options) else ([], [])
     out_dir = out_dir or (run_dir if run_dir.is_dir() else run_dir.parent) / "policies"
     rows = []
-    for target in targets:
-        result = search(net, target, backend=backend, options=backend_options, data=data, calibration=calibration,
-                        indicators=extras.get("indicators"), traces=extras.get("traces"))
-        path = result.policy.save(out_dir / policy_filename(target))
-        rows.append((target, result, path))
+    results = search_many(net, targets, backend=backend, options=backend_options, data=data, calibration=calibration,
+                          indicators=extras.get("indicators"), traces=extras.get("traces"))
+    for target, result in zip(targets, results):
+        rows.append((target, result, result.policy.save(out_dir / policy_filename(target))))
     print_policy_summary(net, rows)

@@ -50,5 +50,14 @@ def seal(payload: dict[str, Any]) -> dict[str, Any]:
 
 def intact(payload: dict[str, Any]) -> bool:
     """Whether a sealed payload still matches the digest it records."""
+    return damage(payload) is None
+
+
+def damage(payload: dict[str, Any]) -> str | None:
+    """Why a sealed payload cannot be trusted ("is corrupt: ...", "records no SHA-256 ..."), or None."""
+    if DIGEST_KEY not in payload:
+        return "records no SHA-256 (it was not written by this version of mpqfx)"
     body = {k: v for k, v in payload.items() if k != DIGEST_KEY}
-    return payload.get(DIGEST_KEY) == digest(body)
+    if payload[DIGEST_KEY] != digest(body):
+        return "is corrupt: its content does not match the SHA-256 it records"
+    return None

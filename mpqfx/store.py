@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from mpqfx.errors import MpqfxError
-from mpqfx.integrity import intact, seal
+from mpqfx.integrity import damage, seal
 from mpqfx.io import atomic_open
 from mpqfx.models import create_model
 from mpqfx.prepare import prepare
@@ -57,8 +57,9 @@ def load_supernet(path: str | Path, device: str | torch.device = "cpu") -> tuple
         raise CheckpointError(f"supernet file {str(path)!r} is corrupt or truncated ({type(exc).__name__})") from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError(f"{str(path)!r} is not an mpqfx supernet file (format {FORMAT})")
-    if not intact(payload):
-        raise CheckpointError(f"supernet file {str(path)!r} is corrupt: its content does not match the SHA-256 it records")
+    problem = damage(payload)
+    if problem:
+        raise CheckpointError(f"supernet file {str(path)!r} {problem}")
     spec = ModelSpec(payload["model"]["name"], payload["model"]["kwargs"])
     model = create_model(spec.name, **spec.kwargs)
     net = prepare(model, Recipe.from_dict(payload["recipe"], str(path)), example_input=payload["example_input"],

@@ -61,13 +61,14 @@ class PolicyEvaluator:
         return fixed_batches(train, self.config.bn_images, self.config.batch_size, seed=CALIBRATION_SEED)
 
     @cached_property
-    def val_batches(self) -> list:
+    def val_batches(self) -> DataLoader:
+        """The held-out split in order, read again for every evaluation (an ImageNet val split does not fit in memory)."""
         val_set = self.spec.split("val", self.float_model, train=False)
-        return list(DataLoader(val_set, batch_size=self.config.batch_size, shuffle=False))
+        return DataLoader(val_set, batch_size=self.config.batch_size, shuffle=False)
 
     @property
     def val_images(self) -> int:
-        return sum(len(y) for _, y in self.val_batches)
+        return len(self.val_batches.dataset)
 
     def measure(self, net: Supernet, name: str, kind: str, policy: Policy | None) -> PolicyResult:
         """``policy`` (None: the float model, i.e. bypass) measured on the held-out split."""

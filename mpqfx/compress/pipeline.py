@@ -35,7 +35,7 @@ from mpqfx.quant.policy import Policy
 from mpqfx.recipe import Recipe, WeightQuantizer
 from mpqfx.rundir import RunDir, policy_filename, search_data
 from mpqfx.search.constraints import parse_target
-from mpqfx.search.run import search, uses_data
+from mpqfx.search.run import search_many, uses_data
 from mpqfx.store import load_supernet, save_supernet
 from mpqfx.supernet import ModelSpec, Supernet
 from mpqfx.train.loop import Trainer
@@ -192,7 +192,7 @@ def compress(model: str | nn.Module | None, recipe: Recipe | str | Path = DEFAUL
         extras = _train_supernet(net, train_set, recipe_obj, run, device, resume, progress, log)
     net.eval()
     with _timed(seconds, "search"):
-        searched = _search(net, targets, recipe_obj, run, extras, log)
+        searched = _search(net, targets, recipe_obj, run, extras, progress, log)
     with _timed(seconds, "evaluation"):
         results = [float_result] + _evaluate(net, evaluator, recipe_obj, searched, progress, log)
     with _timed(seconds, "export"):
@@ -255,22 +255,25 @@ def _train_supernet(net: Supernet, train_set, recipe: Recipe, run: RunDir, devic
     return extras
 
 
-def _search(net: Supernet, targets: list[str], recipe: Recipe, run: RunDir, extras: dict[str, Any],
+def _search(net: Supernet, targets: list[str], recipe: Recipe, run: RunDir, extras: dict[str, Any], progress: bool,
             log: Log) -> list[tuple[str, Policy, Path]]:
-    """One policy per target, written to policies/; a resumed run keeps the policies it already found."""
-    batches, calibration = search_data(run.root, net) if uses_data(net) else ([], [])
-    searched = []
-    for target in targets:
-        path = run.policies / policy_filename(target)
-        if path.is_file():
-            found = Policy.load(path).validate(net.layers)
-        else:
-            log(f"search {target} ({recipe.search.backend})")
-            found = search(net, target, data=batches, calibration=calibration, indicators=extras.get("indicators"),
-                           traces=extras.get("traces")).policy
-            found.save(path)
-        searched.append((target, found, path))
-    return searched
+    """One policy per target, written to policies/; a resumed run keeps the policies it already found.
+    The searches share one backend instance (search_many), so budget-independent statistics are computed once."""
+    paths = {target: run.policies / policy_filename(target) for target in targets}
+    missing = [target for target in targets if not paths[target].is_file()]
+    found: dict[str, Policy] = {t: Policy.load(paths[t]).validate(net.layers) for t in targets if t not in missing}
+    with phase_bar(progress) as bar:
+        task = bar.add_task(f"search ({recipe.search.backend})", total=len(targets), completed=len(found))
+        if missing:
+            batches, calibration = search_data(run.root, net) if uses_data(net) else ([], [])
+            results = search_many(net, missing, data=batches, calibration=calibration,
+                                  indicators=extras.get("indicators"), traces=extras.get("traces"))
+            for target, result in zip(missing, results):  # each policy is saved as soon as it is found
+                result.policy.save(paths[target])
+                found[target] = result.policy
+                log(f"search {target} ({recipe.search.backend}, {result.seconds:.1f} s): {paths[target].name}")
+                bar.update(task, advance=1)
+    return [(target, found[target], paths[target]) for target in targets]
 
 
 def _evaluate(net: Supernet, evaluator: PolicyEvaluator, recipe: Recipe, searched, progress: bool,

@@ -9,6 +9,7 @@ data, and the most accurate (lowest loss on ties) is returned.
 
 from __future__ import annotations
 
+import functools
 import time
 from dataclasses import dataclass
 
@@ -46,11 +47,18 @@ class HessianSearch(SearchBackend):
     def uses_data(cls, options) -> bool:
         return True
 
+    @functools.cached_property
+    def eigenvalues(self) -> dict[str, float]:
+        """Top Hessian eigenvalue per layer at the max policy (budget-independent: computed once per instance)."""
+        o = self.options
+        return top_eigenvalues(self.net, self.require_batches()[0], iters=o.power_iters, tol=o.tol,
+                               policy=Policy.max(self.net))
+
     def run(self, constraints: Constraints) -> SearchResult:
         o = self.options
         batches = self.require_batches()
         start = time.perf_counter()
-        eigen = top_eigenvalues(self.net, batches[0], iters=o.power_iters, tol=o.tol, policy=Policy.max(self.net))
+        eigen = self.eigenvalues
         coef = {l.name: {(w, a): eigen[l.name] * (w + a) / 2 for w, a in pairs(l)} for l in self.net.layers}
         offsets = fixed_costs(self.net)
         ranked: list[Policy] = []

@@ -13,6 +13,7 @@ optima (Alg. 2's iterative scheme, with its per-layer forcing when ``alg2_varian
 from __future__ import annotations
 
 import dataclasses
+import functools
 import itertools
 import math
 import time
@@ -179,7 +180,10 @@ class IlpSearch(SearchBackend):
     def uses_data(cls, options: IlpOptions) -> bool:
         return options.objective in DATA_OBJECTIVES
 
+    @functools.cached_property
     def coefficients(self) -> dict[str, dict[Pair, float]]:
+        """The objective's per-(layer, pair) coefficients; they do not depend on the budget, so one
+        instance searching several budgets (``search_many``) computes them once."""
         o, ctx, layers = self.options, self.context, self.net.layers
         if o.objective == "limpq":
             from mpqfx.train.limpq import importance_indicators
@@ -200,7 +204,7 @@ class IlpSearch(SearchBackend):
         return solve_ilp(self.net.layers, coef, constraints, *offsets, time_limit=self.options.time_limit, **kwargs)
 
     def run(self, constraints: Constraints) -> SearchResult:
-        coef = self.coefficients()
+        coef = self.coefficients
         offsets = fixed_costs(self.net)
         best = self._solve(constraints, coef, offsets)
         if not self.options.pareto:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import time
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 from mpqfx.config import check_all, from_mapping
 from mpqfx.errors import RecipeError
@@ -49,7 +49,7 @@ def search(supernet_or_run_dir: Supernet | str | Path, constraints: Constraints 
             ``"bitops=4.5G,size=8x"``, ``"avg=3.5"``) or a mapping of them.
         backend: a registered backend (``ilp``, ``greedy``, ``hessian``); default: the recipe's.
         options: the backend's options (dataclass or mapping); default: the recipe's or the backend's.
-        data: fixed evaluation batches (greedy, hessian, and the ILP's hessian objective).
+        data: fixed evaluation batches (greedy, hessian, and the ILP's hessian and sensitivity objectives).
         calibration: training batches for BatchNorm re-estimation when a backend asks for it.
         indicators / traces / costs: per-layer statistics for the ILP objectives (defaults:
             the supernet's learned steps, the traces stored with it).
@@ -58,6 +58,19 @@ def search(supernet_or_run_dir: Supernet | str | Path, constraints: Constraints 
         >>> result = mpqfx.search("runs/efficientnet_lite0-oneshot", "uniform:4")
         >>> result.policy.save("policy-4bit.yaml")
     """
+    return next(search_many(supernet_or_run_dir, [constraints], backend, options, data, calibration, indicators,
+                            traces, costs))
+
+
+def search_many(supernet_or_run_dir: Supernet | str | Path,
+                targets: Sequence[Constraints | str | Mapping[str, Any]], backend: str | None = None,
+                options: Any = None, data: Iterable[Batch] | None = None, calibration: Iterable[Batch] | None = None,
+                indicators: Mapping | None = None, traces: Mapping[str, float] | None = None,
+                costs: Mapping | None = None) -> Iterator[SearchResult]:
+    """:func:`search` for several budgets with one backend instance, so that what does not depend on
+    the budget (measured sensitivities, Hessian statistics) is computed once. Yields one result per
+    target, in order, as each search finishes; every target is checked for feasibility before the
+    first search runs."""
     extras: dict[str, Any] = {}
     if isinstance(supernet_or_run_dir, (str, Path)):
         net, extras = load_supernet(supernet_or_run_dir)
@@ -66,16 +79,19 @@ def search(supernet_or_run_dir: Supernet | str | Path, constraints: Constraints 
     name = backend or net.recipe.search.backend
     cls = SEARCHES.get(name)
     resolved = _options(cls, net, name, options)
-    target = constraints_from(constraints, net)
-    target.check_feasible(net)
+    parsed = [constraints_from(target, net) for target in targets]
+    for target in parsed:
+        target.check_feasible(net)
     context = SearchContext(batches=list(data or []), calibration=list(calibration or []),
                             indicators=indicators or extras.get("indicators"),
                             traces=traces or extras.get("traces"), costs=costs)
-    start = time.perf_counter()
-    result = cls(net, resolved, context).run(target)
-    result.seconds = time.perf_counter() - start
-    for policy in result.policies + [result.policy]:
-        policy.validate(net.layers)
-        if not target.satisfied_by(net, policy):
-            raise SearchError(f"search backend {name!r} returned a policy that breaks {target.describe()}")
-    return result
+    instance = cls(net, resolved, context)
+    for target in parsed:
+        start = time.perf_counter()
+        result = instance.run(target)
+        result.seconds = time.perf_counter() - start
+        for policy in result.policies + [result.policy]:
+            policy.validate(net.layers)
+            if not target.satisfied_by(net, policy):
+                raise SearchError(f"search backend {name!r} returned a policy that breaks {target.describe()}")
+        yield result

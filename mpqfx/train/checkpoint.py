@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from mpqfx.errors import MpqfxError
-from mpqfx.integrity import intact, seal
+from mpqfx.integrity import damage, seal
 from mpqfx.io import atomic_open
 
 FORMAT = "mpqfx.checkpoint/1"
@@ -65,8 +65,9 @@ def load_checkpoint(path: Path, map_location: Any = "cpu") -> dict[str, Any]:
                               f"{' '.join(str(exc).split())[:160]})") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise CheckpointError(f"{str(path)!r} is not an mpqfx checkpoint (format {FORMAT})")
-    if not intact(state):
-        raise CheckpointError(f"checkpoint {str(path)!r} is corrupt: its content does not match the SHA-256 it records")
+    problem = damage(state)
+    if problem:
+        raise CheckpointError(f"checkpoint {str(path)!r} {problem}")
     return state
 
 

@@ -20,20 +20,20 @@ from mpqfx.integrity import intact
 from mpqfx.recipe import Recipe
 
 # Runs the CLI with one function wrapped so that the process SIGKILLs itself at a chosen moment:
-# KIND=float|supernet: after training step N of that phase; KIND=search: at the N-th search call.
+# KIND=float|supernet: after training step N of that phase; KIND=search: at the N-th ILP search.
 KILLER = """
-import importlib, os, signal, sys
+import os, signal, sys
 kind, n = sys.argv.pop(1), int(sys.argv.pop(1))
-pipeline = importlib.import_module("mpqfx.compress.pipeline")  # mpqfx.compress is also the function
+from mpqfx.search.ilp import IlpSearch
 from mpqfx.train.loop import Trainer
 if kind == "search":
-    calls, real_search = [0], pipeline.search
-    def search(*args, **kwargs):
+    calls, real_run = [0], IlpSearch.run
+    def run(self, constraints):
         calls[0] += 1
         if calls[0] == n:
             os.kill(os.getpid(), signal.SIGKILL)
-        return real_search(*args, **kwargs)
-    pipeline.search = search
+        return real_run(self, constraints)
+    IlpSearch.run = run
 else:
     real_update = Trainer._update_schedules
     def update(self):
