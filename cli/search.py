@@ -17,7 +17,7 @@ from mpqfx.errors import MpqfxError
               help="Budget: 4.5G, uniform:4, size=8x, avg=3.5, or key=value terms joined by commas (repeatable).")
 @click.option("--backend", default=None, help="ilp, greedy or hessian (default: the run's recipe).")
 @click.option("--option", "options", multiple=True, metavar="KEY=VALUE",
-              help="A backend option (repeatable), e.g. objective=sensitivity for ilp; default: the recipe's.")
+              help="A backend option (repeatable), e.g. objective=limpq for ilp; the others stay the recipe's.")
 @click.option("--out", "out_dir", default=None, type=click.Path(path_type=Path),
               help="Where to write the policies (default: RUN/policies).")
 def search_command(run_dir: Path, targets: tuple[str, ...], backend: str | None, options: tuple[str, ...],
@@ -36,7 +36,8 @@ def search_command(run_dir: Path, targets: tuple[str, ...], backend: str | None,
     out_dir = out_dir or (run_dir if run_dir.is_dir() else run_dir.parent) / "policies"
     rows = []
     results = search_many(net, targets, backend=backend, options=backend_options, data=data, calibration=calibration,
-                          indicators=extras.get("indicators"), traces=extras.get("traces"))
+                          indicators=extras.get("indicators"), traces=extras.get("traces"),
+                          cache_dir=run_dir if run_dir.is_dir() else run_dir.parent)
     for target, result in zip(targets, results):
         rows.append((target, result, result.policy.save(out_dir / policy_filename(target))))
     print_policy_summary(net, rows)

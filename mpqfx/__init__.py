@@ -16,13 +16,13 @@ from mpqfx.quant.layers import LayerBits
 from mpqfx.quant.policy import Policy
 from mpqfx.recipe import Recipe
 from mpqfx.search import Constraints, SearchResult
-from mpqfx.search.run import search  # the function shadows the subpackage's name on purpose
+from mpqfx.search.run import search, search_many  # the function shadows the subpackage's name on purpose
 from mpqfx.supernet import Supernet
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "prepare", "search", "compress", "CompressResult", "bitops", "model_size", "Policy", "Recipe", "Supernet", "LayerInfo", "LayerBits",
+    "prepare", "search", "search_many", "compress", "CompressResult", "bitops", "model_size", "Policy", "Recipe", "Supernet", "LayerInfo", "LayerBits",
     "LayerKind", "Role", "SkippedLayer", "CostReport", "Constraints", "SearchResult", "MpqfxError", "RecipeError", "PolicyError",
     "UnknownModelError", "UntraceableModelError",
 ]

@@ -9,6 +9,7 @@
     supernet.pt       the trained supernet (search, export)
     metrics.jsonl     training metrics
     policies/*.yaml   searched policies
+    sensitivities.json  measured per-layer sensitivities (ILP objective), reused by later searches
     report.json / report.md / pareto.png / bits.png
     export/           ONNX and integer safetensors files
 """

@@ -121,6 +121,26 @@ class Supernet(nn.Module):
                 if key != FLOAT_KEY:
                     bn_set.load_state_dict(bn.sets[FLOAT_KEY].state_dict())
 
+    @torch.no_grad()
+    def init_activation_steps(self, images: torch.Tensor) -> int:
+        """Fit, from ``images``, every activation step that no forward has fitted yet (bit-widths
+        training never drew for a layer), so that evaluating or searching later never changes the
+        supernet's state. Runs one eval-mode forward per missing bit-width rank; returns how many ran."""
+        pending = {name: [b for b in m.act_quant.bits if not bool(m.act_quant.initialized[m.act_quant.bits.index(b)])]
+                   for name, m in self._modules_by_layer.items()}
+        rounds = max((len(bits) for bits in pending.values()), default=0)
+        was_training = self.training
+        self.eval()
+        try:
+            for i in range(rounds):
+                policy = Policy({l.name: (max(l.w_bits), pending[l.name][i] if i < len(pending[l.name]) else max(l.a_bits))
+                                 for l in self.layers})
+                with self.use_policy(policy):
+                    self(images)
+        finally:
+            self.train(was_training)
+        return rounds
+
     def describe(self) -> str:
         """A few lines: layers (traced/untraced), skipped weights with reasons, coverage, BN sets."""
         untraced = [l.name for l in self.layers if not l.traced]

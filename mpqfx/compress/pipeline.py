@@ -266,8 +266,8 @@ def _search(net: Supernet, targets: list[str], recipe: Recipe, run: RunDir, extr
         task = bar.add_task(f"search ({recipe.search.backend})", total=len(targets), completed=len(found))
         if missing:
             batches, calibration = search_data(run.root, net) if uses_data(net) else ([], [])
-            results = search_many(net, missing, data=batches, calibration=calibration,
-                                  indicators=extras.get("indicators"), traces=extras.get("traces"))
+            results = search_many(net, missing, data=batches, calibration=calibration, indicators=extras.get("indicators"),
+                                  traces=extras.get("traces"), cache_dir=run.root)
             for target, result in zip(missing, results):  # each policy is saved as soon as it is found
                 result.policy.save(paths[target])
                 found[target] = result.policy

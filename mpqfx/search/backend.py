@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, ClassVar, Mapping, Sequence
 
 import torch
@@ -33,6 +34,7 @@ class SearchContext:
     indicators: Mapping[str, Mapping[str, Mapping[int, float]]] | None = None  # LIMPQ {layer: {w|a: {bits: step}}}
     traces: Mapping[str, float] | None = None  # Hessian traces per layer (Double Rounding)
     costs: Mapping[str, Any] | None = None  # user-given per-layer costs
+    cache_dir: Path | None = None  # where budget-independent statistics may be kept (a run directory)
 
 
 @dataclass

@@ -29,7 +29,7 @@ from mpqfx.graph.layer_info import LayerInfo
 from mpqfx.quant.policy import Policy, layer_table
 from mpqfx.search.backend import SearchBackend, SearchError, SearchResult, register_search
 from mpqfx.search.constraints import Constraints
-from mpqfx.search.sensitivity import measure_sensitivities
+from mpqfx.search.sensitivity import cached_sensitivities
 
 Pair = tuple[int, int]
 Coefficients = Mapping[str, Mapping[Pair, float]]
@@ -195,7 +195,7 @@ class IlpSearch(SearchBackend):
                 traces = hutchinson_traces(self.net, self.require_batches()[:8])
             return hessian_coefficients(layers, traces)
         if o.objective == "sensitivity":
-            return cost_coefficients(layers, measure_sensitivities(self.net, self.require_batches())[0])
+            return cost_coefficients(layers, cached_sensitivities(self.net, self.require_batches(), ctx.cache_dir))
         if ctx.costs is None:
             raise SearchError("ILP objective 'costs' needs per-layer costs (mpqfx.search(..., costs=...))")
         return cost_coefficients(layers, ctx.costs)

@@ -7,15 +7,26 @@ measured-sensitivity + ILP/Pareto scheme of ZeroQ, Cai et al. CVPR'20, and HAWQ-
 needs sum_l (|w_bits| - 1 + |a_bits| - 1) evaluations, each re-running only the part of the
 network downstream of the changed layer (``IncrementalEvaluator``); BatchNorm uses the
 statistics each Transitional BN set learned in training, as the greedy search does.
+
+The table depends only on the supernet's state and the evaluation images, so it is kept in the
+run directory (``sensitivities.json``, keyed by a SHA-256 of both): later searches of the same
+run with any budget read it instead of measuring again.
 """
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Sequence
 
 from mpqfx.evaluate import IncrementalEvaluator
+from mpqfx.integrity import digest
+from mpqfx.io import atomic_write_text
 from mpqfx.quant.policy import Policy
 from mpqfx.supernet import Supernet
+
+CACHE_NAME = "sensitivities.json"
+CACHE_FORMAT = "mpqfx.sensitivities/1"
 
 Sensitivities = dict[str, dict[str, dict[int, float]]]  # {layer: {"w"|"a": {bits: loss increase}}}
 
@@ -48,3 +59,22 @@ def _monotone(costs: dict[int, float]) -> dict[int, float]:
         running = max(running, costs[bits])
         out[bits] = running
     return out
+
+
+def cached_sensitivities(net: Supernet, batches: Sequence, cache_dir: str | Path | None) -> Sensitivities:
+    """``measure_sensitivities``, read from / written to ``cache_dir/sensitivities.json`` when given."""
+    if cache_dir is None:
+        return measure_sensitivities(net, batches)[0]
+    path = Path(cache_dir) / CACHE_NAME
+    key = digest({"state": net.state_dict(), "batches": [list(batch) for batch in batches]})
+    try:
+        cached = json.loads(path.read_text(encoding="utf-8"))
+        if cached.get("format") == CACHE_FORMAT and cached.get("key") == key:
+            return {layer: {which: {int(b): float(c) for b, c in costs.items()} for which, costs in kinds.items()}
+                    for layer, kinds in cached["layers"].items()}
+    except (OSError, ValueError, AttributeError, TypeError):
+        pass  # no cache yet, or one that is unreadable: measure again
+    table, evaluations = measure_sensitivities(net, batches)
+    atomic_write_text(path, json.dumps({"format": CACHE_FORMAT, "key": key, "evaluations": evaluations,
+                                        "layers": table}, indent=1))
+    return table

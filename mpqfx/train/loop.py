@@ -220,6 +220,7 @@ class Trainer:
                     return TrainResult(self.global_step, self.global_step / self.steps_per_epoch,
                                        time.perf_counter() - start, last, None)
                 last = self._run_epoch(bar, stop_after) or last
+        self.net.init_activation_steps(self._fixed_batch())
         self.strategy.finish(self.run_dir)
         self.save()
         return TrainResult(self.global_step, self.global_step / self.steps_per_epoch, time.perf_counter() - start,
@@ -259,6 +260,11 @@ class Trainer:
             if self.global_step < self.total_steps:
                 self.save()
         return record
+
+    def _fixed_batch(self) -> torch.Tensor:
+        """The first ``batch_size`` training images in index order (the same on every rank)."""
+        count = min(self.cfg.batch_size, len(self.dataset))
+        return torch.stack([self.dataset[i][0] for i in range(count)]).to(self.device)
 
     def _update_schedules(self) -> None:
         for scheduler in (self.scheduler, self.quant_scheduler):

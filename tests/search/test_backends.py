@@ -37,7 +37,7 @@ def test_ilp_meets_random_constraint_combinations(trained, seed):
 
 def test_pareto_policies_are_distinct_sorted_and_within_budget(trained):
     net, _, _ = trained
-    result = search(net, "uniform:5", options={"pareto": True, "pareto_points": 6, "alg2_variants": True})
+    result = search(net, "uniform:5", options={"objective": "limpq", "pareto": True, "pareto_points": 6, "alg2_variants": True})
     costs = [mpqfx.bitops(net, p).total for p in result.policies]
     assert len(result.policies) >= 3 and len(set(result.policies)) == len(result.policies)
     assert costs == sorted(costs) and costs[-1] <= parse_target("uniform:5", net).bitops

@@ -6,8 +6,9 @@ import pytest
 
 from mpqfx import Policy
 from mpqfx.evaluate import evaluate
-from mpqfx.search import SearchError, search
+from mpqfx.search import SearchError, search, search_many
 from mpqfx.search.run import uses_data
+from mpqfx.search import sensitivity
 from mpqfx.search.sensitivity import measure_sensitivities
 
 
@@ -41,3 +42,29 @@ def test_ilp_with_sensitivities_minimises_their_sum_under_the_budget(trained):
     assert all(cost(result.policy) <= cost(p) + 1e-9 for p in feasible)  # no feasible policy found costs less
     with pytest.raises(SearchError, match="evaluates policies on data"):
         search(net, "uniform:4", backend="ilp", options={"objective": "sensitivity"})
+
+
+def test_sensitivities_are_kept_for_later_searches_of_the_same_supernet(trained, tmp_path, monkeypatch):
+    net, evaluation, _ = trained
+    options = {"objective": "sensitivity"}
+    first = search(net, "uniform:4", backend="ilp", options=options, data=evaluation, cache_dir=tmp_path)
+    assert (tmp_path / "sensitivities.json").is_file()
+
+    def no_measuring(*args):
+        raise AssertionError("measured again")
+
+    monkeypatch.setattr(sensitivity, "measure_sensitivities", no_measuring)
+    again = search(net, "uniform:4", backend="ilp", options=options, data=evaluation, cache_dir=tmp_path)
+    assert again.policy == first.policy
+    with pytest.raises(AssertionError, match="measured again"):  # other images: the cache does not apply
+        search(net, "uniform:4", backend="ilp", options=options, data=evaluation[:1], cache_dir=tmp_path)
+
+
+def test_search_many_measures_once_for_every_budget(trained, monkeypatch):
+    net, evaluation, _ = trained
+    calls, real = [], sensitivity.measure_sensitivities
+    monkeypatch.setattr(sensitivity, "measure_sensitivities", lambda *a: calls.append(1) or real(*a))
+    results = list(search_many(net, ["uniform:4", "uniform:3", "size=6x"], backend="ilp",
+                               options={"objective": "sensitivity"}, data=evaluation))
+    assert len(results) == 3 and len(calls) == 1
+    assert [r.constraints.satisfied_by(net, r.policy) for r in results] == [True] * 3

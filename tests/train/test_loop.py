@@ -8,7 +8,7 @@ import json
 import pytest
 import torch
 
-from mpqfx import Recipe, RecipeError
+from mpqfx import Policy, Recipe, RecipeError
 from mpqfx.train import Trainer
 from mpqfx.train.checkpoint import CheckpointError
 
@@ -156,3 +156,17 @@ def test_resume_with_ema_and_norm_clipping_is_exact(make_net, small_recipe, data
         assert all(torch.equal(sa[k], sb[k]) for k in sa)
     ema_w = t_whole.ema.module.layer_modules()[whole.layers[2].name].weight
     assert not torch.equal(ema_w, whole.layer_modules()[whole.layers[2].name].weight)  # the EMA lags the model
+
+
+def test_training_ends_with_every_activation_step_fitted(make_net, small_recipe, dataset):
+    recipe = small_recipe("oneshot", {"samples": 1}, epochs=1, max_steps=1)
+    net = make_net(recipe)
+    Trainer(net, dataset, recipe, progress=False).fit()  # one step: most (layer, bit) pairs never drawn
+    for name, module in net.layer_modules().items():
+        assert bool(module.act_quant.initialized.all()), name
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    with torch.no_grad():
+        for seed in range(5):  # evaluating any policy afterwards leaves the supernet as it was
+            with net.eval().use_policy(Policy.sample(net, seed)):
+                net(dataset.tensors[0][:8])
+    assert all(torch.equal(v, before[k]) for k, v in net.state_dict().items())
