@@ -19,6 +19,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from mpqfx.search.backend import SEARCHES
+from mpqfx.train.strategy import STRATEGIES
+
 COOKBOOK = Path(__file__).resolve().parents[2] / "docs" / "cookbook.md"
 FENCE = re.compile(r"^```(\w+)([^\n]*)\n(.*?)^```", re.S | re.M)
 TINY = {"--train-images": "96", "--val-images": "64", "--epochs": "1"}
@@ -90,6 +93,8 @@ def test_the_cookbook_has_the_ten_recipes():
 def test_every_block_of_the_cookbook_runs(scratch, monkeypatch):
     work, env = scratch
     tiny_compress(monkeypatch)
+    for registry in (STRATEGIES, SEARCHES):  # names the cookbook registers are gone after the test
+        monkeypatch.setattr(registry, "_entries", dict(registry._entries))
     namespace: dict = {"__name__": "cookbook"}
     for number, (lang, target, body) in enumerate(blocks(COOKBOOK.read_text())):
         where = f"block {number} ({lang} {target})".strip()
