@@ -87,9 +87,11 @@ class SearchBackend:
         return SearchResult(policy, list(policies) if policies is not None else [policy], constraints,
                             getattr(type(self), "registered_name", type(self).__name__), 0.0, dict(details))
 
-    def require_batches(self) -> Sequence[Batch]:
+    def require_batches(self, needed_by: str = "") -> Sequence[Batch]:
+        """The evaluation batches; ``needed_by`` names the option that needs them, for the error."""
         if not self.context.batches:
             name = getattr(type(self), "registered_name", type(self).__name__)
-            raise SearchError(f"search backend {name!r} evaluates policies on data: pass evaluation batches "
+            why = f" ({needed_by})" if needed_by else ""
+            raise SearchError(f"search backend {name!r}{why} evaluates policies on data: pass evaluation batches "
                               "(mpqfx.search(..., data=...)) or search a run directory that records its data")
         return self.context.batches

@@ -30,8 +30,9 @@ def test_sensitivities_are_measured_loss_increases_monotone_in_bits(trained):
 
 def test_ilp_with_sensitivities_minimises_their_sum_under_the_budget(trained):
     net, evaluation, _ = trained
-    assert uses_data(net, "ilp", {"objective": "sensitivity"}) and not uses_data(net, "ilp", {"objective": "limpq"})
-    result = search(net, "uniform:4", backend="ilp", options={"objective": "sensitivity"}, data=evaluation)
+    plain = {"objective": "sensitivity", "floors": False}  # the oneshot recipe's search has floors on
+    assert uses_data(net, "ilp", plain) and not uses_data(net, "ilp", {"objective": "limpq", "floors": False})
+    result = search(net, "uniform:4", backend="ilp", options=plain, data=evaluation)
     table, _ = measure_sensitivities(net, evaluation)
     cost = lambda p: sum(table[n]["w"][b.w] + table[n]["a"][b.a] for n, b in p.items())  # noqa: E731
     budget = result.constraints
@@ -41,7 +42,7 @@ def test_ilp_with_sensitivities_minimises_their_sum_under_the_budget(trained):
     assert len(feasible) > 20
     assert all(cost(result.policy) <= cost(p) + 1e-9 for p in feasible)  # no feasible policy found costs less
     with pytest.raises(SearchError, match="evaluates policies on data"):
-        search(net, "uniform:4", backend="ilp", options={"objective": "sensitivity"})
+        search(net, "uniform:4", backend="ilp", options=plain)
 
 
 def test_sensitivities_are_kept_for_later_searches_of_the_same_supernet(trained, tmp_path, monkeypatch):
@@ -68,3 +69,16 @@ def test_search_many_measures_once_for_every_budget(trained, monkeypatch):
                                options={"objective": "sensitivity"}, data=evaluation))
     assert len(results) == 3 and len(calls) == 1
     assert [r.constraints.satisfied_by(net, r.policy) for r in results] == [True] * 3
+
+
+def test_floors_return_the_lowest_measured_loss_among_the_floored_optima(trained):
+    net, evaluation, _ = trained
+    options = {"objective": "sensitivity", "floors": True}
+    assert uses_data(net, "ilp", {"objective": "limpq", "floors": True})
+    result = search(net, "uniform:4", backend="ilp", options=options, data=evaluation)
+    plain = search(net, "uniform:4", backend="ilp", options={"objective": "sensitivity", "floors": False}, data=evaluation)
+    assert result.constraints.satisfied_by(net, result.policy)
+    candidates = result.details["candidate_losses"]
+    assert result.details["solves"] == len(candidates) >= 2
+    assert evaluate(net, result.policy, evaluation).loss == pytest.approx(min(candidates), abs=1e-6)
+    assert min(candidates) <= evaluate(net, plain.policy, evaluation).loss + 1e-6  # the plain optimum is a candidate
