@@ -11,8 +11,10 @@ optima (Alg. 2's iterative scheme, with its per-layer forcing when ``alg2_varian
 
 An additive objective misjudges policies that lower many layers at once (their errors compound).
 ``floors=True`` guards against that: the ILP is solved again with every layer held at or above
-each candidate bit-width in turn, each distinct solution is evaluated on the search data, and the
-one with the lowest measured loss is returned (the top-k verification of Bit-Mixer §4.2).
+each candidate bit-width in turn, each distinct solution is evaluated on the search data (after
+re-estimating its BatchNorm statistics on the calibration images, when given, as the reported
+accuracies are), and the one with the lowest measured loss is returned (the top-k verification
+of Bit-Mixer §4.2).
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ import pulp
 
 from mpqfx.cost.report import bitops as cost_report
 from mpqfx.errors import MpqfxError
-from mpqfx.evaluate import evaluate
+from mpqfx.evaluate import evaluate, recalibrated_bn
 from mpqfx.graph.layer_info import LayerInfo
 from mpqfx.quant.policy import Policy, layer_table
 from mpqfx.search.backend import SearchBackend, SearchError, SearchResult, register_search
@@ -258,7 +260,11 @@ class IlpSearch(SearchBackend):
             except SolverError:
                 break  # a higher floor does not meet the budget either
             solves.setdefault(sol.policy, sol)
-        losses = {p: evaluate(self.net, p, self.require_batches("floors: true")).loss for p in solves}
+        batches = self.require_batches("floors: true")
+        losses = {}
+        for policy in solves:  # BN re-estimated as for the reported accuracy, when calibration images are given
+            with recalibrated_bn(self.net, policy, self.context.calibration):
+                losses[policy] = evaluate(self.net, policy, batches).loss
         chosen = min(solves, key=lambda p: (losses[p], solves[p].objective))
         return self.result(chosen, constraints, policies=[chosen], status=best.status,
                            objective=solves[chosen].objective, solves=len(solves),
