@@ -24,7 +24,7 @@ def search_command(run_dir: Path, targets: tuple[str, ...], backend: str | None,
                    out_dir: Path | None) -> None:
     """Search policies for one or more budgets on a trained supernet (no training)."""
     from mpqfx.cli.tables import print_policy_summary
-    from mpqfx.rundir import policy_filename, search_data
+    from mpqfx.rundir import policy_filename, run_root, search_data
     from mpqfx.search.run import search_many, uses_data
     from mpqfx.store import load_supernet
 
@@ -33,11 +33,11 @@ def search_command(run_dir: Path, targets: tuple[str, ...], backend: str | None,
     net, extras = load_supernet(run_dir)
     backend_options = parse_options(options) if options else None
     data, calibration = search_data(run_dir, net) if uses_data(net, backend, backend_options) else ([], [])
-    out_dir = out_dir or (run_dir if run_dir.is_dir() else run_dir.parent) / "policies"
+    out_dir = out_dir or run_root(run_dir) / "policies"
     rows = []
     results = search_many(net, targets, backend=backend, options=backend_options, data=data, calibration=calibration,
                           indicators=extras.get("indicators"), traces=extras.get("traces"),
-                          cache_dir=run_dir if run_dir.is_dir() else run_dir.parent)
+                          cache_dir=run_root(run_dir))
     for target, result in zip(targets, results):
         rows.append((target, result, result.policy.save(out_dir / policy_filename(target))))
     print_policy_summary(net, rows)

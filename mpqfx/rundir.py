@@ -71,6 +71,12 @@ class RunDir:
         return meta
 
 
+def run_root(path: str | Path) -> Path:
+    """The run directory of ``path``: the path itself, or the folder of a supernet file."""
+    path = Path(path)
+    return path if path.is_dir() else path.parent
+
+
 def policy_filename(target: str) -> str:
     """A file name for a target string: ``uniform:4`` -> ``uniform-4.yaml``."""
     stem = re.sub(r"[^A-Za-z0-9._]+", "-", target.replace(",", "_")).strip("-")

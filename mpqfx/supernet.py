@@ -126,7 +126,7 @@ class Supernet(nn.Module):
         """Fit, from ``images``, every activation step that no forward has fitted yet (bit-widths
         training never drew for a layer), so that evaluating or searching later never changes the
         supernet's state. Runs one eval-mode forward per missing bit-width rank; returns how many ran."""
-        pending = {name: [b for b in m.act_quant.bits if not bool(m.act_quant.initialized[m.act_quant.bits.index(b)])]
+        pending = {name: [b for b, done in zip(m.act_quant.bits, m.act_quant.initialized.tolist()) if not done]
                    for name, m in self._modules_by_layer.items()}
         rounds = max((len(bits) for bits in pending.values()), default=0)
         was_training = self.training

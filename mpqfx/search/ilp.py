@@ -122,6 +122,11 @@ class IlpOptions:
     floors: bool = False  # also solve with bits floored at each candidate; return the lowest measured loss
     time_limit: float = 60.0
 
+    @property
+    def verifies(self) -> bool:
+        """Whether the floored optima are evaluated on data (``floors``; a Pareto sweep returns its front instead)."""
+        return self.floors and not self.pareto
+
     def problems(self) -> list[str]:
         found = []
         if self.objective not in OBJECTIVES:
@@ -187,7 +192,7 @@ class IlpSearch(SearchBackend):
 
     @classmethod
     def uses_data(cls, options: IlpOptions) -> bool:
-        return options.objective in DATA_OBJECTIVES or options.floors
+        return options.objective in DATA_OBJECTIVES or options.verifies
 
     @functools.cached_property
     def coefficients(self) -> dict[str, dict[Pair, float]]:
@@ -216,7 +221,7 @@ class IlpSearch(SearchBackend):
         coef = self.coefficients
         offsets = fixed_costs(self.net)
         best = self._solve(constraints, coef, offsets)
-        if self.options.floors and not self.options.pareto:
+        if self.options.verifies:
             return self._verified(constraints, coef, offsets, best)
         if not self.options.pareto:
             return self.result(best.policy, constraints, status=best.status, objective=best.objective,

@@ -11,7 +11,7 @@ from mpqfx.config import check_all, from_mapping, to_mapping
 from mpqfx.errors import RecipeError
 from mpqfx.search.backend import SEARCHES, Batch, SearchContext, SearchError, SearchResult
 from mpqfx.search.constraints import Constraints, constraints_from
-from mpqfx.rundir import search_data
+from mpqfx.rundir import run_root, search_data
 from mpqfx.store import load_supernet
 from mpqfx.supernet import Supernet
 
@@ -80,19 +80,15 @@ def search_many(supernet_or_run_dir: Supernet | str | Path,
     the budget (measured sensitivities, Hessian statistics) is computed once. Yields one result per
     target, in order, as each search finishes; every target is checked for feasibility before the
     first search runs."""
-    extras: dict[str, Any] = {}
-    if isinstance(supernet_or_run_dir, (str, Path)):
-        net, extras = load_supernet(supernet_or_run_dir)
-    else:
-        net = supernet_or_run_dir
+    path = supernet_or_run_dir if isinstance(supernet_or_run_dir, (str, Path)) else None
+    net, extras = load_supernet(path) if path is not None else (supernet_or_run_dir, {})
     name = backend or net.recipe.search.backend
     cls = SEARCHES.get(name)
     resolved = _options(cls, net, name, options)
-    if isinstance(supernet_or_run_dir, (str, Path)):
-        run_dir = Path(supernet_or_run_dir)
-        cache_dir = cache_dir or (run_dir if run_dir.is_dir() else run_dir.parent)
+    if path is not None:
+        cache_dir = cache_dir or run_root(path)
         if data is None and cls.uses_data(resolved):
-            data, calibration = search_data(run_dir, net)  # a run directory knows its data
+            data, calibration = search_data(path, net)  # a run directory knows its data
     parsed = [constraints_from(target, net) for target in targets]
     for target in parsed:
         target.check_feasible(net)

@@ -75,6 +75,7 @@ def test_floors_return_the_lowest_measured_loss_among_the_floored_optima(trained
     net, evaluation, calibration = trained
     options = {"objective": "sensitivity", "floors": True}
     assert uses_data(net, "ilp", {"objective": "limpq", "floors": True})
+    assert not uses_data(net, "ilp", {"objective": "limpq", "floors": True, "pareto": True})  # a sweep returns its front
     result = search(net, "uniform:4", backend="ilp", options=options, data=evaluation, calibration=calibration)
     plain = search(net, "uniform:4", backend="ilp", options={"objective": "sensitivity", "floors": False}, data=evaluation)
     assert result.constraints.satisfied_by(net, result.policy)
