@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Iterator, Sequence
@@ -106,6 +107,12 @@ class Supernet(nn.Module):
             yield self
         finally:
             self.set_policy(previous)
+
+    def float_teacher(self) -> "Supernet":
+        """A frozen copy in bypass mode: the float model, e.g. as a distillation teacher."""
+        teacher = copy.deepcopy(self).eval().requires_grad_(False)
+        teacher.set_policy(Policy.bypass(teacher.layers))
+        return teacher
 
     @torch.no_grad()
     def refit_quantizers(self) -> None:

@@ -247,7 +247,8 @@ def _train_supernet(net: Supernet, train_set, recipe: Recipe, run: RunDir, devic
         net.load_state_dict(loaded.state_dict())
         return extras
     log(f"supernet training: {recipe.strategy.name}, {recipe.train.epochs} epoch(s)")
-    trainer = Trainer(net, train_set, recipe, run_dir=run.root, device=device, progress=progress)
+    teacher = net.float_teacher() if recipe.train.distill.teacher else None  # net holds the float weights here
+    trainer = Trainer(net, train_set, recipe, run_dir=run.root, device=device, teacher=teacher, progress=progress)
     trainer.fit(resume=resume and trainer.checkpoint_path.is_file())
     state = trainer.strategy.state_dict()
     extras = {k: state[k] for k in ("traces", "indicators") if k in state}

@@ -21,7 +21,8 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from mpqfx.quant.lsq import STEP_EPS, _LSQFunction, host_step, int_range, mse_init_steps, save_for_lsq_backward
+from mpqfx.quant.lsq import (STEP_EPS, OutputReuse, _LSQFunction, host_step, int_range, mse_init_steps,
+                             save_for_lsq_backward)
 
 
 def derive_integers(high_ints: torch.Tensor, high: int, bits: int) -> torch.Tensor:
@@ -34,15 +35,17 @@ def derive_integers(high_ints: torch.Tensor, high: int, bits: int) -> torch.Tens
 
 class _DoubleRoundingFunction(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, w, scale, high: int, bits: int, grad_scale: float):  # type: ignore[override]
+    def forward(ctx, w, scale, high: int, bits: int, grad_scale: float, reuse: OutputReuse | None):  # type: ignore[override]
         w = w.to(scale.dtype)
         scale = scale.clamp(min=STEP_EPS)
-        high_ints = torch.div(w, scale).round_().clamp_(*int_range(high, signed=True))  # Eq. 1
+        buffer, ticket = reuse.take(w) if reuse is not None else (None, 0)
+        high_ints = torch.div(w, scale, out=buffer).round_().clamp_(*int_range(high, signed=True))  # Eq. 1
         effective = scale * 2 ** (high - bits)
         s = host_step(effective)
         out = derive_integers(high_ints, high, bits).mul_(s)  # Eq. 2, 3
         # Eq. 13: LSQ's gradient at the effective scale, passed to s_h unchanged
-        save_for_lsq_backward(ctx, w, effective, s, out, *int_range(bits, signed=True), grad_scale)
+        save_for_lsq_backward(ctx, w, effective, s, out, *int_range(bits, signed=True), grad_scale, reuse, ticket,
+                              inputs=6)
         return out
 
     backward = _LSQFunction.backward
@@ -58,6 +61,7 @@ class DoubleRoundingQuantizer(nn.Module):
         self.signed = True
         self.scale = nn.Parameter(torch.tensor(1.0))
         self.register_buffer("initialized", torch.zeros((), dtype=torch.bool))
+        self._reuse = OutputReuse()
 
     @torch.no_grad()
     def init_steps(self, w: torch.Tensor) -> None:
@@ -75,13 +79,15 @@ class DoubleRoundingQuantizer(nn.Module):
             high_ints = torch.round(w / self.scale.clamp(min=STEP_EPS)).clamp_(*int_range(self.high, True))
             return derive_integers(high_ints, self.high, self.high if bits is None else bits)
 
-    def forward(self, w: torch.Tensor, bits: int | None) -> torch.Tensor:
+    def forward(self, w: torch.Tensor, bits: int | None, exclusive: bool = False) -> torch.Tensor:
+        """``w`` fake-quantized at ``bits`` (None: ``w`` itself); ``exclusive`` as in ``MultiBitLSQ.forward``."""
         if bits is None:
             return w
         if bits not in self.bits:
             raise ValueError(f"weight bit-width {bits} not in {list(self.bits)}")
         grad_scale = 1.0 / math.sqrt(w.numel() * int_range(bits, True)[1])
-        return _DoubleRoundingFunction.apply(w, self.scale, self.high, bits, grad_scale)
+        return _DoubleRoundingFunction.apply(w, self.scale, self.high, bits, grad_scale,
+                                             self._reuse if exclusive and torch.is_grad_enabled() else None)
 
     def extra_repr(self) -> str:
         return f"bits={list(self.bits)}, stored={self.high}-bit"

@@ -50,7 +50,9 @@ class MultiBitMixin:
         self.active = LayerBits(*bits)
 
     def quantized_weight(self) -> torch.Tensor:
-        return self.weight_quant(self.weight, self.active.w)
+        """The weight at the active bit-width, for this layer's own op only (one use per forward
+        and backward, so the quantizer reuses its buffers; see ``OutputReuse``)."""
+        return self.weight_quant(self.weight, self.active.w, exclusive=True)
 
 
 def _empty_like(module: nn.Module, cls: type, **kwargs) -> nn.Module:

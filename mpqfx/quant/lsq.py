@@ -25,55 +25,107 @@ def host_step(step: torch.Tensor) -> torch.Tensor | float:
     return float(step) if step.device.type == "cpu" else step
 
 
+class OutputReuse:
+    """For a quantizer whose output feeds exactly one op once per forward and backward (a
+    layer's own weight): the next forward writes into the previous output once its backward
+    has run, and the backward masks the incoming gradient (that op's fresh weight gradient) in
+    place. Each saves a weight-sized allocation per pass, whose page faults on CPU cost about
+    as much as the kernel writing it. A forward that comes before the last one's backward (two
+    forwards, then their backwards) gets a new buffer: each buffer is lent with a ticket, and
+    only the backward holding the newest ticket gives the buffer back."""
+
+    def __init__(self) -> None:
+        self.buffer: torch.Tensor | None = None
+        self.ticket = 0
+        self.free = False
+
+    def take(self, x: torch.Tensor) -> tuple[torch.Tensor, int]:
+        """A tensor shaped like ``x`` for this forward's output, and the ticket to give it back with."""
+        b = self.buffer
+        if not (self.free and b is not None and b.shape == x.shape and b.dtype == x.dtype and b.device == x.device):
+            self.buffer = b = torch.empty_like(x, memory_format=torch.contiguous_format)
+        self.free = False
+        self.ticket += 1
+        return b, self.ticket
+
+    def give_back(self, ticket: int) -> None:
+        """End of the backward of the forward that took ``ticket``: its output is no longer needed
+        (unless a double backward still records, or a later forward holds a newer buffer)."""
+        if ticket == self.ticket and not torch.is_grad_enabled():
+            self.free = True
+
+    @staticmethod
+    def may_overwrite(grad: torch.Tensor) -> bool:
+        """Whether the backward may mask ``grad`` in place (not under double backward)."""
+        return not grad.requires_grad and grad.is_contiguous()
+
+    def __deepcopy__(self, memo) -> "OutputReuse":
+        return OutputReuse()
+
+
 def save_for_lsq_backward(ctx, x: torch.Tensor, step: torch.Tensor, s: torch.Tensor | float, out: torch.Tensor,
-                          qmin: int, qmax: int, grad_scale: float) -> None:
-    """Store what ``_LSQFunction.backward`` needs: out = q * step with integers q in [qmin, qmax]."""
+                          qmin: int, qmax: int, grad_scale: float, reuse: OutputReuse | None, ticket: int,
+                          inputs: int) -> None:
+    """Store what ``_LSQFunction.backward`` needs: out = q * step with integers q in [qmin, qmax];
+    ``reuse``/``ticket``: the buffer lender and this forward's ticket; ``inputs``: how many
+    arguments the Function's forward takes (as many gradients come back)."""
     ctx.save_for_backward(x, step, out)
     ctx.consts = (qmin, qmax, grad_scale, s)
+    ctx.reuse, ctx.ticket, ctx.inputs = reuse, ticket, inputs
 
 
 class _LSQFunction(torch.autograd.Function):
     """round(clip(x/s, qmin, qmax)) * s with LSQ's straight-through gradients.
 
     Hand-written for speed on CPU, where quantizing 11M weights per step otherwise costs a third
-    of a ResNet18 step: the output is built in place from one allocation, only ``x`` and the
-    output are saved, and the backward is one fused mask kernel (hardtanh_backward) plus two dot
-    products.
+    of a ResNet18 step: the output is built in place from one allocation (none with ``reuse``),
+    only ``x`` and the output are saved, and the backward is one fused mask kernel
+    (hardtanh_backward, in place with ``reuse``) plus two dot products.
     """
 
     @staticmethod
-    def forward(ctx, x, step, qmin: int, qmax: int, grad_scale: float):  # type: ignore[override]
+    def forward(ctx, x, step, qmin: int, qmax: int, grad_scale: float, reuse: OutputReuse | None):  # type: ignore[override]
         x = x.to(step.dtype)  # under autocast the input may arrive in half precision
         step = step.clamp(min=STEP_EPS)
         s = host_step(step)
-        out = torch.div(x, step).clamp_(qmin, qmax).round_().mul_(s)
-        save_for_lsq_backward(ctx, x, step, s, out, qmin, qmax, grad_scale)
+        buffer, ticket = reuse.take(x) if reuse is not None else (None, 0)
+        out = torch.div(x, step, out=buffer).clamp_(qmin, qmax).round_().mul_(s)
+        save_for_lsq_backward(ctx, x, step, s, out, qmin, qmax, grad_scale, reuse, ticket, inputs=6)
         return out
 
     @staticmethod
     def backward(ctx, grad):  # type: ignore[override]
         x, step, out = ctx.saved_tensors
         qmin, qmax, grad_scale, s = ctx.consts
+        grad_step = None
+        if ctx.needs_input_grad[1]:  # <grad, out> before the mask may overwrite grad
+            grad_out = torch.dot(grad.reshape(-1), out.reshape(-1))
         # d x_hat / d x = 1 where qmin < x/s < qmax, else 0 (STE through round, LSQ Eq. 5)
         if isinstance(s, float):  # compare x against the scaled bounds: no x/s pass
-            grad_x = torch.ops.aten.hardtanh_backward(grad, x, qmin * s, qmax * s)
+            x_scaled, lo, hi = x, qmin * s, qmax * s
         else:
-            grad_x = torch.ops.aten.hardtanh_backward(grad, x / step, qmin, qmax)
-        grad_step = None
+            x_scaled, lo, hi = x / step, qmin, qmax
+        if ctx.reuse is not None and OutputReuse.may_overwrite(grad):
+            grad_x = torch.ops.aten.hardtanh_backward.grad_input(grad, x_scaled, lo, hi, grad_input=grad)
+        else:
+            grad_x = torch.ops.aten.hardtanh_backward(grad, x_scaled, lo, hi)
         if ctx.needs_input_grad[1]:
             # d x_hat / d s = round(x/s) - x/s inside the range, qmin/qmax outside (LSQ Eq. 3):
             # sum(grad * q) - sum(grad_x * x/s) = (<grad, out> - <grad_x, x>) / s
-            diff = torch.dot(grad.reshape(-1), out.reshape(-1)) - torch.dot(grad_x.reshape(-1), x.reshape(-1))
-            grad_step = diff * (grad_scale / s)
-        return grad_x if ctx.needs_input_grad[0] else None, grad_step, None, None, None
+            grad_step = (grad_out - torch.dot(grad_x.reshape(-1), x.reshape(-1))) * (grad_scale / s)
+        if ctx.reuse is not None:
+            ctx.reuse.give_back(ctx.ticket)
+        return (grad_x if ctx.needs_input_grad[0] else None, grad_step) + (None,) * (ctx.inputs - 2)
 
 
-def lsq_quantize(x: torch.Tensor, step: torch.Tensor, qmin: int, qmax: int, grad_scale: float) -> torch.Tensor:
+def lsq_quantize(x: torch.Tensor, step: torch.Tensor, qmin: int, qmax: int, grad_scale: float,
+                 reuse: OutputReuse | None = None) -> torch.Tensor:
     """Fake-quantize ``x`` with step ``step`` (0-dim, clamped to >= 1e-8) to integers in [qmin, qmax].
 
     The step's gradient is multiplied by ``grad_scale`` (LSQ uses 1/sqrt(numel * qmax)).
+    ``reuse``: the output feeds one op once per forward and backward (see ``OutputReuse``).
     """
-    return _LSQFunction.apply(x, step, qmin, qmax, grad_scale)
+    return _LSQFunction.apply(x, step, qmin, qmax, grad_scale, reuse)
 
 
 def mse_init_steps(x: torch.Tensor, ranges: Sequence[tuple[int, int]], points: int = 32,
@@ -131,6 +183,7 @@ class MultiBitLSQ(nn.Module):
         self.steps = nn.ParameterDict({bit_key(b): nn.Parameter(torch.tensor(1.0)) for b in self.bits})
         self.register_buffer("initialized", torch.zeros(len(self.bits), dtype=torch.bool))
         self._ready: set[int] = set()  # mirrors `initialized` without a device sync per forward
+        self._reuse = OutputReuse()
 
     def step(self, bits: int) -> nn.Parameter:
         return self.steps[bit_key(bits)]
@@ -167,7 +220,9 @@ class MultiBitLSQ(nn.Module):
         self.initialized.fill_(False)
         self._ready.clear()
 
-    def forward(self, x: torch.Tensor, bits: int | None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, bits: int | None, exclusive: bool = False) -> torch.Tensor:
+        """``x`` fake-quantized at ``bits`` (None: ``x`` itself); ``exclusive``: the output feeds
+        one op once per forward and backward, so its buffers are reused (``OutputReuse``)."""
         if bits is None:
             return x
         if bits not in self._ready:
@@ -177,7 +232,8 @@ class MultiBitLSQ(nn.Module):
                 self.init_step(bits, x)
         qmin, qmax = int_range(bits, self.signed)
         numel = x[0].numel() if self.per_sample else x.numel()
-        return lsq_quantize(x, self.step(bits), qmin, qmax, 1.0 / math.sqrt(numel * qmax))
+        return lsq_quantize(x, self.step(bits), qmin, qmax, 1.0 / math.sqrt(numel * qmax),
+                            self._reuse if exclusive and torch.is_grad_enabled() else None)
 
     def _load_from_state_dict(self, *args, **kwargs):
         self._ready.clear()

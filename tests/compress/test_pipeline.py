@@ -3,6 +3,7 @@ the Double Rounding 8-bit file, and what it refuses."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -12,7 +13,9 @@ from torch import nn
 
 import mpqfx
 from mpqfx import MpqfxError, Policy
+from mpqfx.compress import pipeline
 from mpqfx.export.double_rounding_file import load_double_rounding
+from mpqfx.recipe import Recipe
 from mpqfx.store import load_supernet
 
 TINY = dict(epochs=1, batch_size=32, train_images=96, val_images=64, progress=False)
@@ -81,3 +84,25 @@ def test_modules_that_cannot_be_rebuilt_are_refused_before_anything_is_written(m
 def test_module_and_checkpoint_together_are_refused(fashion_dir, tmp_path):
     with pytest.raises(MpqfxError, match="a module and --checkpoint both give the float weights"):
         mpqfx.compress(fashion_resnet(), data_dir=str(fashion_dir), checkpoint=tmp_path / "w.pt", out=tmp_path / "r", **TINY)
+
+
+def test_float_teacher_distillation_is_taught_by_the_float_model(fashion_dir, tmp_path, monkeypatch):
+    recipe = Recipe.load("oneshot")
+    recipe = dataclasses.replace(recipe, train=dataclasses.replace(
+        recipe.train, warmup_epochs=0, distill=dataclasses.replace(recipe.train.distill, teacher=True))).check()
+    teachers = []
+
+    class SpyTrainer(pipeline.Trainer):
+        def __init__(self, *args, teacher=None, **kwargs):
+            teachers.append(teacher)
+            super().__init__(*args, teacher=teacher, **kwargs)
+
+    monkeypatch.setattr(pipeline, "Trainer", SpyTrainer)
+    module = fashion_resnet()
+    mpqfx.compress(module, recipe, data_dir=str(fashion_dir), targets=["uniform:6"], out=tmp_path / "run",
+                   export=False, **{**TINY, "train_images": 64})
+    [teacher] = teachers  # the supernet's trainer; a given module needs no float training phase
+    x = torch.randn(4, 1, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(teacher(x), module(x))
+    assert not any(p.requires_grad for p in teacher.parameters())

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from mpqfx.quant.lsq import MultiBitLSQ, int_range, lsq_quantize, mse_init_step
+from mpqfx.quant.lsq import MultiBitLSQ, OutputReuse, int_range, lsq_quantize, mse_init_step
 
 
 def reference_lsq(x, step, qmin, qmax, g):
@@ -119,3 +119,46 @@ def test_initialised_flags_survive_state_dict_round_trip():
     b.load_state_dict(a.state_dict())
     b(torch.randn(10, 10) * 100, 2)  # must not re-initialise
     assert b.step(2).item() == a.step(2).item()
+
+
+def _quantize_and_consume(w, step, inp, reuse):
+    """One forward + backward where the quantized weight feeds a single op (as in a layer)."""
+    out = lsq_quantize(w, step, -8, 7, 0.1, reuse)
+    torch.nn.functional.linear(inp, out).square().sum().backward()
+    return out
+
+
+def test_reused_output_buffers_give_the_same_values_and_gradients():
+    gen = torch.Generator().manual_seed(0)
+    inp = torch.randn(5, 12, generator=gen)
+    w0 = torch.randn(7, 12, generator=gen)
+    reuse, buffers = OutputReuse(), []
+    for step_value in (0.3, 0.2, 0.25):
+        got_w, got_s = w0.clone().requires_grad_(), torch.tensor(step_value, requires_grad=True)
+        want_w, want_s = w0.clone().requires_grad_(), torch.tensor(step_value, requires_grad=True)
+        got = _quantize_and_consume(got_w, got_s, inp, reuse)
+        want = _quantize_and_consume(want_w, want_s, inp, None)
+        buffers.append(reuse.buffer)
+        assert got.data_ptr() == reuse.buffer.data_ptr()
+        assert torch.equal(got, want) and torch.equal(got_w.grad, want_w.grad) and torch.equal(got_s.grad, want_s.grad)
+    assert buffers[1] is buffers[2]  # after a backward the next forward writes the same buffer again
+
+
+def test_interleaved_forwards_and_backwards_do_not_share_a_buffer():
+    """Forward A, forward B, backward A, forward C, backward B, backward C: no forward may write
+    into an output whose backward has not run."""
+    gen = torch.Generator().manual_seed(1)
+    inp, w0 = torch.randn(5, 12, generator=gen), torch.randn(7, 12, generator=gen)
+    grads = []
+    for reuse in (OutputReuse(), None):
+        w = w0.clone().requires_grad_()
+        steps = [torch.tensor(v, requires_grad=True) for v in (0.3, 0.15, 0.2)]
+        loss = lambda s: torch.nn.functional.linear(inp, lsq_quantize(w, s, -8, 7, 0.1, reuse)).square().sum()
+        a, b = loss(steps[0]), loss(steps[1])
+        a.backward()
+        c = loss(steps[2])
+        b.backward()
+        c.backward()
+        grads.append([w.grad] + [s.grad for s in steps])
+    for got, want in zip(*grads):
+        assert torch.equal(got, want)
