@@ -9,7 +9,8 @@ budget within 1.0 point of float, at the 3/3 budget within 2.5 points, and each 
 at least as accurate as the median of 5 random policies of equal or higher BitOPs.
 
 Usage: python benchmarks/bench_accuracy.py --model resnet18 [--float-epochs 8] [--epochs 6] ...
-       (an interrupted run continues where it stopped: the run directories are resumed)
+       (an interrupted run continues where it stopped: the run directories are resumed;
+       --float-from DIR starts from the float phase of an earlier run of the same model)
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import shutil
 import statistics
 import sys
 import time
@@ -29,6 +31,7 @@ from mpqfx.cli.options import parse_options  # noqa: E402
 from mpqfx.compress.evaluation import PolicyEvaluator  # noqa: E402
 from mpqfx.compress.pipeline import PHASES  # noqa: E402
 from mpqfx.data.spec import DataSpec  # noqa: E402
+from mpqfx.io import atomic_write_text  # noqa: E402
 from mpqfx.models import create_model  # noqa: E402
 from mpqfx.recipe import Recipe, StrategySpec  # noqa: E402
 from mpqfx.rundir import RunDir, search_data  # noqa: E402
@@ -46,13 +49,25 @@ def bench_recipe(args: argparse.Namespace, backend: str, options: dict) -> Recip
         base, name="bench-oneshot",
         strategy=StrategySpec("oneshot", strategy),
         train=dataclasses.replace(base.train, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-                                  warmup_epochs=0, quant_lr=args.quant_lr, checkpoint_every=200, log_every=20),
+                                  warmup_epochs=0, quant_lr=args.quant_lr, checkpoint_every=200, log_every=20,
+                                  distill=dataclasses.replace(base.train.distill, teacher=args.teacher)),
         warm_start=dataclasses.replace(base.warm_start, epochs=args.float_epochs, lr=args.float_lr),
         search=dataclasses.replace(base.search, backend=backend, options=options),
         evaluate=dataclasses.replace(base.evaluate, bn_images=args.bn_images, search_images=args.search_images,
                                      uniform_bits=(6, 4, 3)),
         data=dataclasses.replace(base.data, train_images=args.train_images, val_images=None),
     ).check()
+
+
+def seed_from_float_phase(previous: Path, out: Path, recipe: Recipe) -> None:
+    """Start the run in ``out`` from the float phase of an earlier run of the same model and data
+    (its float weights and measured float accuracy); the supernet phase then runs with ``recipe``."""
+    src, dst = RunDir(previous), RunDir(out)
+    out.mkdir(parents=True)
+    shutil.copy(src.float_weights, dst.float_weights)
+    shutil.copy(src.float_result, dst.float_result)
+    dst.write_meta({**src.meta(), "recipe": recipe.name, "targets": list(TARGETS), "float_from": str(previous)})
+    atomic_write_text(dst.recipe, recipe.to_yaml())
 
 
 def random_median(net, evaluator, bitops: float, count: int, seed: int) -> tuple[float, list[float]]:
@@ -71,6 +86,8 @@ def bench_model(name: str, args: argparse.Namespace, backends: list[tuple[str, d
     primary, primary_options = backends[0]
     recipe = bench_recipe(args, primary, primary_options)
     start, cpu = time.perf_counter(), time.process_time()
+    if args.float_from and not (out / "run.json").is_file():
+        seed_from_float_phase(Path(args.float_from) / name, out, recipe)
     resume = (out / "run.json").is_file()
     result = mpqfx.compress(name, recipe, targets=TARGETS, out=out, export=False, resume=resume,
                             log=lambda m: print(f"  {name}: {m}", flush=True))
@@ -101,8 +118,10 @@ def bench_model(name: str, args: argparse.Namespace, backends: list[tuple[str, d
 
 
 def settings(args: argparse.Namespace) -> str:
-    return (f"{args.float_epochs} float + {args.epochs} supernet epochs, {args.train_images or 60000} images, "
-            f"K={args.samples}, lr {args.float_lr:g}/{args.lr:g}")
+    float_phase = f"float phase of {args.float_from}" if args.float_from else f"{args.float_epochs} float"
+    return (f"{float_phase} + {args.epochs} supernet epochs, {args.train_images or 60000} images, "
+            f"K={args.samples}, lr {args.float_lr:g}/{args.lr:g}, quant lr {args.quant_lr:g}"
+            + (", float teacher" if args.teacher else ""))
 
 
 def table(rows: list[dict]) -> str:
@@ -133,6 +152,9 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--lr", type=float, default=0.02)
     parser.add_argument("--quant-lr", type=float, default=1e-4)
+    parser.add_argument("--teacher", action="store_true", help="distil sampled policies from the float model")
+    parser.add_argument("--float-from", default=None, metavar="DIR",
+                        help="reuse the float phase of DIR/<model> (an earlier --out of this script)")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--samples", type=int, default=1, help="K sampled policies per step besides the max one")
     parser.add_argument("--schedule-every", type=int, default=100)

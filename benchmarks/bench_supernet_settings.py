@@ -1,0 +1,119 @@
+"""Supernet-training settings compared on a short schedule: each variant trains the supernet from
+the same float weights (the float phase of an earlier ``bench_accuracy.py`` run) for one full
+cosine schedule over a fixed subset of the training images, then reports uniform 6/6, 4/4 and
+3/3 top-1 on the 10,000 test images after BatchNorm re-estimation, as ``compress`` measures them.
+
+A variant is NAME or NAME:KEY=VALUE,... with dotted recipe keys, e.g.
+``teacher:train.distill.teacher=true`` or ``shared-bn:quant.bn=shared``; ``train.distill.teacher``
+distils from the float weights (``Supernet.float_teacher``). A short schedule ranks settings for a
+longer one only roughly: run-to-run noise on mobilenetv2_100 at 400 steps is a few tenths of a point.
+
+Usage: python benchmarks/bench_supernet_settings.py --model mobilenetv2_100 --from runs/bench/accuracy \\
+           base teacher:train.distill.teacher=true ...
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from torch.utils.data import Subset
+
+sys.path.insert(0, __file__.rsplit("/", 1)[0])
+import mpqfx  # noqa: E402
+from _machine import header  # noqa: E402
+from mpqfx.cli.options import parse_options  # noqa: E402
+from mpqfx.compress.evaluation import PolicyEvaluator  # noqa: E402
+from mpqfx.data.spec import DataSpec  # noqa: E402
+from mpqfx.models import create_model  # noqa: E402
+from mpqfx.recipe import Recipe  # noqa: E402
+from mpqfx.rundir import RunDir  # noqa: E402
+from mpqfx.store import load_supernet  # noqa: E402
+from mpqfx.train.loop import Trainer  # noqa: E402
+
+UNIFORM = (6, 4, 3)
+
+
+def variant_recipe(base: Recipe, overrides: dict) -> Recipe:
+    """``base`` with dotted keys replaced (``strategy.X`` reaches the strategy's options)."""
+    data = base.to_dict()
+    for key, value in overrides.items():
+        *path, leaf = key.replace("strategy.", "strategy.options.", 1).split(".")
+        node = data
+        for part in path:
+            node = node[part]
+        node[leaf] = value
+    return Recipe.from_dict(data, f"variant {overrides}")
+
+
+def supernet_for(run: Path, recipe: Recipe, name: str, kwargs: dict, spec: DataSpec) -> mpqfx.Supernet:
+    """The float starting point of ``run``, prepared again when the recipe changes the supernet's shape."""
+    net, _ = load_supernet(run / "float.pt")
+    if recipe.quant == net.recipe.quant:
+        return net
+    model = create_model(name, **kwargs)
+    model.load_state_dict(float_state_dict(net, model))
+    return mpqfx.prepare(model, recipe, example_input=torch.randn(1, *spec.input_size(model)))
+
+
+def float_state_dict(net: mpqfx.Supernet, model: torch.nn.Module) -> dict:
+    """``model``'s state dict filled from the supernet: convs/linears share names, BatchNorms are the ``fp`` sets."""
+    source = {k.removeprefix("graph_module.").replace(".sets.fp.", "."): v for k, v in net.state_dict().items()}
+    return {k: source[k] for k in model.state_dict()}
+
+
+def run_variant(run: Path, name: str, overrides: dict, args: argparse.Namespace) -> dict:
+    meta = RunDir(run).meta()
+    kwargs = meta["model"]["kwargs"]
+    base = Recipe.load(run / "recipe.yaml")
+    recipe = variant_recipe(base, {"train.epochs": 1, "train.warmup_epochs": 0, "train.max_steps": None,
+                                   "train.checkpoint_every": 0, **overrides})
+    spec = DataSpec.from_dict(meta["data"])
+    net = supernet_for(run, recipe, args.model, kwargs, spec)
+    float_model = create_model(args.model, **kwargs)
+    train = spec.split("train", float_model, train=True)
+    train = Subset(train, torch.randperm(len(train), generator=torch.Generator().manual_seed(0))[: args.images].tolist())
+    teacher = net.float_teacher() if recipe.train.distill.teacher else None
+    start = time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp:
+        Trainer(net, train, recipe, run_dir=tmp, teacher=teacher, progress=False).fit()
+    seconds = time.perf_counter() - start
+    net.eval()
+    evaluator = PolicyEvaluator(spec, float_model, recipe)
+    accuracy = {b: evaluator.measure(net, f"uniform {b}/{b}", "uniform", mpqfx.Policy.uniform(net, b)).accuracy
+                for b in UNIFORM}
+    return {"variant": name, "overrides": overrides, "steps": args.images // recipe.train.batch_size,
+            "train_seconds": seconds, "accuracy": accuracy}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("variants", nargs="+", metavar="NAME[:KEY=VALUE,...]")
+    parser.add_argument("--model", default="mobilenetv2_100")
+    parser.add_argument("--from", dest="source", default="runs/bench/accuracy",
+                        help="a bench_accuracy.py --out directory holding <model>/float.pt")
+    parser.add_argument("--images", type=int, default=25600, help="training images (one pass, fixed subset)")
+    parser.add_argument("--json", default=None, help="append each variant's row here (JSON lines)")
+    args = parser.parse_args()
+    run = Path(args.source) / args.model
+    print(header(f"{args.model}: supernet settings, {args.images} images, one cosine schedule from {run}/float.pt"))
+    print("| variant | overrides | steps | train (s) | " + " | ".join(f"uniform {b}/{b}" for b in UNIFORM) + " |")
+    print("|---|---|---:|---:|" + "---:|" * len(UNIFORM))
+    for spec in args.variants:
+        name, _, options = spec.partition(":")
+        row = run_variant(run, name, parse_options(tuple(o for o in options.split(",") if o)), args)
+        if args.json:
+            with open(args.json, "a", encoding="utf-8") as f:
+                f.write(json.dumps(row) + "\n")
+        cells = " | ".join(f"{100 * row['accuracy'][b]:.2f}" for b in UNIFORM)
+        print(f"| {name} | {json.dumps(overrides) if (overrides := row['overrides']) else '-'} | {row['steps']} | "
+              f"{row['train_seconds']:.0f} | {cells} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
