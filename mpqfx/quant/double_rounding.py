@@ -44,8 +44,7 @@ class _DoubleRoundingFunction(torch.autograd.Function):
         s = host_step(effective)
         out = derive_integers(high_ints, high, bits).mul_(s)  # Eq. 2, 3
         # Eq. 13: LSQ's gradient at the effective scale, passed to s_h unchanged
-        save_for_lsq_backward(ctx, w, effective, s, out, *int_range(bits, signed=True), grad_scale, reuse, ticket,
-                              inputs=6)
+        save_for_lsq_backward(ctx, w, effective, s, out, *int_range(bits, signed=True), grad_scale, reuse, ticket)
         return out
 
     backward = _LSQFunction.backward

@@ -64,14 +64,13 @@ class OutputReuse:
 
 
 def save_for_lsq_backward(ctx, x: torch.Tensor, step: torch.Tensor, s: torch.Tensor | float, out: torch.Tensor,
-                          qmin: int, qmax: int, grad_scale: float, reuse: OutputReuse | None, ticket: int,
-                          inputs: int) -> None:
+                          qmin: int, qmax: int, grad_scale: float, reuse: OutputReuse | None, ticket: int) -> None:
     """Store what ``_LSQFunction.backward`` needs: out = q * step with integers q in [qmin, qmax];
-    ``reuse``/``ticket``: the buffer lender and this forward's ticket; ``inputs``: how many
-    arguments the Function's forward takes (as many gradients come back)."""
+    ``reuse``/``ticket``: the buffer lender and this forward's ticket. The Function's forward
+    takes (input, step, four non-tensor arguments), as ``_LSQFunction.backward`` returns."""
     ctx.save_for_backward(x, step, out)
     ctx.consts = (qmin, qmax, grad_scale, s)
-    ctx.reuse, ctx.ticket, ctx.inputs = reuse, ticket, inputs
+    ctx.reuse, ctx.ticket = reuse, ticket
 
 
 class _LSQFunction(torch.autograd.Function):
@@ -90,7 +89,7 @@ class _LSQFunction(torch.autograd.Function):
         s = host_step(step)
         buffer, ticket = reuse.take(x) if reuse is not None else (None, 0)
         out = torch.div(x, step, out=buffer).clamp_(qmin, qmax).round_().mul_(s)
-        save_for_lsq_backward(ctx, x, step, s, out, qmin, qmax, grad_scale, reuse, ticket, inputs=6)
+        save_for_lsq_backward(ctx, x, step, s, out, qmin, qmax, grad_scale, reuse, ticket)
         return out
 
     @staticmethod
@@ -102,20 +101,20 @@ class _LSQFunction(torch.autograd.Function):
             grad_out = torch.dot(grad.reshape(-1), out.reshape(-1))
         # d x_hat / d x = 1 where qmin < x/s < qmax, else 0 (STE through round, LSQ Eq. 5)
         if isinstance(s, float):  # compare x against the scaled bounds: no x/s pass
-            x_scaled, lo, hi = x, qmin * s, qmax * s
+            compared, lo, hi = x, qmin * s, qmax * s
         else:
-            x_scaled, lo, hi = x / step, qmin, qmax
+            compared, lo, hi = x / step, qmin, qmax
         if ctx.reuse is not None and OutputReuse.may_overwrite(grad):
-            grad_x = torch.ops.aten.hardtanh_backward.grad_input(grad, x_scaled, lo, hi, grad_input=grad)
+            grad_x = torch.ops.aten.hardtanh_backward.grad_input(grad, compared, lo, hi, grad_input=grad)
         else:
-            grad_x = torch.ops.aten.hardtanh_backward(grad, x_scaled, lo, hi)
+            grad_x = torch.ops.aten.hardtanh_backward(grad, compared, lo, hi)
         if ctx.needs_input_grad[1]:
             # d x_hat / d s = round(x/s) - x/s inside the range, qmin/qmax outside (LSQ Eq. 3):
             # sum(grad * q) - sum(grad_x * x/s) = (<grad, out> - <grad_x, x>) / s
             grad_step = (grad_out - torch.dot(grad_x.reshape(-1), x.reshape(-1))) * (grad_scale / s)
         if ctx.reuse is not None:
             ctx.reuse.give_back(ctx.ticket)
-        return (grad_x if ctx.needs_input_grad[0] else None, grad_step) + (None,) * (ctx.inputs - 2)
+        return grad_x if ctx.needs_input_grad[0] else None, grad_step, None, None, None, None
 
 
 def lsq_quantize(x: torch.Tensor, step: torch.Tensor, qmin: int, qmax: int, grad_scale: float,
