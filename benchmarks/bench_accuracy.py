@@ -36,7 +36,7 @@ from mpqfx.models import create_model  # noqa: E402
 from mpqfx.recipe import Recipe, StrategySpec  # noqa: E402
 from mpqfx.rundir import RunDir, search_data  # noqa: E402
 from mpqfx.search.run import uses_data  # noqa: E402
-from mpqfx.store import load_supernet  # noqa: E402
+from mpqfx.store import load_supernet, save_supernet  # noqa: E402
 
 TARGETS = ("uniform:4", "uniform:3")
 GOALS = {"uniform:4": 1.0, "uniform:3": 2.5}  # points below float
@@ -61,10 +61,14 @@ def bench_recipe(args: argparse.Namespace, backend: str, options: dict) -> Recip
 
 def seed_from_float_phase(previous: Path, out: Path, recipe: Recipe) -> None:
     """Start the run in ``out`` from the float phase of an earlier run of the same model and data
-    (its float weights and measured float accuracy); the supernet phase then runs with ``recipe``."""
+    (its float weights and measured float accuracy); the supernet phase then runs with ``recipe``.
+    The quantizers are fitted again, as ``compress`` does after its float phase, so that a float
+    phase kept from older code starts the supernet as the current code would."""
     src, dst = RunDir(previous), RunDir(out)
     out.mkdir(parents=True)
-    shutil.copy(src.float_weights, dst.float_weights)
+    net, _ = load_supernet(src.float_weights)
+    net.refit_quantizers()
+    save_supernet(net, dst.float_weights)
     shutil.copy(src.float_result, dst.float_result)
     dst.write_meta({**src.meta(), "recipe": recipe.name, "targets": list(TARGETS), "float_from": str(previous)})
     atomic_write_text(dst.recipe, recipe.to_yaml())

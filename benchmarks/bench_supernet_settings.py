@@ -52,9 +52,11 @@ def variant_recipe(base: Recipe, overrides: dict) -> Recipe:
 
 
 def supernet_for(run: Path, recipe: Recipe, name: str, kwargs: dict, spec: DataSpec) -> mpqfx.Supernet:
-    """The float starting point of ``run``, prepared again when the recipe changes the supernet's shape."""
+    """The float starting point of ``run`` with freshly fitted quantizers, prepared again when the
+    recipe changes the supernet's shape."""
     net, _ = load_supernet(run / "float.pt")
     if recipe.quant == net.recipe.quant:
+        net.refit_quantizers()
         return net
     model = create_model(name, **kwargs)
     model.load_state_dict(float_state_dict(net, model))

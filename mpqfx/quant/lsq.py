@@ -133,12 +133,15 @@ def mse_init_steps(x: torch.Tensor, ranges: Sequence[tuple[int, int]], points: i
 
     A log grid from max|x|/qmax down to 1/64 of it is searched for every range at once, then
     three least-squares refinements s = <x, q> / <q, q> follow. Fitting to the error instead of
-    LSQ's 2*mean|x|/sqrt(qmax) matters at high bit-widths (8-bit weight error drops ~4x). A
-    strided subsample of at most ``sample`` values keeps it cheap.
+    LSQ's 2*mean|x|/sqrt(qmax) matters at high bit-widths (8-bit weight error drops ~4x). At most
+    ``sample`` values drawn at random (a fixed seed, so fits repeat) keep it cheap; a strided
+    subsample would alias with the layout (an NCHW activation read every C-th value samples a few
+    pixel positions only).
     """
     flat = x.detach().flatten().float()
     if flat.numel() > sample:
-        flat = flat[:: flat.numel() // sample]
+        draw = torch.Generator(device=flat.device).manual_seed(0)
+        flat = flat[torch.randint(flat.numel(), (sample,), generator=draw, device=flat.device)]
     lo = torch.tensor([float(r[0]) for r in ranges], device=flat.device)[:, None]
     hi = torch.tensor([float(r[1]) for r in ranges], device=flat.device)[:, None]
     top = flat.max() / hi  # unsigned: only the positive side; signed: the wider side

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from mpqfx.quant.lsq import MultiBitLSQ, OutputReuse, int_range, lsq_quantize, mse_init_step
+from mpqfx.quant.lsq import MultiBitLSQ, OutputReuse, int_range, lsq_quantize, mse_init_step, mse_init_steps
 
 
 def reference_lsq(x, step, qmin, qmax, g):
@@ -73,6 +73,18 @@ def test_mse_init_beats_lsq_statistic_at_high_bits():
         s_lsq = 2 * w.abs().mean() / math.sqrt(qmax)
         err = lambda s: ((w / s).clamp(qmin, qmax).round() * s - w).norm()
         assert err(s_mse) <= err(s_lsq) * 1.001
+
+
+def test_mse_init_sample_does_not_alias_with_the_activation_layout():
+    # An NCHW activation of a dark-background image: the border pixels are 0, the inside carries
+    # ReLU6-like values. 256*96*8*8 values read every 96th see only two border positions.
+    g = torch.Generator().manual_seed(0)
+    x = torch.zeros(256, 96, 8, 8)
+    x[:, :, 1:-1, 1:-1] = (torch.randn(256, 96, 6, 6, generator=g) * 2).clamp(0, 6)
+    for bits in (3, 6):
+        qmin, qmax = int_range(bits, False)
+        full = mse_init_steps(x, [(qmin, qmax)], sample=x.numel())[0]
+        assert mse_init_step(x, qmin, qmax).item() == pytest.approx(full.item(), rel=0.05)
 
 
 def test_multibit_quantizer_initialises_each_bit_lazily_and_keeps_steps_apart():
