@@ -34,6 +34,7 @@ class WeightQuantizer(str, enum.Enum):
     """How weights are quantized at each candidate bit-width."""
 
     LSQ = "lsq"  # one learnable LSQ step per bit-width
+    LSQ_CHANNEL = "lsq_channel"  # one learnable LSQ step per bit-width and output channel
     DOUBLE_ROUNDING = "double_rounding"  # one stored highest-bit scale, lower bits derived (Double Rounding §3.1)
 
 

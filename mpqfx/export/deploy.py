@@ -120,7 +120,7 @@ def _quantized_layer(module: MultiBitMixin, bits: LayerBits, a_signed: bool, bn:
     cls = QuantizedConv2d if isinstance(module, MultiBitConv2d) else QuantizedLinear
     new = cls(module, bits, a_signed) if cls is QuantizedConv2d else cls(module.weight.shape, bits, a_signed)
     ints = module.weight_quant.integers(module.weight, bits.w)
-    scale = module.weight_quant.step(bits.w).detach().clamp(min=STEP_EPS).expand(ints.shape[0]).clone()
+    scale = module.weight_quant.step(bits.w).detach().clamp(min=STEP_EPS).reshape(-1).expand(ints.shape[0]).clone()
     bias = module.bias.detach().clone() if module.bias is not None else torch.zeros_like(scale)
     if bn is not None:
         k, offset = _bn_factors(bn)

@@ -36,6 +36,9 @@ class MultiBitMixin:
                          weight_quantizer: WeightQuantizer) -> None:
         if weight_quantizer is WeightQuantizer.DOUBLE_ROUNDING:
             self.weight_quant = DoubleRoundingQuantizer(w_bits)
+        elif weight_quantizer is WeightQuantizer.LSQ_CHANNEL:
+            step_shape = (self.weight.shape[0],) + (1,) * (self.weight.dim() - 1)
+            self.weight_quant = MultiBitLSQ(w_bits, signed=True, per_sample=False, step_shape=step_shape)
         else:
             self.weight_quant = MultiBitLSQ(w_bits, signed=True, per_sample=False)
         self.weight_quant.init_steps(self.weight)

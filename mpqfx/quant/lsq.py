@@ -20,9 +20,17 @@ def int_range(bits: int, signed: bool) -> tuple[int, int]:
 
 
 def host_step(step: torch.Tensor) -> torch.Tensor | float:
-    """On CPU the step as a Python float: in-place ops by a 0-dim tensor take a slow path there
-    (mul_ ~6x slower); on accelerators the tensor itself, so nothing syncs with the host."""
-    return float(step) if step.device.type == "cpu" else step
+    """On CPU a 0-dim step as a Python float: in-place ops by a 0-dim tensor take a slow path there
+    (mul_ ~6x slower); per-channel steps, and steps on accelerators, as the tensor itself."""
+    return float(step) if step.device.type == "cpu" and step.dim() == 0 else step
+
+
+def _per_step_dot(a: torch.Tensor, b: torch.Tensor, step: torch.Tensor) -> torch.Tensor:
+    """<a, b> summed into ``step``'s shape: a scalar for a 0-dim step, one sum per output channel
+    for a per-channel step shaped (C, 1, ...)."""
+    if step.dim() == 0:
+        return torch.dot(a.reshape(-1), b.reshape(-1))
+    return (a * b).sum(dim=tuple(range(1, a.dim())), keepdim=True)
 
 
 class OutputReuse:
@@ -74,7 +82,8 @@ def save_for_lsq_backward(ctx, x: torch.Tensor, step: torch.Tensor, s: torch.Ten
 
 
 class _LSQFunction(torch.autograd.Function):
-    """round(clip(x/s, qmin, qmax)) * s with LSQ's straight-through gradients.
+    """round(clip(x/s, qmin, qmax)) * s with LSQ's straight-through gradients; ``s`` is 0-dim or
+    one step per output channel, shaped (C, 1, ...) to broadcast against ``x``.
 
     Hand-written for speed on CPU, where quantizing 11M weights per step otherwise costs a third
     of a ResNet18 step: the output is built in place from one allocation (none with ``reuse``),
@@ -98,7 +107,7 @@ class _LSQFunction(torch.autograd.Function):
         qmin, qmax, grad_scale, s = ctx.consts
         grad_step = None
         if ctx.needs_input_grad[1]:  # <grad, out> before the mask may overwrite grad
-            grad_out = torch.dot(grad.reshape(-1), out.reshape(-1))
+            grad_out = _per_step_dot(grad, out, step)
         # d x_hat / d x = 1 where qmin < x/s < qmax, else 0 (STE through round, LSQ Eq. 5)
         if isinstance(s, float):  # compare x against the scaled bounds: no x/s pass
             compared, lo, hi = x, qmin * s, qmax * s
@@ -111,7 +120,7 @@ class _LSQFunction(torch.autograd.Function):
         if ctx.needs_input_grad[1]:
             # d x_hat / d s = round(x/s) - x/s inside the range, qmin/qmax outside (LSQ Eq. 3):
             # sum(grad * q) - sum(grad_x * x/s) = (<grad, out> - <grad_x, x>) / s
-            grad_step = (grad_out - torch.dot(grad_x.reshape(-1), x.reshape(-1))) * (grad_scale / s)
+            grad_step = (grad_out - _per_step_dot(grad_x, x, step)) * (grad_scale / s)
         if ctx.reuse is not None:
             ctx.reuse.give_back(ctx.ticket)
         return grad_x if ctx.needs_input_grad[0] else None, grad_step, None, None, None, None
@@ -119,42 +128,60 @@ class _LSQFunction(torch.autograd.Function):
 
 def lsq_quantize(x: torch.Tensor, step: torch.Tensor, qmin: int, qmax: int, grad_scale: float,
                  reuse: OutputReuse | None = None) -> torch.Tensor:
-    """Fake-quantize ``x`` with step ``step`` (0-dim, clamped to >= 1e-8) to integers in [qmin, qmax].
+    """Fake-quantize ``x`` with step ``step`` (0-dim, or (C, 1, ...) for one step per output
+    channel; clamped to >= 1e-8) to integers in [qmin, qmax].
 
-    The step's gradient is multiplied by ``grad_scale`` (LSQ uses 1/sqrt(numel * qmax)).
+    The step's gradient is multiplied by ``grad_scale`` (LSQ uses 1/sqrt(N * qmax), N the values
+    one step quantizes).
     ``reuse``: the output feeds one op once per forward and backward (see ``OutputReuse``).
     """
     return _LSQFunction.apply(x, step, qmin, qmax, grad_scale, reuse)
 
 
+CHANNEL_SAMPLE = 1024  # values per output channel a per-channel fit reads at most
+FIT_CHUNK = 1 << 23  # grid elements (ranges x rows x points x values) evaluated at once
+
+
 def mse_init_steps(x: torch.Tensor, ranges: Sequence[tuple[int, int]], points: int = 32,
-                   sample: int = 1 << 14) -> torch.Tensor:
-    """For each integer range (qmin, qmax), the step minimising ||Q(x) - x||^2.
+                   sample: int = 1 << 14, per_channel: bool = False) -> torch.Tensor:
+    """For each integer range (qmin, qmax), the step minimising ||Q(x) - x||^2: shape [ranges],
+    or [ranges, C] with ``per_channel`` (one step per slice ``x[c]``).
 
     A log grid from max|x|/qmax down to 1/64 of it is searched for every range at once, then
     three least-squares refinements s = <x, q> / <q, q> follow. Fitting to the error instead of
     LSQ's 2*mean|x|/sqrt(qmax) matters at high bit-widths (8-bit weight error drops ~4x). At most
-    ``sample`` values drawn at random (a fixed seed, so fits repeat) keep it cheap; a strided
-    subsample would alias with the layout (an NCHW activation read every C-th value samples a few
-    pixel positions only).
+    ``sample`` values (``CHANNEL_SAMPLE`` per channel) drawn at random (a fixed seed, so fits
+    repeat) keep it cheap; a strided subsample would alias with the layout (an NCHW activation
+    read every C-th value samples a few pixel positions only).
     """
-    flat = x.detach().flatten().float()
-    if flat.numel() > sample:
-        draw = torch.Generator(device=flat.device).manual_seed(0)
-        flat = flat[torch.randint(flat.numel(), (sample,), generator=draw, device=flat.device)]
-    lo = torch.tensor([float(r[0]) for r in ranges], device=flat.device)[:, None]
-    hi = torch.tensor([float(r[1]) for r in ranges], device=flat.device)[:, None]
-    top = flat.max() / hi  # unsigned: only the positive side; signed: the wider side
-    top = torch.where(lo < 0, torch.maximum(top, flat.min() / lo), top).clamp(min=STEP_EPS * 1e3)
-    grid = top * torch.logspace(-6, 0, points, base=2.0, device=flat.device)  # [ranges, points]
-    scaled = (flat / grid[..., None]).clamp(lo[..., None], hi[..., None]).round_()
-    err = (scaled * grid[..., None] - flat).square_().sum(-1)
-    step = grid.gather(1, err.argmin(1, keepdim=True))  # [ranges, 1]
+    rows = x.detach().float().reshape(x.shape[0] if per_channel else 1, -1)
+    limit = CHANNEL_SAMPLE if per_channel else sample
+    if rows.shape[1] > limit:
+        draw = torch.Generator(device=rows.device).manual_seed(0)
+        rows = rows[:, torch.randint(rows.shape[1], (limit,), generator=draw, device=rows.device)]
+    lo = torch.tensor([float(r[0]) for r in ranges], device=rows.device)[:, None, None]  # [ranges, 1, 1]
+    hi = torch.tensor([float(r[1]) for r in ranges], device=rows.device)[:, None, None]
+    chunk = max(1, FIT_CHUNK // (len(ranges) * points * rows.shape[1]))
+    steps = [_fit_rows(part, lo, hi, points) for part in rows.split(chunk)]
+    out = torch.cat(steps, dim=1)  # [ranges, C]
+    return out if per_channel else out[:, 0]
+
+
+def _fit_rows(rows: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, points: int) -> torch.Tensor:
+    """``mse_init_steps`` for the rows [G, n] and ranges lo/hi [R, 1, 1]: steps [R, G]."""
+    top = rows.amax(1)[None, :, None] / hi  # unsigned: only the positive side; signed: the wider side
+    top = torch.where(lo < 0, torch.maximum(top, rows.amin(1)[None, :, None] / lo), top).clamp(min=STEP_EPS * 1e3)
+    grid = top * torch.logspace(-6, 0, points, base=2.0, device=rows.device)  # [R, G, points]
+    values = rows[None, :, None, :]  # [1, G, 1, n]
+    scaled = (values / grid[..., None]).clamp(lo[..., None], hi[..., None]).round_()
+    err = (scaled * grid[..., None] - values).square_().sum(-1)  # [R, G, points]
+    step = grid.gather(2, err.argmin(2, keepdim=True))  # [R, G, 1]
+    values = rows[None]  # [1, G, n]
     for _ in range(3):
-        q = (flat / step).clamp(lo, hi).round_()
-        norm = q.square().sum(1, keepdim=True)
-        step = torch.where(norm > 0, (flat * q).sum(1, keepdim=True) / norm.clamp(min=1), step)
-    return step.squeeze(1).clamp(min=STEP_EPS)
+        q = (values / step).clamp(lo, hi).round_()
+        norm = q.square().sum(2, keepdim=True)
+        step = torch.where(norm > 0, (values * q).sum(2, keepdim=True) / norm.clamp(min=1), step)
+    return step.squeeze(2).clamp(min=STEP_EPS)
 
 
 def mse_init_step(x: torch.Tensor, qmin: int, qmax: int) -> torch.Tensor:
@@ -174,15 +201,18 @@ class MultiBitLSQ(nn.Module):
     layer is built, activation quantizers lazily, for each bit-width, from the first batch that
     bit-width sees (averaged over ranks under DDP).
     ``per_sample``: LSQ's gradient scale counts the features of one sample (activations) rather
-    than every element (weights).
+    than every element (weights). ``step_shape``: () for one step per bit-width, or (C, 1, ...)
+    for one per output channel of a weight (its gradient scale then counts one channel's values).
     """
 
-    def __init__(self, bits: Sequence[int], signed: bool, per_sample: bool):
+    def __init__(self, bits: Sequence[int], signed: bool, per_sample: bool, step_shape: tuple[int, ...] = ()):
         super().__init__()
         self.bits = tuple(sorted(bits))
         self.signed = signed
         self.per_sample = per_sample
-        self.steps = nn.ParameterDict({bit_key(b): nn.Parameter(torch.tensor(1.0)) for b in self.bits})
+        self.step_shape = tuple(step_shape)
+        self.per_channel = bool(self.step_shape)
+        self.steps = nn.ParameterDict({bit_key(b): nn.Parameter(torch.ones(self.step_shape)) for b in self.bits})
         self.register_buffer("initialized", torch.zeros(len(self.bits), dtype=torch.bool))
         self._ready: set[int] = set()  # mirrors `initialized` without a device sync per forward
         self._reuse = OutputReuse()
@@ -193,20 +223,20 @@ class MultiBitLSQ(nn.Module):
     @torch.no_grad()
     def init_step(self, bits: int, x: torch.Tensor) -> None:
         """Set the step of ``bits`` from ``x``; under DDP, activation steps are averaged over ranks."""
-        value = mse_init_step(x, *int_range(bits, self.signed))
+        value = mse_init_steps(x, [int_range(bits, self.signed)], per_channel=self.per_channel)[0]
         if self.per_sample and dist.is_available() and dist.is_initialized():
             dist.all_reduce(value)
             value /= dist.get_world_size()
-        self.step(bits).copy_(value)
+        self.step(bits).copy_(value.view(self.step_shape))
         self.initialized[self.bits.index(bits)] = True
         self._ready.add(bits)
 
     @torch.no_grad()
     def init_steps(self, x: torch.Tensor) -> None:
         """Fit the step of every candidate bit-width to ``x`` at once (weight quantizers, at build time)."""
-        steps = mse_init_steps(x, [int_range(b, self.signed) for b in self.bits])
+        steps = mse_init_steps(x, [int_range(b, self.signed) for b in self.bits], per_channel=self.per_channel)
         for bits, value in zip(self.bits, steps):
-            self.step(bits).copy_(value)
+            self.step(bits).copy_(value.view(self.step_shape))
         self.initialized.fill_(True)
         self._ready.update(self.bits)
 
@@ -233,7 +263,7 @@ class MultiBitLSQ(nn.Module):
             else:
                 self.init_step(bits, x)
         qmin, qmax = int_range(bits, self.signed)
-        numel = x[0].numel() if self.per_sample else x.numel()
+        numel = x[0].numel() if self.per_sample or self.per_channel else x.numel()
         return lsq_quantize(x, self.step(bits), qmin, qmax, 1.0 / math.sqrt(numel * qmax),
                             self._reuse if exclusive and torch.is_grad_enabled() else None)
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import onnx
 import pytest
 import torch
@@ -11,6 +13,7 @@ from mpqfx import Policy, PolicyError
 from mpqfx.export import deploy, export_onnx, load_integer_model, save_integer_model
 from mpqfx.export.deploy import QuantizedConv2d, QuantizedLinear
 from mpqfx.export.integer_file import ExportFileError
+from mpqfx.recipe import WeightQuantizer
 
 POLICIES = [0, 1, 2]
 
@@ -93,3 +96,20 @@ def test_onnx_qdq_matches_pytorch(net, seed, tmp_path, images):
     assert len(int8) >= len(net.layers)
     clips = [n for n in model.graph.node if n.op_type == "Clip"]
     assert len(clips) >= len(net.layers)  # the b-bit range inside the 8-bit container
+
+
+def test_per_channel_weight_steps_deploy_and_export_to_onnx(perturbed_supernet, tmp_path, images):
+    recipe = mpqfx.Recipe.load("default")
+    recipe = dataclasses.replace(recipe, quant=dataclasses.replace(recipe.quant, weight_quantizer=WeightQuantizer.LSQ_CHANNEL))
+    net = perturbed_supernet(recipe)
+    conv = net.layer_modules()["layer1.0.conv1"]
+    assert conv.weight_quant.step(4).shape == (conv.weight.shape[0], 1, 1, 1)
+    assert conv.weight_quant.step(4).std() > 0  # the channels got steps of their own
+    policy = _policy(net, 1)
+    with torch.no_grad(), net.use_policy(policy):
+        expected = net(images)
+    module = deploy(net, policy)
+    close = (module(images) - expected).abs().amax(1) <= 1e-5 * float(expected.abs().max())
+    assert int(close.sum()) >= len(images) - 1  # see test_deployed_module_computes_the_supernet_at_its_policy
+    check = export_onnx(module, images, tmp_path / "model.onnx")
+    assert check.ok and check.max_abs_diff <= 1e-4 * check.output_range

@@ -51,6 +51,45 @@ def test_forward_and_gradients_equal_reference(bits, signed):
     assert s1.grad == pytest.approx(analytic_step_grad(x, torch.tensor(0.3), qmin, qmax, g, upstream).item(), rel=1e-5)
 
 
+@pytest.mark.parametrize("bits", [2, 4, 8])
+def test_per_channel_steps_equal_one_quantizer_per_channel(bits):
+    gen = torch.Generator().manual_seed(bits)
+    w = torch.randn(6, 5, 3, 3, generator=gen) * torch.linspace(0.1, 3, 6).view(6, 1, 1, 1)
+    upstream = torch.randn(w.shape, generator=gen)
+    steps = torch.linspace(0.05, 0.6, 6)
+    qmin, qmax = int_range(bits, True)
+    g = 1 / math.sqrt(w[0].numel() * qmax)
+
+    w1 = w.clone().requires_grad_()
+    s1 = steps.view(6, 1, 1, 1).clone().requires_grad_()
+    lsq_quantize(w1, s1, qmin, qmax, g).backward(upstream)
+    for c in range(6):
+        wc = w[c].clone().requires_grad_()
+        sc = steps[c].clone().requires_grad_()
+        out = lsq_quantize(wc, sc, qmin, qmax, g)
+        out.backward(upstream[c])
+        torch.testing.assert_close(out, (w1.detach()[c] / steps[c]).clamp(qmin, qmax).round() * steps[c])
+        torch.testing.assert_close(w1.grad[c], wc.grad)
+        assert s1.grad[c].item() == pytest.approx(sc.grad.item(), rel=1e-5, abs=1e-7)
+        assert sc.grad.item() == pytest.approx(
+            analytic_step_grad(w[c], steps[c], qmin, qmax, g, upstream[c]).item(), rel=1e-4, abs=1e-6)
+
+
+def test_per_channel_fit_equals_fitting_each_channel_alone():
+    w = torch.randn(8, 16, 3, 3, generator=torch.Generator().manual_seed(0)) * torch.logspace(-2, 1, 8).view(8, 1, 1, 1)
+    ranges = [int_range(b, True) for b in (2, 4, 6)]
+    per_channel = mse_init_steps(w, ranges, per_channel=True)
+    assert per_channel.shape == (3, 8)
+    for c in range(8):
+        torch.testing.assert_close(per_channel[:, c], mse_init_steps(w[c], ranges), rtol=1e-5, atol=0)
+    quant = MultiBitLSQ((2, 4, 6), signed=True, per_sample=False, step_shape=(8, 1, 1, 1))
+    quant.init_steps(w)
+    torch.testing.assert_close(quant.step(4).view(-1), per_channel[1])
+    relative_error = lambda q: ((q - w).square().sum((1, 2, 3)) / w.square().sum((1, 2, 3))).detach()
+    assert relative_error(quant(w, 4)).max() < 0.05  # every channel keeps its values
+    assert relative_error(MultiBitLSQ((4,), True, False)(w, 4))[0] == 1  # one step rounds the small channel to 0
+
+
 def test_output_is_on_the_integer_grid_and_clipped():
     x = torch.linspace(-5, 5, 101)
     out = lsq_quantize(x, torch.tensor(0.5), -4, 3, 1.0)
