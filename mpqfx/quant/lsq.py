@@ -184,11 +184,6 @@ def _fit_rows(rows: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, points: in
     return step.squeeze(2).clamp(min=STEP_EPS)
 
 
-def mse_init_step(x: torch.Tensor, qmin: int, qmax: int) -> torch.Tensor:
-    """``mse_init_steps`` for one integer range (0-dim result)."""
-    return mse_init_steps(x, [(qmin, qmax)])[0]
-
-
 def bit_key(bits: int) -> str:
     return f"b{bits}"
 
@@ -197,7 +192,7 @@ class MultiBitLSQ(nn.Module):
     """One learnable LSQ step per candidate bit-width for one tensor (a weight or an input).
 
     ``forward(x, bits)`` quantizes with that bit-width's step; ``bits=None`` passes ``x`` through.
-    Steps are fitted by ``mse_init_step``: weight quantizers by ``init_steps(weight)`` when the
+    Steps are fitted by ``mse_init_steps``: weight quantizers by ``init_steps(weight)`` when the
     layer is built, activation quantizers lazily, for each bit-width, from the first batch that
     bit-width sees (averaged over ranks under DDP).
     ``per_sample``: LSQ's gradient scale counts the features of one sample (activations) rather
@@ -211,11 +206,14 @@ class MultiBitLSQ(nn.Module):
         self.signed = signed
         self.per_sample = per_sample
         self.step_shape = tuple(step_shape)
-        self.per_channel = bool(self.step_shape)
         self.steps = nn.ParameterDict({bit_key(b): nn.Parameter(torch.ones(self.step_shape)) for b in self.bits})
         self.register_buffer("initialized", torch.zeros(len(self.bits), dtype=torch.bool))
         self._ready: set[int] = set()  # mirrors `initialized` without a device sync per forward
         self._reuse = OutputReuse()
+
+    @property
+    def per_channel(self) -> bool:
+        return bool(self.step_shape)
 
     def step(self, bits: int) -> nn.Parameter:
         return self.steps[bit_key(bits)]

@@ -22,18 +22,21 @@ def _policy(net, seed):
     return Policy.sample(net, seed)
 
 
-@pytest.mark.parametrize("seed", POLICIES)
-def test_deployed_module_computes_the_supernet_at_its_policy(net, seed, images):
-    policy = _policy(net, seed)
-    x = images
+def _deployed_and_checked(net, policy, x):
+    """``deploy(net, policy)``, asserted to compute the supernet at ``policy`` on ``x``."""
     with torch.no_grad(), net.use_policy(policy):
         expected = net(x)
     module = deploy(net, policy)
-    got = module(x)
-    close = (got - expected).abs().amax(1) <= 1e-5 * float(expected.abs().max())
+    close = (module(x) - expected).abs().amax(1) <= 1e-5 * float(expected.abs().max())
     # Folding BN reorders float operations: an activation within float epsilon of a rounding
     # boundary may round the other way and change its image's output. A fault changes every image.
     assert int(close.sum()) >= len(x) - 1
+    return module
+
+
+@pytest.mark.parametrize("seed", POLICIES)
+def test_deployed_module_computes_the_supernet_at_its_policy(net, seed, images):
+    _deployed_and_checked(net, _policy(net, seed), images)
     assert net.policy.is_bypass  # the supernet is left as it was
 
 
@@ -105,11 +108,6 @@ def test_per_channel_weight_steps_deploy_and_export_to_onnx(perturbed_supernet, 
     conv = net.layer_modules()["layer1.0.conv1"]
     assert conv.weight_quant.step(4).shape == (conv.weight.shape[0], 1, 1, 1)
     assert conv.weight_quant.step(4).std() > 0  # the channels got steps of their own
-    policy = _policy(net, 1)
-    with torch.no_grad(), net.use_policy(policy):
-        expected = net(images)
-    module = deploy(net, policy)
-    close = (module(images) - expected).abs().amax(1) <= 1e-5 * float(expected.abs().max())
-    assert int(close.sum()) >= len(images) - 1  # see test_deployed_module_computes_the_supernet_at_its_policy
+    module = _deployed_and_checked(net, _policy(net, 1), images)
     check = export_onnx(module, images, tmp_path / "model.onnx")
     assert check.ok and check.max_abs_diff <= 1e-4 * check.output_range

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from mpqfx.quant.lsq import MultiBitLSQ, OutputReuse, int_range, lsq_quantize, mse_init_step, mse_init_steps
+from mpqfx.quant.lsq import MultiBitLSQ, OutputReuse, int_range, lsq_quantize, mse_init_steps
 
 
 def reference_lsq(x, step, qmin, qmax, g):
@@ -108,7 +108,7 @@ def test_mse_init_beats_lsq_statistic_at_high_bits():
     w = torch.randn(64, 64, 3, 3, generator=torch.Generator().manual_seed(0))
     for bits in (2, 4, 8):
         qmin, qmax = int_range(bits, True)
-        s_mse = mse_init_step(w, qmin, qmax)
+        s_mse = mse_init_steps(w, [(qmin, qmax)])[0]
         s_lsq = 2 * w.abs().mean() / math.sqrt(qmax)
         err = lambda s: ((w / s).clamp(qmin, qmax).round() * s - w).norm()
         assert err(s_mse) <= err(s_lsq) * 1.001
@@ -123,7 +123,7 @@ def test_mse_init_sample_does_not_alias_with_the_activation_layout():
     for bits in (3, 6):
         qmin, qmax = int_range(bits, False)
         full = mse_init_steps(x, [(qmin, qmax)], sample=x.numel())[0]
-        assert mse_init_step(x, qmin, qmax).item() == pytest.approx(full.item(), rel=0.05)
+        assert mse_init_steps(x, [(qmin, qmax)])[0].item() == pytest.approx(full.item(), rel=0.05)
 
 
 def test_multibit_quantizer_initialises_each_bit_lazily_and_keeps_steps_apart():
@@ -132,7 +132,7 @@ def test_multibit_quantizer_initialises_each_bit_lazily_and_keeps_steps_apart():
     assert not quant.initialized.any()
     quant(x, 4)
     assert quant.initialized.tolist() == [False, True]
-    assert quant.step(4).item() == pytest.approx(mse_init_step(x, 0, 15).item())
+    assert quant.step(4).item() == pytest.approx(mse_init_steps(x, [(0, 15)])[0].item())
     before = quant.step(4).item()
     quant(x * 10, 4)  # already initialised: not re-fitted
     assert quant.step(4).item() == before
