@@ -5,8 +5,10 @@ cosine schedule over a fixed subset of the training images, then reports uniform
 
 A variant is NAME or NAME:KEY=VALUE,... with dotted recipe keys, e.g.
 ``teacher:train.distill.teacher=true`` or ``shared-bn:quant.bn=shared``; ``train.distill.teacher``
-distils from the float weights (``Supernet.float_teacher``). A short schedule ranks settings for a
-longer one only roughly: run-to-run noise on mobilenetv2_100 at 400 steps is a few tenths of a point.
+distils from the float weights (``Supernet.float_teacher``); ``train.epochs=3`` passes over the
+subset three times. One candidate bit-width (``quant.w_bits=[4],quant.a_bits=[4]``) trains that
+single policy: plain quantization-aware training, the reference a supernet's uniform policy is
+measured against. A short schedule ranks settings for a longer one only roughly (docs/benchmarks.md).
 
 Usage: python benchmarks/bench_supernet_settings.py --model mobilenetv2_100 --from runs/bench/accuracy \\
            base teacher:train.distill.teacher=true ...
@@ -30,6 +32,7 @@ from _machine import header  # noqa: E402
 from mpqfx.cli.options import parse_options  # noqa: E402
 from mpqfx.compress.evaluation import PolicyEvaluator  # noqa: E402
 from mpqfx.data.spec import DataSpec  # noqa: E402
+from mpqfx.graph.layer_info import Role  # noqa: E402
 from mpqfx.models import create_model  # noqa: E402
 from mpqfx.recipe import Recipe  # noqa: E402
 from mpqfx.rundir import RunDir  # noqa: E402
@@ -87,9 +90,10 @@ def run_variant(run: Path, name: str, overrides: dict, args: argparse.Namespace)
     seconds = time.perf_counter() - start
     net.eval()
     evaluator = PolicyEvaluator(spec, float_model, recipe)
+    allowed = [b for b in UNIFORM if all(b in l.w_bits and b in l.a_bits for l in net.layers if l.role is Role.NORMAL)]
     accuracy = {b: evaluator.measure(net, f"uniform {b}/{b}", "uniform", mpqfx.Policy.uniform(net, b)).accuracy
-                for b in UNIFORM}
-    return {"variant": name, "overrides": overrides, "steps": args.images // recipe.train.batch_size,
+                for b in allowed}  # a single-candidate variant has one uniform policy
+    return {"variant": name, "overrides": overrides, "steps": recipe.train.epochs * (len(train) // recipe.train.batch_size),
             "train_seconds": seconds, "accuracy": accuracy}
 
 
@@ -99,7 +103,8 @@ def main() -> None:
     parser.add_argument("--model", default="mobilenetv2_100")
     parser.add_argument("--from", dest="source", default="runs/bench/accuracy",
                         help="a bench_accuracy.py --out directory holding <model>/float.pt")
-    parser.add_argument("--images", type=int, default=25600, help="training images (one pass, fixed subset)")
+    parser.add_argument("--images", type=int, default=25600,
+                        help="training images (a fixed subset; one pass unless a variant sets train.epochs)")
     parser.add_argument("--json", default=None, help="append each variant's row here (JSON lines)")
     args = parser.parse_args()
     run = Path(args.source) / args.model
@@ -112,7 +117,7 @@ def main() -> None:
         if args.json:
             with open(args.json, "a", encoding="utf-8") as f:
                 f.write(json.dumps(row) + "\n")
-        cells = " | ".join(f"{100 * row['accuracy'][b]:.2f}" for b in UNIFORM)
+        cells = " | ".join(f"{100 * row['accuracy'][b]:.2f}" if b in row["accuracy"] else "-" for b in UNIFORM)
         print(f"| {name} | {json.dumps(overrides) if (overrides := row['overrides']) else '-'} | {row['steps']} | "
               f"{row['train_seconds']:.0f} | {cells} |", flush=True)
 
