@@ -28,19 +28,18 @@ from mpqfx.store import load_supernet  # noqa: E402
 Rule = Callable[[LayerInfo, int, int], tuple[int, int]]  # (layer, low bits, top bits) -> (w, a)
 
 
-def rules() -> dict[str, Rule]:
-    def group(keep: Callable[[LayerInfo], bool], weights_only: bool = False) -> Rule:
-        return lambda l, b, top: ((top, b) if weights_only else (top, top)) if keep(l) else (b, b)
+def _depthwise(layer: LayerInfo) -> bool:
+    return layer.kind is LayerKind.DEPTHWISE
 
-    depthwise = lambda l: l.kind is LayerKind.DEPTHWISE  # noqa: E731
-    return {
-        "uniform B/B": lambda l, b, top: (b, b),
-        "weights B, activations top": lambda l, b, top: (b, top),
-        "weights top, activations B": lambda l, b, top: (top, b),
-        "B/B, depthwise at top": group(depthwise),
-        "B/B, depthwise weights at top": group(depthwise, weights_only=True),
-        "B/B, signed-input activations at top": lambda l, b, top: (b, top) if l.a_signed else (b, b),
-    }
+
+RULES: dict[str, Rule] = {
+    "uniform B/B": lambda l, b, top: (b, b),
+    "weights B, activations top": lambda l, b, top: (b, top),
+    "weights top, activations B": lambda l, b, top: (top, b),
+    "B/B, depthwise at top": lambda l, b, top: (top, top) if _depthwise(l) else (b, b),
+    "B/B, depthwise weights at top": lambda l, b, top: (top, b) if _depthwise(l) else (b, b),
+    "B/B, signed-input activations at top": lambda l, b, top: (b, top) if l.a_signed else (b, b),
+}
 
 
 def policy(net: mpqfx.Supernet, rule: Rule, bits: int) -> mpqfx.Policy:
@@ -72,7 +71,7 @@ def main() -> None:
           f"{100 * bypass.accuracy:.2f}; top = each layer's highest candidate ({top} for the searchable layers)\n")
     print("| policy | B | GBitOPs | top-1 |\n|---|---:|---:|---:|")
     for bits in args.bits:
-        for name, rule in rules().items():
+        for name, rule in RULES.items():
             result = evaluator.measure(net, name, "breakdown", policy(net, rule, bits))
             print(f"| {name} | {bits} | {result.bitops / 1e9:.4f} | {100 * result.accuracy:.2f} |", flush=True)
 
