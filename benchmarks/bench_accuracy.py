@@ -9,7 +9,8 @@ budget within 1.0 point of float, at the 3/3 budget within 2.5 points, and each 
 at least as accurate as the median of 5 random policies of equal or higher BitOPs.
 
 Usage: python benchmarks/bench_accuracy.py --model resnet18 [--float-epochs 8] [--epochs 6] ...
-       (an interrupted run continues where it stopped: the run directories are resumed;
+       (an interrupted run continues where it stopped: the run directories are resumed, and the
+       time columns are those of the whole compress run, over every process that worked on it;
        --float-from DIR starts from the float phase of an earlier run of the same model)
 """
 
@@ -21,7 +22,6 @@ import json
 import shutil
 import statistics
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, __file__.rsplit("/", 1)[0])
@@ -29,7 +29,7 @@ import mpqfx  # noqa: E402
 from _machine import header  # noqa: E402
 from mpqfx.cli.options import parse_options  # noqa: E402
 from mpqfx.compress.evaluation import PolicyEvaluator  # noqa: E402
-from mpqfx.compress.pipeline import PHASES  # noqa: E402
+from mpqfx.compress.timing import PHASES  # noqa: E402
 from mpqfx.data.spec import DataSpec  # noqa: E402
 from mpqfx.io import atomic_write_text  # noqa: E402
 from mpqfx.models import create_model  # noqa: E402
@@ -89,13 +89,12 @@ def bench_model(name: str, args: argparse.Namespace, backends: list[tuple[str, d
     out = Path(args.out) / name
     primary, primary_options = backends[0]
     recipe = bench_recipe(args, primary, primary_options)
-    start, cpu = time.perf_counter(), time.process_time()
     if args.float_from and not (out / "run.json").is_file():
         seed_from_float_phase(Path(args.float_from) / name, out, recipe)
     resume = (out / "run.json").is_file()
     result = mpqfx.compress(name, recipe, targets=TARGETS, out=out, export=False, resume=resume,
                             log=lambda m: print(f"  {name}: {m}", flush=True))
-    timing = {"wall": time.perf_counter() - start, "cpu": time.process_time() - cpu, **result.seconds}
+    timing = {"wall": sum(result.seconds.values()), "cpu": sum(result.cpu_seconds.values()), **result.seconds}
     net, extras = load_supernet(out)
     net.eval()
     meta = RunDir(out).meta()
@@ -138,7 +137,7 @@ def table(rows: list[dict]) -> str:
         lines.append(f"| {r['model']} | {r['backend']} | {r['target']} | {100 * r['float']:.2f} | {100 * r['uniform']:.2f} | "
                      f"{100 * r['searched']:.2f} ({r['bitops'] / 1e9:.3f}) | {gap:+.2f} | {100 * r['random_median']:.2f} | "
                      f"{'met' if met else 'missed'} |")
-    lines += ["", "| model | settings | wall (min) | process CPU (min) | " + " | ".join(PHASES) + " |",
+    lines += ["", "| model | settings | compress wall (min) | compress CPU (min) | " + " | ".join(PHASES) + " |",
               "|---|---|---:|---:|" + "---:|" * len(PHASES)]
     for model in dict.fromkeys(r["model"] for r in rows):
         row = next(r for r in rows if r["model"] == model)

@@ -1,7 +1,7 @@
 """The run directory: one place per compression run, laid out so that any later command
 (resume, search, export) can rebuild what it needs from it alone.
 
-    run.json          model spec, data spec, recipe name, timing
+    run.json          model spec, data spec, recipe name, wall and CPU seconds per finished phase
     recipe.yaml       the resolved recipe
     float.pt          the float starting point (trained, pretrained, loaded or given), as a supernet
     float.json        the float model's measured accuracy

@@ -11,18 +11,17 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
-import time
-from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 from torch import nn
 
 from mpqfx.compress.evaluation import PolicyEvaluator, PolicyResult, uniform_policies
 from mpqfx.compress.report import write_report
+from mpqfx.compress.timing import PhaseTimes
 from mpqfx.compress.warm_start import create_float_model, float_recipe, timm_spec_of
 from mpqfx.data.spec import DataSpec
 from mpqfx.errors import MpqfxError
@@ -43,7 +42,6 @@ from mpqfx.train.metrics import phase_bar
 
 DEFAULT_RECIPE = "quickstart"
 DEFAULT_TARGETS = ("uniform:4", "uniform:3")
-PHASES = ("warm start", "supernet training", "search", "evaluation", "export")
 
 Log = Callable[[str], None]
 
@@ -54,7 +52,8 @@ class CompressResult:
 
     run_dir: Path
     results: list[PolicyResult]
-    seconds: dict[str, float]
+    seconds: dict[str, float]  # wall seconds per phase, over every process of a resumed run
+    cpu_seconds: dict[str, float]  # process CPU seconds per phase, counted the same way
 
     @property
     def float_accuracy(self) -> float:
@@ -63,15 +62,6 @@ class CompressResult:
     @property
     def searched(self) -> list[PolicyResult]:
         return [r for r in self.results if r.kind == "searched"]
-
-
-@contextmanager
-def _timed(seconds: dict[str, float], phase: str) -> Iterator[None]:
-    start = time.perf_counter()
-    try:
-        yield
-    finally:
-        seconds[phase] = seconds.get(phase, 0.0) + time.perf_counter() - start
 
 
 def _resolve_recipe(recipe: Recipe | str | Path, overrides: dict[str, Any]) -> Recipe:
@@ -135,7 +125,6 @@ def compress(model: str | nn.Module | None, recipe: Recipe | str | Path = DEFAUL
         >>> result.float_accuracy, [(r.name, r.accuracy) for r in result.searched]
     """
     log = log or (lambda message: None)
-    seconds: dict[str, float] = {}
     module = model if isinstance(model, nn.Module) else None
     overrides = dict(epochs=epochs, batch_size=batch_size, seed=seed, train_images=train_images, val_images=val_images)
     if resume:
@@ -183,24 +172,24 @@ def compress(model: str | nn.Module | None, recipe: Recipe | str | Path = DEFAUL
     log(net.describe().splitlines()[0])
     train_set = spec.split("train", float_model, train=True)
     evaluator = PolicyEvaluator(spec, float_model, recipe_obj)
+    times = PhaseTimes(run, resume)
 
-    with _timed(seconds, "warm start"):
-        _warm_start(net, source, train_set, recipe_obj, run, device, resume, progress, log)
-    with _timed(seconds, "evaluation"):
+    with times.phase("warm start"):
+        _warm_start(net, source, train_set, recipe_obj, run, device, resume, times, progress, log)
         float_result = _float_result(net, evaluator, run, log)
-    with _timed(seconds, "supernet training"):
-        extras = _train_supernet(net, train_set, recipe_obj, run, device, resume, progress, log)
+    with times.phase("supernet training"):
+        extras = _train_supernet(net, train_set, recipe_obj, run, device, resume, times, progress, log)
     net.eval()
-    with _timed(seconds, "search"):
+    with times.phase("search"):
         searched = _search(net, targets, recipe_obj, run, extras, progress, log)
-    with _timed(seconds, "evaluation"):
+    with times.phase("evaluation"):
         results = [float_result] + _evaluate(net, evaluator, recipe_obj, searched, progress, log)
-    with _timed(seconds, "export"):
+    with times.phase("export"):
         if export:
             _export_all(net, results, recipe_obj, run, evaluator, example, progress, log)
-    write_report(run, net, recipe_obj, results, {phase: seconds.get(phase, 0.0) for phase in PHASES})
+    write_report(run, net, recipe_obj, results, times.wall, times.cpu)
     log(f"report: {run.report_md}")
-    return CompressResult(run.root, results, seconds)
+    return CompressResult(run.root, results, times.wall, times.cpu)
 
 
 def _weights_source(module: nn.Module | None, pretrained: bool, checkpoint: str | Path | None) -> str:
@@ -212,7 +201,7 @@ def _weights_source(module: nn.Module | None, pretrained: bool, checkpoint: str 
 
 
 def _warm_start(net: Supernet, source: str, train_set, recipe: Recipe, run: RunDir, device, resume: bool,
-                progress: bool, log: Log) -> None:
+                times: PhaseTimes, progress: bool, log: Log) -> None:
     """Bring ``net`` to its float starting point and keep it in float.pt (what a resumed run reloads)."""
     if run.float_weights.is_file():
         log(f"warm start: float weights from {run.float_weights}")
@@ -223,6 +212,7 @@ def _warm_start(net: Supernet, source: str, train_set, recipe: Recipe, run: RunD
         log(f"warm start: {recipe.warm_start.epochs} float epoch(s)")
         trainer = Trainer(net, train_set, float_recipe(recipe), run_dir=run.root / "float", device=device, progress=progress)
         trainer.fit(resume=resume and trainer.checkpoint_path.is_file())
+        times.add("warm start", trainer.carried)
         net.refit_quantizers()  # the quantizers follow the trained float weights
     else:
         log(f"warm start: float weights from {source}")
@@ -239,8 +229,8 @@ def _float_result(net: Supernet, evaluator: PolicyEvaluator, run: RunDir, log: L
     return result
 
 
-def _train_supernet(net: Supernet, train_set, recipe: Recipe, run: RunDir, device, resume: bool, progress: bool,
-                    log: Log) -> dict[str, Any]:
+def _train_supernet(net: Supernet, train_set, recipe: Recipe, run: RunDir, device, resume: bool, times: PhaseTimes,
+                    progress: bool, log: Log) -> dict[str, Any]:
     if run.supernet.is_file():
         log(f"supernet: trained weights from {run.supernet}")
         loaded, extras = load_supernet(run.supernet)
@@ -250,6 +240,7 @@ def _train_supernet(net: Supernet, train_set, recipe: Recipe, run: RunDir, devic
     teacher = net.float_teacher() if recipe.train.distill.teacher else None  # net holds the float weights here
     trainer = Trainer(net, train_set, recipe, run_dir=run.root, device=device, teacher=teacher, progress=progress)
     trainer.fit(resume=resume and trainer.checkpoint_path.is_file())
+    times.add("supernet training", trainer.carried)
     state = trainer.strategy.state_dict()
     extras = {k: state[k] for k in ("traces", "indicators") if k in state}
     save_supernet(net, run.supernet, extras=extras)

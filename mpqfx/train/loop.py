@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import random
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -54,9 +54,29 @@ class RunOutput:
 class TrainResult:
     steps: int
     epochs: float
-    seconds: float
+    seconds: float  # wall seconds of every step so far, including those of earlier processes resumed from
     last: dict[str, Any] = field(default_factory=dict)  # metrics of the last step
     checkpoint: Path | None = None
+    cpu_seconds: float = 0.0  # process CPU seconds (rank 0), counted the same way
+
+
+@dataclass(frozen=True)
+class Elapsed:
+    """Wall and process CPU seconds."""
+
+    wall: float = 0.0
+    cpu: float = 0.0
+
+    @classmethod
+    def now(cls) -> "Elapsed":
+        return cls(time.perf_counter(), time.process_time())
+
+    def since(self, start: "Elapsed") -> "Elapsed":
+        """This reading minus ``start``."""
+        return Elapsed(self.wall - start.wall, self.cpu - start.cpu)
+
+    def __add__(self, other: "Elapsed") -> "Elapsed":
+        return Elapsed(self.wall + other.wall, self.cpu + other.cpu)
 
 
 def quantizer_parameters(net: nn.Module) -> list[nn.Parameter]:
@@ -111,6 +131,8 @@ class Trainer:
         self._build_optimizers()
         self.ema = ModelEmaV3(self.net, decay=cfg.ema_decay) if cfg.ema_decay else None
         self._strategy_ready = False
+        self.carried = Elapsed()  # time the steps up to the loaded checkpoint took in earlier processes
+        self._fit_started: Elapsed | None = None
 
     # -- setup ---------------------------------------------------------------------------------
     def _build_optimizers(self) -> None:
@@ -199,7 +221,7 @@ class Trainer:
     # -- the loop ------------------------------------------------------------------------------
     def fit(self, resume: bool = False, stop_after: int | None = None) -> TrainResult:
         """Train to the end of the schedule (``stop_after`` steps at most, for interruption tests)."""
-        start = time.perf_counter()
+        self._fit_started = Elapsed.now()
         cfg = self.cfg
         if resume:
             self._load()
@@ -217,14 +239,21 @@ class Trainer:
         with progress_bar(self.show_progress) as bar:
             while self.global_step < self.total_steps:
                 if stop_after is not None and self.global_step >= stop_after:
-                    return TrainResult(self.global_step, self.global_step / self.steps_per_epoch,
-                                       time.perf_counter() - start, last, None)
+                    return self._result(last, None)
                 last = self._run_epoch(bar, stop_after) or last
         self.net.init_activation_steps(self._fixed_batch())
         self.strategy.finish(self.run_dir)
         self.save()
-        return TrainResult(self.global_step, self.global_step / self.steps_per_epoch, time.perf_counter() - start,
-                           last, self.checkpoint_path)
+        return self._result(last, self.checkpoint_path)
+
+    def elapsed(self) -> Elapsed:
+        """Time spent training so far: the checkpoint's carried time plus this process's ``fit``."""
+        return self.carried + (Elapsed.now().since(self._fit_started) if self._fit_started else Elapsed())
+
+    def _result(self, last: dict[str, Any], checkpoint: Path | None) -> TrainResult:
+        spent = self.elapsed()
+        return TrainResult(self.global_step, self.global_step / self.steps_per_epoch, spent.wall, last, checkpoint,
+                           spent.cpu)
 
     def _run_epoch(self, bar, stop_after: int | None) -> dict[str, Any]:
         cfg = self.cfg
@@ -293,6 +322,7 @@ class Trainer:
             "step": self.global_step, "epoch": self.epoch, "step_in_epoch": self.step_in_epoch,
             "recipe": self.recipe.to_dict(),
             "fingerprint": fingerprint(self.net.state_dict()),
+            "seconds": asdict(self.elapsed()),
         }
 
     def _rng_states(self) -> list[dict[str, Any]]:
@@ -336,6 +366,7 @@ class Trainer:
         set_rng_state(rngs[self.rank])
         self.rng.setstate(as_tuples(state["policy_rng"]))
         self.global_step, self.epoch, self.step_in_epoch = state["step"], state["epoch"], state["step_in_epoch"]
+        self.carried = Elapsed(**state.get("seconds", {}))  # absent from checkpoints written before it was kept
         self.metrics.truncate_after(self.global_step)
         self._strategy_ready = True
         self._update_schedules()

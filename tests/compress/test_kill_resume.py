@@ -96,6 +96,7 @@ def outcome(root):
     """Everything a run ends with, minus timings and its own path."""
     report = json.loads((root / "report.json").read_text().replace(str(root), "RUN"))
     report.pop("seconds")
+    report.pop("cpu_seconds")
     policies = {p.name: p.read_text() for p in sorted((root / "policies").iterdir())}
     state = torch.load(root / "supernet.pt", weights_only=True)["state_dict"]
     return report, policies, state
@@ -120,8 +121,17 @@ def test_killed_and_resumed_run_equals_an_uninterrupted_one(kill, uninterrupted,
     if kill[0] == "search":
         assert (root / "supernet.pt").is_file() and len(list((root / "policies").iterdir())) == 1
 
+    before = json.loads((root / "run.json").read_text()).get("seconds", {"wall": {}})["wall"]  # finished phases
+    cut = {"float": ("warm start", root / "float"), "supernet": ("supernet training", root)}.get(kill[0])
+    if cut:  # the phase's last checkpoint carries the time of the steps before it
+        before[cut[0]] = torch.load(cut[1] / "checkpoint.pt", weights_only=True)["seconds"]["wall"]
+    assert set(before) == {"float": {"warm start"}, "supernet": {"warm start", "supernet training"},
+                           "search": {"warm start", "supernet training"}}[kill[0]]
+
     proc = compress(root, tiny_recipe, fashion_dir, resume=True)
     assert proc.returncode == 0, proc.stderr[-2000:]
+    seconds = json.loads((root / "report.json").read_text())["seconds"]
+    assert all(seconds[phase] >= spent > 0 for phase, spent in before.items())  # the earlier process's time is kept
     assert_every_file_is_whole(root)
     assert not list(root.rglob(".*.tmp"))
     report, policies, state = outcome(root)

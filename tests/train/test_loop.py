@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import time
 
 import pytest
 import torch
@@ -55,6 +56,25 @@ def test_checkpoint_kill_resume_equals_an_uninterrupted_run(name, make_net, smal
     assert not different, f"{name}: {len(different)} tensors differ, e.g. {different[:3]}"
     steps = [json.loads(l)["step"] for l in (tmp_path / "cut" / "metrics.jsonl").read_text().splitlines()]
     assert steps == list(range(1, 11))  # the lost steps 5-6 were logged once, after the resume
+
+
+def test_resumed_training_time_adds_the_time_before_the_checkpoint(make_net, small_recipe, dataset, tmp_path):
+    recipe = small_recipe("oneshot", max_steps=6, checkpoint_every=4)
+    started = time.perf_counter()
+    Trainer(make_net(recipe), dataset, recipe, run_dir=tmp_path, progress=False).fit(stop_after=5)  # "killed" at 5
+    first_process = time.perf_counter() - started
+    carried = torch.load(tmp_path / "checkpoint.pt", weights_only=True)["seconds"]  # written at step 4
+    assert 0 < carried["wall"] < first_process and carried["cpu"] > 0
+
+    trainer = Trainer(make_net(recipe), dataset, recipe, run_dir=tmp_path, progress=False)
+    started = time.perf_counter()
+    result = trainer.fit(resume=True)
+    second_process = time.perf_counter() - started
+    assert (trainer.carried.wall, trainer.carried.cpu) == (carried["wall"], carried["cpu"])
+    assert carried["wall"] < result.seconds < carried["wall"] + second_process
+    assert result.cpu_seconds > carried["cpu"]
+    final = torch.load(tmp_path / "checkpoint.pt", weights_only=True)["seconds"]
+    assert final["wall"] == pytest.approx(result.seconds, abs=0.5)
 
 
 def test_resume_refuses_a_checkpoint_of_another_model(make_net, small_recipe, dataset, tmp_path):
