@@ -35,7 +35,8 @@ class PhaseTimes:
         start = Elapsed.now()
         yield
         self.add(name, Elapsed.now().since(start))
-        self.finished = [*dict.fromkeys([*self.finished, name])]
+        if name not in self.finished:
+            self.finished.append(name)
         meta = self.run.meta()
         meta["seconds"] = {kind: {phase: getattr(self.spent[phase], kind) for phase in self.finished}
                            for kind in ("wall", "cpu")}
