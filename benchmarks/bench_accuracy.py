@@ -114,7 +114,8 @@ def bench_model(name: str, args: argparse.Namespace, backends: list[tuple[str, d
             median, randoms = random_median(net, evaluator, searched.bitops, args.random, seed=1000)
             rows.append({"model": name, "backend": f"{backend} {json.dumps(options) if options else ''}".strip(),
                          "target": target, "float": result.float_accuracy, "uniform": by_name[f"uniform {target[-1]}/{target[-1]}"].accuracy,
-                         "searched": searched.accuracy, "bitops": searched.bitops, "random_median": median,
+                         "searched": searched.accuracy, "bitops": searched.bitops, "policy": searched.policy.to_dict(),
+                         "random_median": median,
                          "randoms": randoms, "search_seconds": seconds, "timing": timing, "settings": settings(args)})
             print(f"  {name} {backend} {target}: searched {searched.accuracy:.4f} random median {median:.4f}", flush=True)
     return rows
@@ -128,8 +129,9 @@ def settings(args: argparse.Namespace) -> str:
 
 
 def table(rows: list[dict]) -> str:
+    draws = "/".join(str(n) for n in sorted({len(r["randoms"]) for r in rows}))
     lines = [header("Fashion-MNIST accuracy (oneshot, 32x32, bits {2..6}, first/last 8; top-1 % on the 10,000 test images)"),
-             "| model | search | target | float | uniform | searched (GBitOPs) | gap to float | random median (5) | goals |",
+             f"| model | search | target | float | uniform | searched (GBitOPs) | gap to float | random median ({draws}) | goals |",
              "|---|---|---|---:|---:|---:|---:|---:|---|"]
     for r in rows:
         gap = 100 * (r["float"] - r["searched"])
@@ -181,7 +183,7 @@ def main() -> None:
         backends.append((name, parse_options(tuple(o for o in opts.split(",") if o))))
     rows = [row for model in args.model for row in bench_model(model, args, backends)]
     if args.json:
-        Path(args.json).write_text(json.dumps(rows, indent=1))
+        atomic_write_text(Path(args.json), json.dumps(rows, indent=1))
     print(table(rows))
 
 
