@@ -11,7 +11,8 @@ at least as accurate as the median of 5 random policies of equal or higher BitOP
 Usage: python benchmarks/bench_accuracy.py --model resnet18 [--float-epochs 8] [--epochs 6] ...
        (an interrupted run continues where it stopped: the run directories are resumed, and the
        time columns are those of the whole compress run, over every process that worked on it;
-       --float-from DIR starts from the float phase of an earlier run of the same model)
+       --float-from DIR starts from the float phase of an earlier run of the same model;
+       --search-only searches every --backend on the finished runs in --out, no training)
 """
 
 from __future__ import annotations
@@ -85,38 +86,56 @@ def random_median(net, evaluator, bitops: float, count: int, seed: int) -> tuple
     return statistics.median(accuracies), accuracies
 
 
-def bench_model(name: str, args: argparse.Namespace, backends: list[tuple[str, dict]]) -> list[dict]:
-    out = Path(args.out) / name
-    primary, primary_options = backends[0]
-    recipe = bench_recipe(args, primary, primary_options)
+def train_and_search(name: str, out: Path, args: argparse.Namespace, backend: str, options: dict):
+    """The ``compress`` run (resumed when ``out`` holds one): accuracies by name, its searched
+    results by target, and its time columns."""
+    recipe = bench_recipe(args, backend, options)
     if args.float_from and not (out / "run.json").is_file():
         seed_from_float_phase(Path(args.float_from) / name, out, recipe)
     resume = (out / "run.json").is_file()
     result = mpqfx.compress(name, recipe, targets=TARGETS, out=out, export=False, resume=resume,
                             log=lambda m: print(f"  {name}: {m}", flush=True))
-    timing = {"wall": sum(result.seconds.values()), "cpu": sum(result.cpu_seconds.values()), **result.seconds}
+    accuracy = {r.name: r.accuracy for r in result.results}
+    searched = {target: next(r for r in result.searched if r.target == target) for target in TARGETS}
+    return accuracy, searched, result.seconds, result.cpu_seconds
+
+
+def finished_run(out: Path):
+    """What ``train_and_search`` returns, read from the report of a finished run (--search-only):
+    no searched results, so that every backend searches."""
+    report = json.loads(RunDir(out).report_json.read_text())
+    accuracy = {p["name"]: p["accuracy"] for p in report["policies"]}
+    return accuracy, {}, report["seconds"], report.get("cpu_seconds")  # reports before 1c466ff: no CPU
+
+
+def bench_model(name: str, args: argparse.Namespace, backends: list[tuple[str, dict]]) -> list[dict]:
+    out = Path(args.out) / name
+    primary = backends[0]
+    accuracy, from_compress, seconds, cpu_seconds = (finished_run(out) if args.search_only
+                                                     else train_and_search(name, out, args, *primary))
+    timing = {"wall": sum(seconds.values()), "cpu": sum(cpu_seconds.values()) if cpu_seconds else None, **seconds}
     net, extras = load_supernet(out)
     net.eval()
     meta = RunDir(out).meta()
     evaluator = PolicyEvaluator(DataSpec.from_dict(meta["data"]), create_model(name, **meta["model"]["kwargs"]), net.recipe)
-    by_name = {r.name: r for r in result.results}
     rows = []
     for backend, options in backends:
         for target in TARGETS:
-            if (backend, options) == (primary, primary_options):
-                searched = by_name[f"searched {target}"]
-                seconds = None
+            if (backend, options) == primary and target in from_compress:
+                searched, search_seconds = from_compress[target], None
             else:
                 data, calibration = search_data(out, net) if uses_data(net, backend, options) else ([], [])
                 found = mpqfx.search(net, target, backend=backend, options=options, data=data, calibration=calibration,
                                      indicators=extras.get("indicators"), traces=extras.get("traces"))
-                searched, seconds = evaluator.measure(net, f"searched {target}", "searched", found.policy), found.seconds
+                searched = evaluator.measure(net, f"searched {target}", "searched", found.policy)
+                search_seconds = found.seconds
             median, randoms = random_median(net, evaluator, searched.bitops, args.random, seed=1000)
+            bits = target.split(":")[1]
             rows.append({"model": name, "backend": f"{backend} {json.dumps(options) if options else ''}".strip(),
-                         "target": target, "float": result.float_accuracy, "uniform": by_name[f"uniform {target[-1]}/{target[-1]}"].accuracy,
+                         "target": target, "float": accuracy["float"], "uniform": accuracy[f"uniform {bits}/{bits}"],
                          "searched": searched.accuracy, "bitops": searched.bitops, "policy": searched.policy.to_dict(),
-                         "random_median": median,
-                         "randoms": randoms, "search_seconds": seconds, "timing": timing, "settings": settings(args)})
+                         "random_median": median, "randoms": randoms, "search_seconds": search_seconds, "timing": timing,
+                         "settings": f"searched again on {out}" if args.search_only else settings(args)})
             print(f"  {name} {backend} {target}: searched {searched.accuracy:.4f} random median {median:.4f}", flush=True)
     return rows
 
@@ -144,7 +163,8 @@ def table(rows: list[dict]) -> str:
     for model in dict.fromkeys(r["model"] for r in rows):
         row = next(r for r in rows if r["model"] == model)
         t = row["timing"]
-        lines.append(f"| {model} | {row['settings']} | {t['wall'] / 60:.1f} | {t['cpu'] / 60:.1f} | "
+        cpu = "-" if t["cpu"] is None else f"{t['cpu'] / 60:.1f}"
+        lines.append(f"| {model} | {row['settings']} | {t['wall'] / 60:.1f} | {cpu} | "
                      + " | ".join(f"{t.get(p, 0) / 60:.1f}" for p in PHASES) + " |")
     return "\n".join(lines)
 
@@ -171,6 +191,8 @@ def main() -> None:
                         help="search backends (repeatable; the first one runs inside compress); default ilp:objective=sensitivity")
     parser.add_argument("--out", default="runs/bench-accuracy")
     parser.add_argument("--json", default=None, help="also write the rows as JSON here")
+    parser.add_argument("--search-only", action="store_true",
+                        help="no training: search every backend on the finished runs in --out and measure them")
     parser.add_argument("--table-from", nargs="+", default=None, metavar="JSON",
                         help="print one table from the JSON rows of earlier runs instead of running")
     args = parser.parse_args()
