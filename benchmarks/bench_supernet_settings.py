@@ -1,14 +1,18 @@
 """Supernet-training settings compared on a short schedule: each variant trains the supernet from
 the same float weights (the float phase of an earlier ``bench_accuracy.py`` run) for one full
-cosine schedule over a fixed subset of the training images, then reports uniform 6/6, 4/4 and
-3/3 top-1 on the 10,000 test images after BatchNorm re-estimation, as ``compress`` measures them.
+cosine schedule over a fixed subset of the training images, then reports the float (bypass) and
+uniform 6/6, 4/4 and 3/3 top-1 on the 10,000 test images after BatchNorm re-estimation, as
+``compress`` measures them.
 
 A variant is NAME or NAME:KEY=VALUE,... with dotted recipe keys, e.g.
 ``teacher:train.distill.teacher=true`` or ``shared-bn:quant.bn=shared``; ``train.distill.teacher``
 distils from the float weights (``Supernet.float_teacher``); ``train.epochs=3`` passes over the
 subset three times. One candidate bit-width (``quant.w_bits=[4],quant.a_bits=[4]``) trains that
 single policy: plain quantization-aware training, the reference a supernet's uniform policy is
-measured against. A short schedule ranks settings for a longer one only roughly (docs/benchmarks.md).
+measured against. ``strategy=float`` trains the float model on from the same weights with the
+variant's schedule (``float-ref:strategy=float,train.epochs=12``): the float reference for a
+supernet trained that long. A short schedule ranks settings for a longer one only roughly
+(docs/benchmarks.md).
 
 Usage: python benchmarks/bench_supernet_settings.py --model mobilenetv2_100 --from runs/bench/accuracy \\
            base teacher:train.distill.teacher=true ...
@@ -17,6 +21,7 @@ Usage: python benchmarks/bench_supernet_settings.py --model mobilenetv2_100 --fr
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import tempfile
@@ -31,6 +36,7 @@ import mpqfx  # noqa: E402
 from _machine import header  # noqa: E402
 from mpqfx.cli.options import parse_options  # noqa: E402
 from mpqfx.compress.evaluation import PolicyEvaluator  # noqa: E402
+from mpqfx.compress.warm_start import float_recipe  # noqa: E402
 from mpqfx.data.spec import DataSpec  # noqa: E402
 from mpqfx.graph.layer_info import Role  # noqa: E402
 from mpqfx.models import create_model  # noqa: E402
@@ -43,7 +49,13 @@ UNIFORM = (6, 4, 3)
 
 
 def variant_recipe(base: Recipe, overrides: dict) -> Recipe:
-    """``base`` with dotted keys replaced (``strategy.X`` reaches the strategy's options)."""
+    """``base`` with dotted keys replaced (``strategy.X`` reaches the strategy's options).
+    ``strategy=float`` trains the float model on instead, with the variant's epochs and learning
+    rate and the float phase's other settings (no quantizers, no distillation)."""
+    if overrides.get("strategy") == "float":
+        rest = variant_recipe(base, {k: v for k, v in overrides.items() if k != "strategy"})
+        return float_recipe(dataclasses.replace(
+            rest, warm_start=dataclasses.replace(rest.warm_start, epochs=rest.train.epochs, lr=rest.train.lr)))
     data = base.to_dict()
     for key, value in overrides.items():
         *path, leaf = key.replace("strategy.", "strategy.options.", 1).split(".")
@@ -91,8 +103,11 @@ def run_variant(run: Path, name: str, overrides: dict, args: argparse.Namespace)
     net.eval()
     evaluator = PolicyEvaluator(spec, float_model, recipe)
     allowed = [b for b in UNIFORM if all(b in l.w_bits and b in l.a_bits for l in net.layers if l.role is Role.NORMAL)]
+    if recipe.strategy.name == "float":
+        allowed = []  # the quantizers were not trained
     accuracy = {b: evaluator.measure(net, f"uniform {b}/{b}", "uniform", mpqfx.Policy.uniform(net, b)).accuracy
                 for b in allowed}  # a single-candidate variant has one uniform policy
+    accuracy["float"] = evaluator.measure(net, "float", "float", None).accuracy
     return {"variant": name, "overrides": overrides, "steps": recipe.train.epochs * (len(train) // recipe.train.batch_size),
             "train_seconds": seconds, "accuracy": accuracy}
 
@@ -109,15 +124,15 @@ def main() -> None:
     args = parser.parse_args()
     run = Path(args.source) / args.model
     print(header(f"{args.model}: supernet settings, {args.images} images, one cosine schedule from {run}/float.pt"))
-    print("| variant | overrides | steps | train (s) | " + " | ".join(f"uniform {b}/{b}" for b in UNIFORM) + " |")
-    print("|---|---|---:|---:|" + "---:|" * len(UNIFORM))
+    print("| variant | overrides | steps | train (s) | float | " + " | ".join(f"uniform {b}/{b}" for b in UNIFORM) + " |")
+    print("|---|---|---:|---:|---:|" + "---:|" * len(UNIFORM))
     for spec in args.variants:
         name, _, options = spec.partition(":")
         row = run_variant(run, name, parse_options(tuple(o for o in options.split(",") if o)), args)
         if args.json:
             with open(args.json, "a", encoding="utf-8") as f:
                 f.write(json.dumps(row) + "\n")
-        cells = " | ".join(f"{100 * row['accuracy'][b]:.2f}" if b in row["accuracy"] else "-" for b in UNIFORM)
+        cells = " | ".join(f"{100 * row['accuracy'][b]:.2f}" if b in row["accuracy"] else "-" for b in ("float", *UNIFORM))
         print(f"| {name} | {json.dumps(overrides) if (overrides := row['overrides']) else '-'} | {row['steps']} | "
               f"{row['train_seconds']:.0f} | {cells} |", flush=True)
 
