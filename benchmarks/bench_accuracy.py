@@ -24,12 +24,13 @@ import shutil
 import statistics
 import sys
 from pathlib import Path
+from typing import NamedTuple
 
 sys.path.insert(0, __file__.rsplit("/", 1)[0])
 import mpqfx  # noqa: E402
 from _machine import header  # noqa: E402
 from mpqfx.cli.options import parse_options  # noqa: E402
-from mpqfx.compress.evaluation import PolicyEvaluator  # noqa: E402
+from mpqfx.compress.evaluation import PolicyEvaluator, PolicyResult  # noqa: E402
 from mpqfx.compress.timing import PHASES  # noqa: E402
 from mpqfx.data.spec import DataSpec  # noqa: E402
 from mpqfx.io import atomic_write_text  # noqa: E402
@@ -86,9 +87,17 @@ def random_median(net, evaluator, bitops: float, count: int, seed: int) -> tuple
     return statistics.median(accuracies), accuracies
 
 
-def train_and_search(name: str, out: Path, args: argparse.Namespace, backend: str, options: dict):
-    """The ``compress`` run (resumed when ``out`` holds one): accuracies by name, its searched
-    results by target, and its time columns."""
+class RunFigures(NamedTuple):
+    """What a bench row takes from a compress run."""
+
+    accuracy: dict[str, float]  # by evaluated name: "float", "uniform 4/4", ...
+    searched: dict[str, PolicyResult]  # the run's own searched policies, by target
+    seconds: dict[str, float]  # wall seconds per phase
+    cpu_seconds: dict[str, float] | None  # CPU seconds per phase (None: not recorded)
+
+
+def train_and_search(name: str, out: Path, args: argparse.Namespace, backend: str, options: dict) -> RunFigures:
+    """The ``compress`` run (resumed when ``out`` holds one)."""
     recipe = bench_recipe(args, backend, options)
     if args.float_from and not (out / "run.json").is_file():
         seed_from_float_phase(Path(args.float_from) / name, out, recipe)
@@ -97,15 +106,15 @@ def train_and_search(name: str, out: Path, args: argparse.Namespace, backend: st
                             log=lambda m: print(f"  {name}: {m}", flush=True))
     accuracy = {r.name: r.accuracy for r in result.results}
     searched = {target: next(r for r in result.searched if r.target == target) for target in TARGETS}
-    return accuracy, searched, result.seconds, result.cpu_seconds
+    return RunFigures(accuracy, searched, result.seconds, result.cpu_seconds)
 
 
-def finished_run(out: Path):
-    """What ``train_and_search`` returns, read from the report of a finished run (--search-only):
-    no searched results, so that every backend searches."""
+def finished_run(out: Path) -> RunFigures:
+    """The figures of a finished run, read from its report (--search-only), without its searched
+    policies, so that every backend searches."""
     report = json.loads(RunDir(out).report_json.read_text())
     accuracy = {p["name"]: p["accuracy"] for p in report["policies"]}
-    return accuracy, {}, report["seconds"], report.get("cpu_seconds")  # reports before 1c466ff: no CPU
+    return RunFigures(accuracy, {}, report["seconds"], report.get("cpu_seconds"))  # reports before 1c466ff: no CPU
 
 
 def bench_model(name: str, args: argparse.Namespace, backends: list[tuple[str, dict]]) -> list[dict]:
