@@ -25,11 +25,19 @@ def host_step(step: torch.Tensor) -> torch.Tensor | float:
     return float(step) if step.device.type == "cpu" and step.dim() == 0 else step
 
 
+def _flat_in_memory_order(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """``t`` flattened in the element order of ``like``'s memory: a view, no copy, when ``t`` is
+    laid out like ``like`` (a channels_last tensor flattened as NCHW would be copied)."""
+    if like.dim() == 4 and not like.is_contiguous() and like.is_contiguous(memory_format=torch.channels_last):
+        t = t.permute(0, 2, 3, 1)
+    return t.reshape(-1)
+
+
 def _per_step_dot(a: torch.Tensor, b: torch.Tensor, step: torch.Tensor) -> torch.Tensor:
     """<a, b> summed into ``step``'s shape: a scalar for a 0-dim step, one sum per output channel
     for a per-channel step shaped (C, 1, ...)."""
     if step.dim() == 0:
-        return torch.dot(a.reshape(-1), b.reshape(-1))
+        return torch.dot(_flat_in_memory_order(a, like=a), _flat_in_memory_order(b, like=a))
     return (a * b).sum(dim=tuple(range(1, a.dim())), keepdim=True)
 
 
@@ -50,8 +58,9 @@ class OutputReuse:
     def take(self, x: torch.Tensor) -> tuple[torch.Tensor, int]:
         """A tensor shaped like ``x`` for this forward's output, and the ticket to give it back with."""
         b = self.buffer
-        if not (self.free and b is not None and b.shape == x.shape and b.dtype == x.dtype and b.device == x.device):
-            self.buffer = b = torch.empty_like(x, memory_format=torch.contiguous_format)
+        if not (self.free and b is not None and b.shape == x.shape and b.stride() == x.stride()
+                and b.dtype == x.dtype and b.device == x.device):
+            self.buffer = b = torch.empty_like(x)  # x's layout: a channels_last weight stays channels_last
         self.free = False
         self.ticket += 1
         return b, self.ticket
@@ -65,7 +74,7 @@ class OutputReuse:
     @staticmethod
     def may_overwrite(grad: torch.Tensor) -> bool:
         """Whether the backward may mask ``grad`` in place (not under double backward)."""
-        return not grad.requires_grad and grad.is_contiguous()
+        return not grad.requires_grad and (grad.is_contiguous() or grad.is_contiguous(memory_format=torch.channels_last))
 
     def __deepcopy__(self, memo) -> "OutputReuse":
         return OutputReuse()
