@@ -149,6 +149,7 @@ class TrainConfig:
     grad_clip_mode: ClipMode = ClipMode.VALUE
     ema_decay: float | None = None
     amp: bool = True  # bfloat16 autocast on CUDA devices that support it
+    channels_last: bool = True  # train in NHWC layout (timm's --channels-last): faster convs on CPU and GPU
     distill: DistillConfig = field(default_factory=DistillConfig)
     checkpoint_every: int = 0  # steps between checkpoints; 0: at epoch ends and the end only
     log_every: int = 10

@@ -1,8 +1,9 @@
 """The training loop shared by every strategy.
 
 It owns data order, the two optimizers (timm's for the latent weights, Adam for quantizer
-steps), their timm schedules, EMA, distillation, gradient clipping, autocast on CUDA,
-progress, the metrics log, checkpoints and DDP. Strategies only decide what runs in a step.
+steps), their timm schedules, EMA, distillation, gradient clipping, autocast on CUDA, the
+channels_last layout, progress, the metrics log, checkpoints and DDP. Strategies only decide
+what runs in a step.
 """
 
 from __future__ import annotations
@@ -101,8 +102,10 @@ class Trainer:
         self.recipe = (recipe or net.recipe).check()
         self.cfg = cfg = self.recipe.train
         self.device = init_from_env(device)
-        self.net = net.to(self.device)
-        self.teacher = teacher.to(self.device).eval() if teacher is not None and cfg.distill.teacher else None
+        self.memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
+        self.net = net.to(self.device, memory_format=self.memory_format)  # before DDP builds its buckets
+        self.teacher = (teacher.to(self.device, memory_format=self.memory_format).eval()
+                        if teacher is not None and cfg.distill.teacher else None)
         self.distributed = dist.is_available() and dist.is_initialized()
         self.rank, self.world = (dist.get_rank(), dist.get_world_size()) if self.distributed else (0, 1)
         self.is_main = self.rank == 0
@@ -236,11 +239,15 @@ class Trainer:
             self._strategy_ready = True
         self.net.train()
         last: dict[str, Any] = {}
-        with progress_bar(self.show_progress) as bar:
-            while self.global_step < self.total_steps:
-                if stop_after is not None and self.global_step >= stop_after:
-                    return self._result(last, None)
-                last = self._run_epoch(bar, stop_after) or last
+        self.net.to(memory_format=self.memory_format)
+        try:
+            with progress_bar(self.show_progress) as bar:
+                while self.global_step < self.total_steps:
+                    if stop_after is not None and self.global_step >= stop_after:
+                        return self._result(last, None)
+                    last = self._run_epoch(bar, stop_after) or last
+        finally:  # search, evaluation and export see the standard layout
+            self.net.to(memory_format=torch.contiguous_format)
         self.net.init_activation_steps(self._fixed_batch())
         self.strategy.finish(self.run_dir)
         self.save()
@@ -266,7 +273,8 @@ class Trainer:
         record: dict[str, Any] = {}
         for images, labels in loader:
             tick = time.perf_counter()
-            images = images.to(self.device, non_blocking=True)
+            images = images.to(self.device, non_blocking=True,
+                               memory_format=self.memory_format if images.dim() == 4 else torch.preserve_format)
             labels = labels.to(self.device, non_blocking=True)
             metrics = self.strategy.train_step(images, labels)
             self.global_step += 1

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import time
@@ -190,3 +191,39 @@ def test_training_ends_with_every_activation_step_fitted(make_net, small_recipe,
             with net.eval().use_policy(Policy.sample(net, seed)):
                 net(dataset.tensors[0][:8])
     assert all(torch.equal(v, before[k]) for k, v in net.state_dict().items())
+
+
+
+def test_training_runs_channels_last_and_ends_contiguous(make_net, small_recipe, dataset, monkeypatch):
+    """``train.channels_last`` feeds NHWC batches to NHWC weights while training; afterwards the
+    net is back in the standard layout for search, evaluation and export."""
+    for channels_last in (True, False):
+        recipe = small_recipe("oneshot", STRATEGY_OPTIONS["oneshot"], max_steps=2, channels_last=channels_last)
+        net = make_net(recipe)
+        trainer = Trainer(net, dataset, recipe, progress=False)
+        seen, step = [], trainer.strategy.train_step
+
+        def recording_step(images, labels, step=step):
+            seen.append((images.is_contiguous(), net.layer_modules()["layer1.0.conv1"].weight.is_contiguous()))
+            return step(images, labels)
+        monkeypatch.setattr(trainer.strategy, "train_step", recording_step)
+        trainer.fit()
+        assert seen == [(not channels_last, not channels_last)] * 2
+        assert all(p.is_contiguous() for p in net.parameters())
+
+
+def test_channels_last_forward_and_backward_equal_contiguous(make_net, small_recipe, dataset):
+    """The layout changes which kernels run, not what a quantized policy computes."""
+    net = make_net(small_recipe("oneshot")).train()
+    images, labels = dataset.tensors[0][:16], dataset.tensors[1][:16]
+    net.init_activation_steps(images)
+    net.set_policy(Policy.sample(net, 0))
+    nhwc = copy.deepcopy(net).to(memory_format=torch.channels_last)
+    results = []
+    for model, x in ((net, images), (nhwc, images.contiguous(memory_format=torch.channels_last))):
+        logits = model(x)
+        torch.nn.functional.cross_entropy(logits, labels).backward()
+        results.append([logits.detach()] + [p.grad for p in model.parameters() if p.grad is not None])
+    assert len(results[0]) == len(results[1]) > 1
+    for got, want in zip(results[1], results[0]):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
