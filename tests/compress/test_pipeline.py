@@ -103,6 +103,7 @@ def test_float_teacher_distillation_is_taught_by_the_float_model(fashion_dir, tm
                    export=False, **{**TINY, "train_images": 64})
     [teacher] = teachers  # the supernet's trainer; a given module needs no float training phase
     x = torch.randn(4, 1, 32, 32)
+    teacher.to(memory_format=torch.contiguous_format)  # the trainer ran it channels_last
     with torch.no_grad():
         assert torch.equal(teacher(x), module(x))
     assert not any(p.requires_grad for p in teacher.parameters())
