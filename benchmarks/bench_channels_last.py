@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import statistics
 import sys
-import time
 
 import timm
 import torch
@@ -19,7 +18,7 @@ import torch
 sys.path.insert(0, __file__.rsplit("/", 1)[0])
 import mpqfx  # noqa: E402
 from _machine import header  # noqa: E402
-from bench_train_step import BATCH, SIZE, STEPS, WARMUP, make_step  # noqa: E402
+from bench_train_step import BATCH, SIZE, make_step, time_alternating  # noqa: E402
 
 MODELS = sys.argv[1:] or ["efficientnet_lite0", "mobilenetv2_100", "resnet18"]
 LAYOUTS = {"NCHW": torch.contiguous_format, "NHWC": torch.channels_last}
@@ -48,13 +47,7 @@ def main() -> None:
             for layout, fmt in LAYOUTS.items():
                 model = build(name, kind, x).to(memory_format=fmt)
                 runs[layout] = (make_step(model), x.contiguous(memory_format=fmt))
-            times = {layout: [] for layout in runs}
-            for i in range(WARMUP + STEPS):
-                for layout, (step, inp) in runs.items():
-                    t0 = time.perf_counter()
-                    step(inp, y)
-                    if i >= WARMUP:
-                        times[layout].append(time.perf_counter() - t0)
+            times = time_alternating(runs, y)
             speedup = statistics.median(a / b for a, b in zip(times["NCHW"], times["NHWC"]))
             cells += [f"{statistics.median(times['NCHW']) * 1e3:.0f}", f"{statistics.median(times['NHWC']) * 1e3:.0f}",
                       f"{speedup:.2f}x"]

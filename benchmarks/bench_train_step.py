@@ -37,6 +37,19 @@ def make_step(model):
     return step
 
 
+def time_alternating(runs: dict, labels: torch.Tensor) -> dict[str, list[float]]:
+    """Seconds of each ``name: (step, input)`` run per round, the runs taking turns so that
+    machine drift hits them alike; the first ``WARMUP`` rounds are left out."""
+    times: dict[str, list[float]] = {name: [] for name in runs}
+    for i in range(WARMUP + STEPS):
+        for name, (step, inp) in runs.items():
+            t0 = time.perf_counter()
+            step(inp, labels)
+            if i >= WARMUP:
+                times[name].append(time.perf_counter() - t0)
+    return times
+
+
 def main() -> None:
     what = "forward + backward" if FWD_BWD else "training step (forward + backward + SGD step)"
     print(header(f"{what}, batch {BATCH}, {SIZE}x{SIZE}, fixed sampled policy"))
@@ -49,14 +62,7 @@ def main() -> None:
         float_model = timm.create_model(name, num_classes=10).train()
         net = mpqfx.prepare(float_model, example_input=x[:2]).train()
         net.set_policy(mpqfx.Policy.sample(net, 0))
-        steps = {"float": make_step(float_model), "supernet": make_step(net)}
-        times = {k: [] for k in steps}
-        for i in range(WARMUP + STEPS):
-            for kind, step in steps.items():
-                t0 = time.perf_counter()
-                step(x, y)
-                if i >= WARMUP:
-                    times[kind].append(time.perf_counter() - t0)
+        times = time_alternating({"float": (make_step(float_model), x), "supernet": (make_step(net), x)}, y)
         ratio = statistics.median(s / f for f, s in zip(times["float"], times["supernet"]))
         f, s = statistics.median(times["float"]), statistics.median(times["supernet"])
         print(f"| {name} | {f * 1e3:.0f} | {s * 1e3:.0f} | {ratio:.2f}x |")

@@ -8,7 +8,6 @@ Usage: python benchmarks/bench_trainer_throughput.py [--steps N] [model ...]
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import statistics
 import sys
@@ -21,6 +20,7 @@ import torch
 sys.path.insert(0, __file__.rsplit("/", 1)[0])
 import mpqfx  # noqa: E402
 from _machine import header  # noqa: E402
+from bench_supernet_settings import variant_recipe  # noqa: E402
 from mpqfx.data.fashion_mnist import FashionMNIST  # noqa: E402
 from mpqfx.train import Trainer  # noqa: E402
 
@@ -28,11 +28,9 @@ BATCH, SKIP = 64, 5
 
 
 def images_per_s(name: str, dataset: FashionMNIST, channels_last: bool) -> float:
-    recipe = mpqfx.Recipe.load("oneshot")
-    recipe = dataclasses.replace(
-        recipe, train=dataclasses.replace(recipe.train, epochs=1, warmup_epochs=0, batch_size=BATCH, log_every=1,
-                                          checkpoint_every=0, channels_last=channels_last),
-        strategy=dataclasses.replace(recipe.strategy, options=dataclasses.replace(recipe.strategy.options, samples=1))).check()
+    recipe = variant_recipe(mpqfx.Recipe.load("oneshot"), {
+        "train.epochs": 1, "train.warmup_epochs": 0, "train.batch_size": BATCH, "train.log_every": 1,
+        "train.checkpoint_every": 0, "train.channels_last": channels_last, "strategy.samples": 1})
     torch.manual_seed(0)
     net = mpqfx.prepare(timm.create_model(name, num_classes=10, in_chans=1), recipe, example_input=torch.randn(2, 1, 32, 32))
     with tempfile.TemporaryDirectory() as run_dir:

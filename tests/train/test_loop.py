@@ -193,7 +193,6 @@ def test_training_ends_with_every_activation_step_fitted(make_net, small_recipe,
     assert all(torch.equal(v, before[k]) for k, v in net.state_dict().items())
 
 
-
 def test_training_runs_channels_last_and_ends_contiguous(make_net, small_recipe, dataset, monkeypatch):
     """``train.channels_last`` feeds NHWC batches to NHWC weights while training; afterwards the
     net is back in the standard layout for search, evaluation and export."""
