@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml
 	touch $@
 
 test: install
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=15
 
 test-slow: install
 	$(BIN)/python -m pytest -q -m slow
