@@ -14,7 +14,9 @@ An additive objective misjudges policies that lower many layers at once (their e
 each candidate bit-width in turn, each distinct solution is evaluated on the search data (after
 re-estimating its BatchNorm statistics on the calibration images, when given, as the reported
 accuracies are), and the one with the lowest measured loss is returned (the top-k verification
-of Bit-Mixer §4.2).
+of Bit-Mixer §4.2). ``split_floors=True`` floors weights and activations separately, every
+(weight floor, activation floor) pair: low-bit activations and low-bit weights cost a network
+very differently, and the joint floors alone cannot offer "weights low, activations at least b".
 """
 
 from __future__ import annotations
@@ -120,6 +122,7 @@ class IlpOptions:
     pareto_points: int = 8  # budgets in the sweep from the smallest reachable value to the target
     alg2_variants: bool = False  # also pin each layer to each lower bit (Alg. 2 lines 5-16)
     floors: bool = False  # also solve with bits floored at each candidate; return the lowest measured loss
+    split_floors: bool = False  # with floors: floor weights and activations separately (every pair of floors)
     time_limit: float = 60.0
 
     @property
@@ -137,6 +140,8 @@ class IlpOptions:
             found.append(f"pareto_points: must be >= 2, got {self.pareto_points}")
         if not self.time_limit > 0:
             found.append(f"time_limit: must be > 0, got {self.time_limit}")
+        if self.split_floors and not self.floors:
+            found.append("split_floors: needs floors: true")
         return found
 
 
@@ -258,12 +263,16 @@ class IlpSearch(SearchBackend):
     def _verified(self, constraints: Constraints, coef, offsets, best: IlpSolution) -> SearchResult:
         """The lowest-loss policy among the optimum and the optima with every layer's bits floored."""
         solves = {best.policy: best}
-        for floor in sorted({b for l in self.net.layers for b in (*l.w_bits, *l.a_bits)})[1:]:
-            floored = [floored_layer(l, floor) for l in self.net.layers]
+        levels = sorted({b for l in self.net.layers for b in (*l.w_bits, *l.a_bits)})
+        floors = itertools.product(levels, levels) if self.options.split_floors else zip(levels, levels)
+        for w_floor, a_floor in floors:
+            if (w_floor, a_floor) == (levels[0], levels[0]):
+                continue  # no floor: the optimum itself
+            floored = [floored_layer(l, w_floor, a_floor) for l in self.net.layers]
             try:
                 sol = solve_ilp(floored, coef, constraints, *offsets, time_limit=self.options.time_limit)
             except SolverError:
-                break  # a higher floor does not meet the budget either
+                continue  # these floors do not meet the budget
             solves.setdefault(sol.policy, sol)
         batches = self.require_batches("floors: true")
         losses = {}
@@ -277,11 +286,12 @@ class IlpSearch(SearchBackend):
                            candidate_losses=sorted(losses.values()))
 
 
-def floored_layer(layer: LayerInfo, floor: int) -> LayerInfo:
-    """The layer with only the bit-widths >= floor (its highest one where none is)."""
-    def keep(bits: tuple[int, ...]) -> tuple[int, ...]:
+def floored_layer(layer: LayerInfo, w_floor: int, a_floor: int) -> LayerInfo:
+    """The layer with only the weight and activation bit-widths at or above their floors (its
+    highest one where none is)."""
+    def keep(bits: tuple[int, ...], floor: int) -> tuple[int, ...]:
         return tuple(b for b in bits if b >= floor) or (max(bits),)
-    return dataclasses.replace(layer, w_bits=keep(layer.w_bits), a_bits=keep(layer.a_bits))
+    return dataclasses.replace(layer, w_bits=keep(layer.w_bits, w_floor), a_bits=keep(layer.a_bits, a_floor))
 
 
 def pareto_front(net, objectives: Mapping[Policy, float]) -> list[Policy]:

@@ -5,11 +5,14 @@ from __future__ import annotations
 import pytest
 
 from mpqfx import Policy
+from mpqfx.errors import RecipeError
 from mpqfx.evaluate import evaluate, recalibrated_bn
 from mpqfx.search import SearchError, search, search_many
 from mpqfx.search.run import uses_data
 from mpqfx.search import sensitivity
+from mpqfx.search.ilp import fixed_costs, floored_layer, limpq_coefficients, solve_ilp
 from mpqfx.search.sensitivity import measure_sensitivities
+from mpqfx.train.limpq import importance_indicators
 
 
 def test_sensitivities_are_measured_loss_increases_monotone_in_bits(trained):
@@ -88,3 +91,26 @@ def test_floors_return_the_lowest_measured_loss_among_the_floored_optima(trained
 
     assert loss(result.policy) == pytest.approx(min(candidates), abs=1e-6)
     assert min(candidates) <= loss(plain.policy) + 1e-6  # the plain optimum is one of the candidates
+
+
+
+def test_split_floors_also_floor_weights_and_activations_separately(trained):
+    net, evaluation, calibration = trained
+    data = {"data": evaluation, "calibration": calibration}
+    joint = search(net, "uniform:3", backend="ilp", options={"objective": "limpq", "floors": True}, **data)
+    split = search(net, "uniform:3", backend="ilp", options={"objective": "limpq", "floors": True, "split_floors": True}, **data)
+    assert split.constraints.satisfied_by(net, split.policy)
+    losses = split.details["candidate_losses"]
+    assert set(joint.details["candidate_losses"]) < set(losses)  # the joint floors' optima, and more
+    assert split.details["solves"] == len(losses) and min(losses) <= min(joint.details["candidate_losses"])
+    # one of the new candidates: the optimum with the weights free and every activation at >= 3 bits
+    low = min(min(l.w_bits) for l in net.layers)
+    floored = [floored_layer(l, low, 3) for l in net.layers]
+    acts_floored = solve_ilp(floored, limpq_coefficients(floored, importance_indicators(net), 1.0), split.constraints,
+                             *fixed_costs(net)).policy
+    assert all(acts_floored[l.name].a >= min(3, max(l.a_bits)) for l in net.layers)
+    with recalibrated_bn(net, acts_floored, calibration):
+        measured = evaluate(net, acts_floored, evaluation).loss
+    assert any(measured == pytest.approx(x, abs=1e-6) for x in losses)
+    with pytest.raises(RecipeError, match="split_floors: needs floors: true"):
+        search(net, "uniform:3", backend="ilp", options={"floors": False, "split_floors": True}, data=evaluation)
