@@ -122,7 +122,7 @@ class IlpOptions:
     pareto_points: int = 8  # budgets in the sweep from the smallest reachable value to the target
     alg2_variants: bool = False  # also pin each layer to each lower bit (Alg. 2 lines 5-16)
     floors: bool = False  # also solve with bits floored at each candidate; return the lowest measured loss
-    split_floors: bool = False  # with floors: floor weights and activations separately (every pair of floors)
+    split_floors: bool = False  # with floors (ignored without): floor weights and activations separately
     time_limit: float = 60.0
 
     @property
@@ -140,8 +140,6 @@ class IlpOptions:
             found.append(f"pareto_points: must be >= 2, got {self.pareto_points}")
         if not self.time_limit > 0:
             found.append(f"time_limit: must be > 0, got {self.time_limit}")
-        if self.split_floors and not self.floors:
-            found.append("split_floors: needs floors: true")
         return found
 
 
