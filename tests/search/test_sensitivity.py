@@ -92,7 +92,6 @@ def test_floors_return_the_lowest_measured_loss_among_the_floored_optima(trained
     assert min(candidates) <= loss(plain.policy) + 1e-6  # the plain optimum is one of the candidates
 
 
-
 def test_split_floors_also_floor_weights_and_activations_separately(trained):
     net, evaluation, calibration = trained
     data = {"data": evaluation, "calibration": calibration}
