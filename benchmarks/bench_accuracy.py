@@ -47,6 +47,8 @@ GOALS = {"uniform:4": 1.0, "uniform:3": 2.5}  # points below float
 def bench_recipe(args: argparse.Namespace, backend: str, options: dict) -> Recipe:
     base = Recipe.load("oneshot")
     strategy = dict(base.strategy.options.__dict__, samples=args.samples, schedule_every=args.schedule_every)
+    if args.uniform_share is not None:
+        strategy["uniform_share"] = args.uniform_share
     return dataclasses.replace(
         base, name="bench-oneshot",
         strategy=StrategySpec("oneshot", strategy),
@@ -153,6 +155,7 @@ def settings(args: argparse.Namespace) -> str:
     float_phase = f"float phase of {args.float_from}" if args.float_from else f"{args.float_epochs} float"
     return (f"{float_phase} + {args.epochs} supernet epochs, {args.train_images or 60000} images, "
             f"K={args.samples}, lr {args.float_lr:g}/{args.lr:g}, quant lr {args.quant_lr:g}"
+            + (f", uniform share {args.uniform_share:g}" if args.uniform_share else "")
             + (", float teacher" if args.teacher else ""))
 
 
@@ -192,6 +195,8 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--samples", type=int, default=1, help="K sampled policies per step besides the max one")
     parser.add_argument("--schedule-every", type=int, default=100)
+    parser.add_argument("--uniform-share", type=float, default=None,
+                        help="share of sampled policies that are uniform (default: the recipe's)")
     parser.add_argument("--train-images", type=int, default=None)
     parser.add_argument("--bn-images", type=int, default=1024)
     parser.add_argument("--search-images", type=int, default=512)

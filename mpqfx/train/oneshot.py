@@ -10,7 +10,11 @@ accumulated over all of them before one update (Eq. 2). On top:
   their smallest bit and those of the max policy;
 * fairness regularization (supp. B.2): no weight decay on the in-range weights of a layer that
   ran at its current smallest bit this step;
-* quantization-error minimisation (supp. B.2) between latent and quantized weights.
+* quantization-error minimisation (supp. B.2) between latent and quantized weights;
+* optionally (``uniform_share``) a share of the sampled policies set every layer to one weight and
+  one activation bit-width drawn per policy, as Bit-Mixer's stage II and Double Rounding's
+  multi-precision steps do, so that uniform and near-uniform low-bit policies, the ones a search
+  with floors picks, are trained directly rather than only as the rare per-layer draw.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ import torch
 
 from mpqfx.graph.layer_info import Role
 from mpqfx.quant.lsq import int_range
-from mpqfx.quant.policy import Policy
+from mpqfx.quant.policy import Policy, nearest_bits
 from mpqfx.quant.transitional_bn import TransitionalBatchNorm
 from mpqfx.train.strategy import Strategy, register_strategy
 
@@ -41,6 +45,7 @@ class OneShotOptions:
     fairness: bool = True
     qe_weight: float = 0.5  # κ
     qe_start: float = 0.25  # fraction of training before the QE loss starts
+    uniform_share: float = 0.0  # probability that a sampled policy is uniform instead of per-layer
 
     def problems(self) -> list[str]:
         found = []
@@ -48,7 +53,7 @@ class OneShotOptions:
             found.append(f"samples: K must be >= 1, got {self.samples}")
         if self.schedule_every < 1:
             found.append(f"schedule_every: must be >= 1, got {self.schedule_every}")
-        for name in ("freeze_ratio", "unstable_eps", "qe_start"):
+        for name in ("freeze_ratio", "unstable_eps", "qe_start", "uniform_share"):
             if not 0 <= getattr(self, name) <= 1:
                 found.append(f"{name}: must be in [0, 1], got {getattr(self, name)}")
         for name in ("idm_weight", "qe_weight"):
@@ -96,6 +101,9 @@ class OneShot(Strategy):
         self.searchable = [l.name for l in self.net.layers if l.role is Role.NORMAL and len(l.w_bits) > 1]
         self.frozen: list[str] = []
         self.bns = {bn.layer: bn for bn in self.net.transitional_bns()}
+        normal = [l for l in self.net.layers if l.role is Role.NORMAL] or list(self.net.layers)
+        self.uniform_w = sorted({b for l in normal for b in l.w_bits})
+        self.uniform_a = sorted({b for l in normal for b in l.a_bits})
 
     # -- bit-width scheduler (Eq. 6-7) ---------------------------------------------------------
     def w_candidates(self, name: str) -> tuple[int, ...]:
@@ -118,7 +126,17 @@ class OneShot(Strategy):
     # -- one step ----------------------------------------------------------------------------
     def _sample(self) -> Policy:
         rng = self.trainer.rng
+        if self.options.uniform_share > 0 and rng.random() < self.options.uniform_share:
+            return self._sample_uniform()
         return Policy({l.name: (rng.choice(self.w_candidates(l.name)), rng.choice(l.a_bits)) for l in self.net.layers})
+
+    def _sample_uniform(self) -> Policy:
+        """One weight and one activation bit-width for every layer (each layer takes its nearest
+        allowed one; first/last keep theirs, frozen layers skip their smallest weight bit)."""
+        rng = self.trainer.rng
+        w, a = rng.choice(self.uniform_w), rng.choice(self.uniform_a)
+        return Policy({l.name: (nearest_bits(self.w_candidates(l.name), w), nearest_bits(l.a_bits, a))
+                       for l in self.net.layers})
 
     def _capture(self, layers: set[str], detach: bool) -> tuple[dict[str, torch.Tensor], list]:
         outputs: dict[str, torch.Tensor] = {}

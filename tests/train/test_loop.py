@@ -123,6 +123,8 @@ def test_truncated_checkpoint_is_detected(make_net, small_recipe, dataset, tmp_p
 @pytest.mark.parametrize("text,problems", [
     ("strategy: {name: oneshot, options: {samples: 0}}\ntrain: {lr: -1}",
      ["strategy.options.samples: K must be >= 1", "train.lr: must be > 0"]),
+    ("strategy: {name: oneshot, options: {uniform_share: 1.5}}",
+     ["strategy.options.uniform_share: must be in [0, 1], got 1.5"]),
     ("strategy: {name: nope}\ntrain: {epochs: 0, optimizer: sgdd}",
      ["strategy.name: unknown strategy 'nope'; registered: bitmixer, double_rounding, float, limpq, oneshot",
       "train.epochs: must be >= 1", "train.optimizer: 'sgdd' is not allowed"]),

@@ -106,3 +106,32 @@ def test_qe_loss_pulls_latent_weights_to_their_quantized_values(make_net, small_
     module = net.layer_modules()[name]
     assert module.weight.grad is not None and module.weight.grad.abs().sum() > 0
     assert module.weight_quant.step(3).grad is None  # the step is held fixed by this loss
+
+
+def test_uniform_share_draws_one_weight_and_one_activation_bit_for_every_layer(make_net, small_recipe, dataset):
+    recipe = small_recipe("oneshot", {"uniform_share": 1.0, "scheduler": False})
+    net = make_net(recipe)
+    strategy = Trainer(net, dataset, recipe, progress=False).strategy
+    drawn = set()
+    for _ in range(300):  # the seeded draws cover all 25 pairs
+        policy = strategy._sample()
+        normal = [policy[l.name] for l in net.layers if l.role.value == "normal" and len(l.w_bits) == 5]
+        w, a = normal[0].w, normal[0].a
+        assert policy == Policy.uniform(net, w, a)  # depthwise layers take their nearest allowed bits
+        drawn.add((w, a))
+    assert drawn == {(w, a) for w in range(2, 7) for a in range(2, 7)}  # both drawn independently
+
+
+def test_uniform_share_zero_leaves_the_per_layer_draws_unchanged(make_net, small_recipe, dataset):
+    draws = []
+    for options in ({}, {"uniform_share": 0.0}):
+        recipe = small_recipe("oneshot", options)
+        strategy = Trainer(make_net(recipe), dataset, recipe, progress=False).strategy
+        draws.append([strategy._sample() for _ in range(5)])
+    assert draws[0] == draws[1]
+    recipe = small_recipe("oneshot", {"uniform_share": 0.5})
+    strategy = Trainer(make_net(recipe), dataset, recipe, progress=False).strategy
+    full = [l.name for l in strategy.net.layers if l.role.value == "normal" and len(l.w_bits) == 5]
+    policies = [strategy._sample() for _ in range(200)]
+    uniform = sum(len({policy[name] for name in full}) == 1 for policy in policies)
+    assert 80 <= uniform <= 130  # about half, plus the rare per-layer draw that comes out uniform
