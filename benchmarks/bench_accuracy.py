@@ -74,7 +74,11 @@ def seed_from_float_phase(previous: Path, out: Path, recipe: Recipe) -> None:
     net.refit_quantizers()
     save_supernet(net, dst.float_weights)
     shutil.copy(src.float_result, dst.float_result)
-    dst.write_meta({**src.meta(), "recipe": recipe.name, "targets": list(TARGETS), "float_from": str(previous)})
+    meta = src.meta()
+    if "seconds" in meta:  # only the float phase carries over: the supernet phases are this run's
+        meta["seconds"] = {kind: {k: v for k, v in phases.items() if k == "warm start"}
+                           for kind, phases in meta["seconds"].items()}
+    dst.write_meta({**meta, "recipe": recipe.name, "targets": list(TARGETS), "float_from": str(previous)})
     atomic_write_text(dst.recipe, recipe.to_yaml())
 
 
