@@ -29,6 +29,7 @@ from typing import NamedTuple
 sys.path.insert(0, __file__.rsplit("/", 1)[0])
 import mpqfx  # noqa: E402
 from _machine import header  # noqa: E402
+from _recipe_variants import float_start, variant_recipe  # noqa: E402
 from mpqfx.cli.options import parse_options  # noqa: E402
 from mpqfx.compress.evaluation import PolicyEvaluator, PolicyResult  # noqa: E402
 from mpqfx.compress.timing import PHASES  # noqa: E402
@@ -49,7 +50,7 @@ def bench_recipe(args: argparse.Namespace, backend: str, options: dict) -> Recip
     strategy = dict(base.strategy.options.__dict__, samples=args.samples, schedule_every=args.schedule_every)
     if args.uniform_share is not None:
         strategy["uniform_share"] = args.uniform_share
-    return dataclasses.replace(
+    recipe = dataclasses.replace(
         base, name="bench-oneshot",
         strategy=StrategySpec("oneshot", strategy),
         train=dataclasses.replace(base.train, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
@@ -60,21 +61,22 @@ def bench_recipe(args: argparse.Namespace, backend: str, options: dict) -> Recip
         evaluate=dataclasses.replace(base.evaluate, bn_images=args.bn_images, search_images=args.search_images,
                                      uniform_bits=(6, 4, 3)),
         data=dataclasses.replace(base.data, train_images=args.train_images, val_images=None),
-    ).check()
+    )
+    return variant_recipe(recipe, parse_options(tuple(args.set))).check()
 
 
-def seed_from_float_phase(previous: Path, out: Path, recipe: Recipe) -> None:
+def seed_from_float_phase(previous: Path, out: Path, name: str, recipe: Recipe) -> None:
     """Start the run in ``out`` from the float phase of an earlier run of the same model and data
     (its float weights and measured float accuracy); the supernet phase then runs with ``recipe``.
     The quantizers are fitted again, as ``compress`` does after its float phase, so that a float
-    phase kept from older code starts the supernet as the current code would."""
+    phase kept from older code starts the supernet as the current code would; a ``recipe`` with
+    other bit-widths or BatchNorm sets prepares the float weights again."""
     src, dst = RunDir(previous), RunDir(out)
+    meta = src.meta()
+    net = float_start(src.float_weights, recipe, name, meta["model"]["kwargs"], DataSpec.from_dict(meta["data"]))
     out.mkdir(parents=True)
-    net, _ = load_supernet(src.float_weights)
-    net.refit_quantizers()
     save_supernet(net, dst.float_weights)
     shutil.copy(src.float_result, dst.float_result)
-    meta = src.meta()
     if "seconds" in meta:  # only the float phase carries over: the supernet phases are this run's
         meta["seconds"] = {kind: {k: v for k, v in phases.items() if k == "warm start"}
                            for kind, phases in meta["seconds"].items()}
@@ -106,7 +108,7 @@ def train_and_search(name: str, out: Path, args: argparse.Namespace, backend: st
     """The ``compress`` run (resumed when ``out`` holds one)."""
     recipe = bench_recipe(args, backend, options)
     if args.float_from and not (out / "run.json").is_file():
-        seed_from_float_phase(Path(args.float_from) / name, out, recipe)
+        seed_from_float_phase(Path(args.float_from) / name, out, name, recipe)
     resume = (out / "run.json").is_file()
     result = mpqfx.compress(name, recipe, targets=TARGETS, out=out, export=False, resume=resume,
                             log=lambda m: print(f"  {name}: {m}", flush=True))
@@ -160,7 +162,8 @@ def settings(args: argparse.Namespace) -> str:
     return (f"{float_phase} + {args.epochs} supernet epochs, {args.train_images or 60000} images, "
             f"K={args.samples}, lr {args.float_lr:g}/{args.lr:g}, quant lr {args.quant_lr:g}"
             + (f", uniform share {args.uniform_share:g}" if args.uniform_share else "")
-            + (", float teacher" if args.teacher else ""))
+            + (", float teacher" if args.teacher else "")
+            + "".join(f", {item}" for item in args.set))
 
 
 def table(rows: list[dict]) -> str:
@@ -201,6 +204,8 @@ def main() -> None:
     parser.add_argument("--schedule-every", type=int, default=100)
     parser.add_argument("--uniform-share", type=float, default=None,
                         help="share of sampled policies that are uniform (default: the recipe's)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="a dotted recipe key, e.g. strategy.sandwich=true or quant.a_bits=[3,4,5,6] (repeatable)")
     parser.add_argument("--train-images", type=int, default=None)
     parser.add_argument("--bn-images", type=int, default=1024)
     parser.add_argument("--search-images", type=int, default=512)

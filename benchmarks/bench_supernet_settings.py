@@ -21,7 +21,6 @@ Usage: python benchmarks/bench_supernet_settings.py --model mobilenetv2_100 --fr
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import sys
 import tempfile
@@ -34,54 +33,17 @@ from torch.utils.data import Subset
 sys.path.insert(0, __file__.rsplit("/", 1)[0])
 import mpqfx  # noqa: E402
 from _machine import header  # noqa: E402
+from _recipe_variants import float_start, variant_recipe  # noqa: E402
 from mpqfx.cli.options import parse_options  # noqa: E402
 from mpqfx.compress.evaluation import PolicyEvaluator  # noqa: E402
-from mpqfx.compress.warm_start import float_recipe  # noqa: E402
 from mpqfx.data.spec import DataSpec  # noqa: E402
 from mpqfx.graph.layer_info import Role  # noqa: E402
 from mpqfx.models import create_model  # noqa: E402
 from mpqfx.recipe import Recipe  # noqa: E402
 from mpqfx.rundir import RunDir  # noqa: E402
-from mpqfx.store import load_supernet  # noqa: E402
 from mpqfx.train.loop import Trainer  # noqa: E402
 
 UNIFORM = (6, 4, 3)
-
-
-def variant_recipe(base: Recipe, overrides: dict) -> Recipe:
-    """``base`` with dotted keys replaced (``strategy.X`` reaches the strategy's options).
-    ``strategy=float`` trains the float model on instead, with the variant's epochs and learning
-    rate and the float phase's other settings (no quantizers, no distillation)."""
-    if overrides.get("strategy") == "float":
-        rest = variant_recipe(base, {k: v for k, v in overrides.items() if k != "strategy"})
-        return float_recipe(dataclasses.replace(
-            rest, warm_start=dataclasses.replace(rest.warm_start, epochs=rest.train.epochs, lr=rest.train.lr)))
-    data = base.to_dict()
-    for key, value in overrides.items():
-        *path, leaf = key.replace("strategy.", "strategy.options.", 1).split(".")
-        node = data
-        for part in path:
-            node = node[part]
-        node[leaf] = value
-    return Recipe.from_dict(data, f"variant {overrides}")
-
-
-def supernet_for(run: Path, recipe: Recipe, name: str, kwargs: dict, spec: DataSpec) -> mpqfx.Supernet:
-    """The float starting point of ``run`` with freshly fitted quantizers, prepared again when the
-    recipe changes the supernet's shape."""
-    net, _ = load_supernet(run / "float.pt")
-    if recipe.quant == net.recipe.quant:
-        net.refit_quantizers()
-        return net
-    model = create_model(name, **kwargs)
-    model.load_state_dict(float_state_dict(net, model))
-    return mpqfx.prepare(model, recipe, example_input=torch.randn(1, *spec.input_size(model)))
-
-
-def float_state_dict(net: mpqfx.Supernet, model: torch.nn.Module) -> dict:
-    """``model``'s state dict filled from the supernet: convs/linears share names, BatchNorms are the ``fp`` sets."""
-    source = {k.removeprefix("graph_module.").replace(".sets.fp.", "."): v for k, v in net.state_dict().items()}
-    return {k: source[k] for k in model.state_dict()}
 
 
 def run_variant(run: Path, name: str, overrides: dict, args: argparse.Namespace) -> dict:
@@ -91,7 +53,7 @@ def run_variant(run: Path, name: str, overrides: dict, args: argparse.Namespace)
     recipe = variant_recipe(base, {"train.epochs": 1, "train.warmup_epochs": 0, "train.max_steps": None,
                                    "train.checkpoint_every": 0, **overrides})
     spec = DataSpec.from_dict(meta["data"])
-    net = supernet_for(run, recipe, args.model, kwargs, spec)
+    net = float_start(run / "float.pt", recipe, args.model, kwargs, spec)
     float_model = create_model(args.model, **kwargs)
     train = spec.split("train", float_model, train=True)
     train = Subset(train, torch.randperm(len(train), generator=torch.Generator().manual_seed(0))[: args.images].tolist())

@@ -46,6 +46,7 @@ class OneShotOptions:
     qe_weight: float = 0.5  # κ
     qe_start: float = 0.25  # fraction of training before the QE loss starts
     uniform_share: float = 0.0  # probability that a sampled policy is uniform instead of per-layer
+    sandwich: bool = False  # also train the min policy every step
 
     def problems(self) -> list[str]:
         found = []
@@ -91,7 +92,8 @@ def idm_distance(student: torch.Tensor, target: torch.Tensor, floor: float) -> t
 
 @register_strategy("oneshot")
 class OneShot(Strategy):
-    """RFQ: max policy + K uniformly sampled policies per step, bit scheduler, IDM, fairness, QE."""
+    """RFQ: max policy (+ min policy) + K uniformly sampled policies per step, bit scheduler, IDM,
+    fairness, QE."""
 
     options_cls = OneShotOptions
 
@@ -138,6 +140,10 @@ class OneShot(Strategy):
         return Policy({l.name: (nearest_bits(self.w_candidates(l.name), w), nearest_bits(l.a_bits, a))
                        for l in self.net.layers})
 
+    def _min_policy(self) -> Policy:
+        """Every layer at its smallest weight (frozen layers: the next one up) and activation bit-width."""
+        return Policy({l.name: (min(self.w_candidates(l.name)), min(l.a_bits)) for l in self.net.layers})
+
     def _capture(self, layers: set[str], detach: bool) -> tuple[dict[str, torch.Tensor], list]:
         outputs: dict[str, torch.Tensor] = {}
         handles = []
@@ -180,7 +186,8 @@ class OneShot(Strategy):
         if o.scheduler and trainer.global_step % o.schedule_every == 0:
             self.reschedule()
         teacher = trainer.teacher_logits(images)
-        policies = [Policy.max(self.net)] + [self._sample() for _ in range(o.samples)]
+        policies = ([Policy.max(self.net)] + ([self._min_policy()] if o.sandwich else [])
+                    + [self._sample() for _ in range(o.samples)])
         n = len(policies)
         qe_on = o.qe_weight > 0 and trainer.progress >= o.qe_start
         targets, handles = self._capture(set(self.bns), detach=True) if o.idm else ({}, [])

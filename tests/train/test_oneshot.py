@@ -135,3 +135,33 @@ def test_uniform_share_zero_leaves_the_per_layer_draws_unchanged(make_net, small
     policies = [strategy._sample() for _ in range(200)]
     uniform = sum(len({policy[name] for name in full}) == 1 for policy in policies)
     assert 80 <= uniform <= 130  # about half, plus the rare per-layer draw that comes out uniform
+
+
+def test_sandwich_runs_the_min_policy_after_the_max_one_every_step(make_net, small_recipe, dataset, monkeypatch):
+    recipe = small_recipe("oneshot", {"samples": 1, "sandwich": True, "scheduler": False})
+    net = make_net(recipe)
+    trainer = Trainer(net, dataset, recipe, progress=False)
+    seen = []
+    original = trainer.run
+
+    def spy(policy, *args, **kwargs):
+        seen.append((policy, kwargs.get("weight")))
+        return original(policy, *args, **kwargs)
+
+    monkeypatch.setattr(trainer, "run", spy)
+    trainer.fit(stop_after=2)
+    assert len(seen) == 6 and [s[0] for s in seen[::3]] == [Policy.max(net)] * 2
+    assert [s[0] for s in seen[1::3]] == [Policy.min(net)] * 2  # depthwise layers at 3-bit weights: their min
+    assert all(s[1] == pytest.approx(1 / 3) for s in seen)
+
+
+def test_sandwich_min_policy_skips_the_smallest_weight_bit_of_frozen_layers(make_net, small_recipe, dataset):
+    recipe = small_recipe("oneshot", {"sandwich": True})
+    net = make_net(recipe)
+    strategy = Trainer(net, dataset, recipe, progress=False).strategy
+    frozen = strategy.searchable[0]
+    strategy.frozen = [frozen]
+    policy = strategy._min_policy()
+    layer = net.layer(frozen)
+    assert policy[frozen] == (layer.w_bits[1], min(layer.a_bits))
+    assert all(policy[l.name] == Policy.min(net)[l.name] for l in net.layers if l.name != frozen)
