@@ -14,7 +14,9 @@ accumulated over all of them before one update (Eq. 2). On top:
 * optionally (``uniform_share``) a share of the sampled policies set every layer to one weight and
   one activation bit-width drawn per policy, as Bit-Mixer's stage II and Double Rounding's
   multi-precision steps do, so that uniform and near-uniform low-bit policies, the ones a search
-  with floors picks, are trained directly rather than only as the rare per-layer draw.
+  with floors picks, are trained directly rather than only as the rare per-layer draw;
+* optionally (``sandwich``) the min policy every step as well, right after the max one: Double
+  Rounding's {max, random, min} rule.
 """
 
 from __future__ import annotations

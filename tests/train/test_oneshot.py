@@ -10,6 +10,20 @@ from mpqfx.train import Trainer
 from mpqfx.train.oneshot import freeze_count, idm_distance, unstable_criterion
 
 
+def record_runs(trainer: Trainer, monkeypatch, steps: int) -> list[tuple[Policy, dict]]:
+    """Train ``steps`` steps and return every ``trainer.run`` call's policy and keyword arguments, in order."""
+    seen = []
+    original = trainer.run
+
+    def spy(policy, *args, **kwargs):
+        seen.append((policy, kwargs))
+        return original(policy, *args, **kwargs)
+
+    monkeypatch.setattr(trainer, "run", spy)
+    trainer.fit(stop_after=steps)
+    return seen
+
+
 def test_unstable_criterion_counts_weights_near_bounds():
     step = torch.tensor(0.1)
     at_levels = torch.tensor([0.0, 0.1, -0.2, 0.3])
@@ -65,15 +79,8 @@ def test_each_step_runs_the_max_policy_then_k_samples(make_net, small_recipe, da
     recipe = small_recipe("oneshot", {"samples": 2, "qe_start": 0.0})
     net = make_net(recipe)
     trainer = Trainer(net, dataset, recipe, progress=False)
-    seen = []
-    original = trainer.run
-
-    def spy(policy, *args, **kwargs):
-        seen.append((policy, kwargs.get("sync"), kwargs.get("weight"), kwargs.get("teacher_logits") is not None))
-        return original(policy, *args, **kwargs)
-
-    monkeypatch.setattr(trainer, "run", spy)
-    trainer.fit(stop_after=1)
+    seen = [(policy, kwargs.get("sync"), kwargs.get("weight"), kwargs.get("teacher_logits") is not None)
+            for policy, kwargs in record_runs(trainer, monkeypatch, steps=1)]
     assert len(seen) == 3 and seen[0][0] == Policy.max(net)
     assert [s[1] for s in seen] == [False, False, True]  # one all-reduce per step, on the last backward
     assert all(s[2] == pytest.approx(1 / 3) for s in seen)  # Eq. 2: the average over the step's policies
@@ -141,15 +148,7 @@ def test_sandwich_runs_the_min_policy_after_the_max_one_every_step(make_net, sma
     recipe = small_recipe("oneshot", {"samples": 1, "sandwich": True, "scheduler": False})
     net = make_net(recipe)
     trainer = Trainer(net, dataset, recipe, progress=False)
-    seen = []
-    original = trainer.run
-
-    def spy(policy, *args, **kwargs):
-        seen.append((policy, kwargs.get("weight")))
-        return original(policy, *args, **kwargs)
-
-    monkeypatch.setattr(trainer, "run", spy)
-    trainer.fit(stop_after=2)
+    seen = [(policy, kwargs.get("weight")) for policy, kwargs in record_runs(trainer, monkeypatch, steps=2)]
     assert len(seen) == 6 and [s[0] for s in seen[::3]] == [Policy.max(net)] * 2
     assert [s[0] for s in seen[1::3]] == [Policy.min(net)] * 2  # depthwise layers at 3-bit weights: their min
     assert all(s[1] == pytest.approx(1 / 3) for s in seen)
