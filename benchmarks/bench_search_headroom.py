@@ -1,0 +1,91 @@
+"""How much a wider ILP candidate set could buy at one budget: on a finished run's supernet, the
+LIMPQ optimum (Eq. 4) for several alphas (the weight of the weight indicators), under every
+(weight floor, activation floor) pair, and for alpha 1 also the next best optima (no-good cuts).
+Each distinct policy is scored as the ``ilp`` backend scores its floored candidates (loss on the
+run's search images after BatchNorm re-estimation) and measured on the held-out split as
+``compress`` reports policies. The best held-out accuracy among them bounds what any rule that
+picks from these candidates can reach.
+
+Usage: python benchmarks/bench_search_headroom.py runs/bench/ab-base/efficientnet_lite0 --target uniform:3
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, __file__.rsplit("/", 1)[0])
+from _machine import header  # noqa: E402
+from mpqfx.compress.evaluation import PolicyEvaluator  # noqa: E402
+from mpqfx.data.spec import DataSpec  # noqa: E402
+from mpqfx.evaluate import evaluate, recalibrated_bn  # noqa: E402
+from mpqfx.models import create_model  # noqa: E402
+from mpqfx.rundir import RunDir, search_data  # noqa: E402
+from mpqfx.search.constraints import constraints_from  # noqa: E402
+from mpqfx.search.ilp import SolverError, fixed_costs, floored_layer, limpq_coefficients, solve_ilp  # noqa: E402
+from mpqfx.store import load_supernet  # noqa: E402
+from mpqfx.train.limpq import importance_indicators  # noqa: E402
+
+
+def candidates(net, indicators, constraints, alphas: list[float], top_k: int) -> dict:
+    """{policy: (alpha, weight floor, activation floor, rank)} for every distinct optimum."""
+    offsets = fixed_costs(net)
+    levels = sorted({b for l in net.layers for b in (*l.w_bits, *l.a_bits)})
+    found: dict = {}
+    for alpha in alphas:
+        coefficients = limpq_coefficients(net.layers, indicators, alpha)
+        for w_floor, a_floor in itertools.product(levels, levels):
+            layers = [floored_layer(l, w_floor, a_floor) for l in net.layers]
+            ranked: list = []
+            for rank in range(top_k if alpha == 1.0 else 1):
+                try:
+                    solution = solve_ilp(layers, coefficients, constraints, *offsets, exclude=ranked)
+                except SolverError:
+                    break  # these floors do not meet the budget, or no further optimum
+                ranked.append(solution.policy)
+                found.setdefault(solution.policy, (alpha, w_floor, a_floor, rank))
+    return found
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("run", help="a finished compress run directory (supernet.pt, run.json)")
+    parser.add_argument("--target", default="uniform:3")
+    parser.add_argument("--alphas", type=float, nargs="+", default=[0.25, 0.5, 1.0, 2.0, 4.0])
+    parser.add_argument("--top-k", type=int, default=3, help="optima per floor pair at alpha 1")
+    parser.add_argument("--json", default=None, help="also write the rows as JSON here")
+    args = parser.parse_args()
+    net, extras = load_supernet(args.run)
+    net.eval()
+    meta = RunDir(args.run).meta()
+    model = meta["model"]
+    evaluator = PolicyEvaluator(DataSpec.from_dict(meta["data"]), create_model(model["name"], **model["kwargs"]),
+                                net.recipe)
+    batches, calibration = search_data(args.run, net)
+    constraints = constraints_from(args.target, net)
+    found = candidates(net, extras.get("indicators") or importance_indicators(net), constraints, args.alphas, args.top_k)
+    print(header(f"{model['name']}: ILP candidates at {args.target} ({args.run})"))
+    print(f"{len(found)} distinct candidates\n")
+    print("| alpha | weight floor | activation floor | rank | GBitOPs | search loss | held-out top-1 |\n"
+          "|---:|---:|---:|---:|---:|---:|---:|", flush=True)
+    rows = []
+    for policy, (alpha, w_floor, a_floor, rank) in found.items():
+        with recalibrated_bn(net, policy, calibration):
+            search_loss = evaluate(net, policy, batches).loss
+        held_out = evaluator.measure(net, "candidate", "headroom", policy)
+        rows.append({"alpha": alpha, "w_floor": w_floor, "a_floor": a_floor, "rank": rank,
+                     "bitops": held_out.bitops, "search_loss": search_loss, "accuracy": held_out.accuracy})
+        print(f"| {alpha} | {w_floor} | {a_floor} | {rank} | {held_out.bitops / 1e9:.4f} | {search_loss:.4f} | "
+              f"{100 * held_out.accuracy:.2f} |", flush=True)
+    chosen = min(rows, key=lambda r: r["search_loss"])
+    best = max(rows, key=lambda r: r["accuracy"])
+    print(f"\nlowest search loss: {100 * chosen['accuracy']:.2f}; best held-out: {100 * best['accuracy']:.2f}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=1))
+
+
+if __name__ == "__main__":
+    main()
