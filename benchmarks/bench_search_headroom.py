@@ -31,7 +31,8 @@ from mpqfx.train.limpq import importance_indicators  # noqa: E402
 
 
 def candidates(net, indicators, constraints, alphas: list[float], top_k: int) -> dict:
-    """{policy: (alpha, weight floor, activation floor, rank)} for every distinct optimum."""
+    """{policy: [(alpha, weight floor, activation floor, rank), ...]} for every distinct optimum,
+    with every way it was found (the first one names it in the table)."""
     offsets = fixed_costs(net)
     levels = sorted({b for l in net.layers for b in (*l.w_bits, *l.a_bits)})
     found: dict = {}
@@ -46,7 +47,7 @@ def candidates(net, indicators, constraints, alphas: list[float], top_k: int) ->
                 except SolverError:
                     break  # these floors do not meet the budget, or no further optimum
                 ranked.append(solution.policy)
-                found.setdefault(solution.policy, (alpha, w_floor, a_floor, rank))
+                found.setdefault(solution.policy, []).append((alpha, w_floor, a_floor, rank))
     return found
 
 
@@ -72,17 +73,22 @@ def main() -> None:
     print("| alpha | weight floor | activation floor | rank | GBitOPs | search loss | held-out top-1 |\n"
           "|---:|---:|---:|---:|---:|---:|---:|", flush=True)
     rows = []
-    for policy, (alpha, w_floor, a_floor, rank) in found.items():
+    for policy, ways in found.items():
+        alpha, w_floor, a_floor, rank = ways[0]
         with recalibrated_bn(net, policy, calibration):
             search_loss = evaluate(net, policy, batches).loss
         held_out = evaluator.measure(net, "candidate", "headroom", policy)
         rows.append({"alpha": alpha, "w_floor": w_floor, "a_floor": a_floor, "rank": rank,
-                     "bitops": held_out.bitops, "search_loss": search_loss, "accuracy": held_out.accuracy})
+                     "bitops": held_out.bitops, "search_loss": search_loss, "accuracy": held_out.accuracy,
+                     "backend_candidate": any(way[0] == 1.0 and way[3] == 0 for way in ways)})
         print(f"| {alpha} | {w_floor} | {a_floor} | {rank} | {held_out.bitops / 1e9:.4f} | {search_loss:.4f} | "
               f"{100 * held_out.accuracy:.2f} |", flush=True)
-    chosen = min(rows, key=lambda r: r["search_loss"])
+    default = min((r for r in rows if r["backend_candidate"]), key=lambda r: r["search_loss"], default=None)
+    lowest = min(rows, key=lambda r: r["search_loss"])
     best = max(rows, key=lambda r: r["accuracy"])
-    print(f"\nlowest search loss: {100 * chosen['accuracy']:.2f}; best held-out: {100 * best['accuracy']:.2f}")
+    picked = f"{100 * default['accuracy']:.2f}" if default else "-"
+    print(f"\nheld-out top-1 of the ilp backend's pick (alpha 1, optima only): {picked}; of the lowest search "
+          f"loss: {100 * lowest['accuracy']:.2f}; best of all: {100 * best['accuracy']:.2f}")
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=1))
 
