@@ -12,7 +12,6 @@ Usage: python benchmarks/bench_search_headroom.py runs/bench/ab-base/efficientne
 from __future__ import annotations
 
 import argparse
-import itertools
 import json
 import sys
 from pathlib import Path
@@ -21,11 +20,11 @@ sys.path.insert(0, __file__.rsplit("/", 1)[0])
 from _machine import header  # noqa: E402
 from mpqfx.compress.evaluation import PolicyEvaluator  # noqa: E402
 from mpqfx.data.spec import DataSpec  # noqa: E402
-from mpqfx.evaluate import evaluate, recalibrated_bn  # noqa: E402
 from mpqfx.models import create_model  # noqa: E402
 from mpqfx.rundir import RunDir, search_data  # noqa: E402
 from mpqfx.search.constraints import constraints_from  # noqa: E402
-from mpqfx.search.ilp import SolverError, fixed_costs, floored_layer, limpq_coefficients, solve_ilp  # noqa: E402
+from mpqfx.search.ilp import (SolverError, candidate_loss, fixed_costs, floor_pairs, floored_layer,  # noqa: E402
+                              limpq_coefficients, solve_ilp)
 from mpqfx.store import load_supernet  # noqa: E402
 from mpqfx.train.limpq import importance_indicators  # noqa: E402
 
@@ -34,11 +33,10 @@ def candidates(net, indicators, constraints, alphas: list[float], top_k: int) ->
     """{policy: [(alpha, weight floor, activation floor, rank), ...]} for every distinct optimum,
     with every way it was found (the first one names it in the table)."""
     offsets = fixed_costs(net)
-    levels = sorted({b for l in net.layers for b in (*l.w_bits, *l.a_bits)})
     found: dict = {}
     for alpha in alphas:
         coefficients = limpq_coefficients(net.layers, indicators, alpha)
-        for w_floor, a_floor in itertools.product(levels, levels):
+        for w_floor, a_floor in floor_pairs(net.layers, split=True):
             layers = [floored_layer(l, w_floor, a_floor) for l in net.layers]
             ranked: list = []
             for rank in range(top_k if alpha == 1.0 else 1):
@@ -75,8 +73,7 @@ def main() -> None:
     rows = []
     for policy, ways in found.items():
         alpha, w_floor, a_floor, rank = ways[0]
-        with recalibrated_bn(net, policy, calibration):
-            search_loss = evaluate(net, policy, batches).loss
+        search_loss = candidate_loss(net, policy, batches, calibration)
         held_out = evaluator.measure(net, "candidate", "headroom", policy)
         rows.append({"alpha": alpha, "w_floor": w_floor, "a_floor": a_floor, "rank": rank,
                      "bitops": held_out.bitops, "search_loss": search_loss, "accuracy": held_out.accuracy,

@@ -261,11 +261,7 @@ class IlpSearch(SearchBackend):
     def _verified(self, constraints: Constraints, coef, offsets, best: IlpSolution) -> SearchResult:
         """The lowest-loss policy among the optimum and the optima with every layer's bits floored."""
         solves = {best.policy: best}
-        levels = sorted({b for l in self.net.layers for b in (*l.w_bits, *l.a_bits)})
-        floors = itertools.product(levels, levels) if self.options.split_floors else zip(levels, levels)
-        for w_floor, a_floor in floors:
-            if (w_floor, a_floor) == (levels[0], levels[0]):
-                continue  # no floor: the optimum itself
+        for w_floor, a_floor in floor_pairs(self.net.layers, self.options.split_floors)[1:]:  # [0]: the optimum
             floored = [floored_layer(l, w_floor, a_floor) for l in self.net.layers]
             try:
                 sol = solve_ilp(floored, coef, constraints, *offsets, time_limit=self.options.time_limit)
@@ -273,15 +269,26 @@ class IlpSearch(SearchBackend):
                 continue  # these floors do not meet the budget
             solves.setdefault(sol.policy, sol)
         batches = self.require_batches("floors: true")
-        losses = {}
-        for policy in solves:  # BN re-estimated as for the reported accuracy, when calibration images are given
-            with recalibrated_bn(self.net, policy, self.context.calibration):
-                losses[policy] = evaluate(self.net, policy, batches).loss
+        losses = {policy: candidate_loss(self.net, policy, batches, self.context.calibration) for policy in solves}
         chosen = min(solves, key=lambda p: (losses[p], solves[p].objective))
         return self.result(chosen, constraints, policies=[chosen], status=best.status,
                            objective=solves[chosen].objective, solves=len(solves),
                            solve_seconds=sum(s.seconds for s in solves.values()),
                            candidate_losses=sorted(losses.values()))
+
+
+def floor_pairs(layers: Sequence[LayerInfo], split: bool) -> list[Pair]:
+    """The (weight floor, activation floor) pairs ``floors`` tries: every pair of the layers' bit-widths
+    when ``split``, else equal floors; the first pair, the lowest bit-widths, floors nothing."""
+    levels = sorted({b for l in layers for b in (*l.w_bits, *l.a_bits)})
+    return list(itertools.product(levels, levels) if split else zip(levels, levels))
+
+
+def candidate_loss(net, policy: Policy, batches, calibration) -> float:
+    """How ``floors`` scores a candidate: the loss on the search batches with BatchNorm statistics
+    re-estimated on the calibration images (when given), as for the reported accuracies."""
+    with recalibrated_bn(net, policy, calibration):
+        return evaluate(net, policy, batches).loss
 
 
 def floored_layer(layer: LayerInfo, w_floor: int, a_floor: int) -> LayerInfo:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from mpqfx import Policy
@@ -9,7 +11,7 @@ from mpqfx.evaluate import evaluate, recalibrated_bn
 from mpqfx.search import SearchError, search, search_many
 from mpqfx.search.run import uses_data
 from mpqfx.search import sensitivity
-from mpqfx.search.ilp import fixed_costs, floored_layer, limpq_coefficients, solve_ilp
+from mpqfx.search.ilp import fixed_costs, floor_pairs, floored_layer, limpq_coefficients, solve_ilp
 from mpqfx.search.sensitivity import measure_sensitivities
 from mpqfx.train.limpq import importance_indicators
 
@@ -90,6 +92,14 @@ def test_floors_return_the_lowest_measured_loss_among_the_floored_optima(trained
 
     assert loss(result.policy) == pytest.approx(min(candidates), abs=1e-6)
     assert min(candidates) <= loss(plain.policy) + 1e-6  # the plain optimum is one of the candidates
+
+
+def test_floor_pairs_are_every_pair_of_bit_widths_or_equal_floors_lowest_first(trained):
+    layer = trained[0].layers[0]
+    layers = [dataclasses.replace(layer, w_bits=(2, 4), a_bits=(4, 8)), dataclasses.replace(layer, w_bits=(4,), a_bits=(8,))]
+    assert floor_pairs(layers, split=False) == [(2, 2), (4, 4), (8, 8)]
+    split = floor_pairs(layers, split=True)
+    assert len(split) == 9 and split[0] == (2, 2) and set(split) == {(w, a) for w in (2, 4, 8) for a in (2, 4, 8)}
 
 
 def test_split_floors_also_floor_weights_and_activations_separately(trained):
