@@ -25,9 +25,8 @@ from mpqfx.compress.timing import PhaseTimes
 from mpqfx.compress.warm_start import create_float_model, float_recipe, timm_spec_of
 from mpqfx.data.spec import DataSpec
 from mpqfx.errors import MpqfxError
-from mpqfx.evaluate import recalibrated_bn
-from mpqfx.export import deploy, export_onnx, save_integer_model
 from mpqfx.export.double_rounding_file import save_double_rounding
+from mpqfx.export.run import export_policy_files
 from mpqfx.io import atomic_write_text
 from mpqfx.prepare import prepare
 from mpqfx.quant.policy import Policy
@@ -186,7 +185,7 @@ def compress(model: str | nn.Module | None, recipe: Recipe | str | Path = DEFAUL
         results = [float_result] + _evaluate(net, evaluator, recipe_obj, searched, progress, log)
     with times.phase("export"):
         if export:
-            _export_all(net, results, recipe_obj, run, evaluator, example, progress, log)
+            _export_all(net, results, recipe_obj, run, evaluator, progress, log)
     write_report(run, net, recipe_obj, results, times.wall, times.cpu)
     log(f"report: {run.report_md}")
     return CompressResult(run.root, results, times.wall, times.cpu)
@@ -285,13 +284,13 @@ def _evaluate(net: Supernet, evaluator: PolicyEvaluator, recipe: Recipe, searche
 
 
 def _export_all(net: Supernet, results: list[PolicyResult], recipe: Recipe, run: RunDir, evaluator: PolicyEvaluator,
-                example: torch.Tensor, progress: bool, log: Log) -> None:
+                progress: bool, log: Log) -> None:
     searched = [r for r in results if r.kind == "searched"]
     double_rounding = recipe.quant.weight_quantizer is WeightQuantizer.DOUBLE_ROUNDING
     with phase_bar(progress) as bar:
         task = bar.add_task("export", total=len(searched) + double_rounding)
         for result in searched:
-            result.exports = _export(net, result, run, evaluator.calibration, example, log)
+            result.exports = _export(net, result, run, evaluator, log)
             bar.update(task, advance=1)
         if double_rounding:  # one 8-bit file from which every policy's weights derive (Eq. 2-3)
             path = save_double_rounding(net, run.export / "supernet.dr8.safetensors")
@@ -299,15 +298,12 @@ def _export_all(net: Supernet, results: list[PolicyResult], recipe: Recipe, run:
             bar.update(task, advance=1)
 
 
-def _export(net: Supernet, result: PolicyResult, run: RunDir, calibration, example, log: Log) -> dict[str, Any]:
+def _export(net: Supernet, result: PolicyResult, run: RunDir, evaluator: PolicyEvaluator, log: Log) -> dict[str, Any]:
     stem = Path(result.policy_file).stem
-    with recalibrated_bn(net, result.policy, calibration):
-        integer = save_integer_model(net, result.policy, run.export / f"{stem}.safetensors")
-        module = deploy(net, result.policy)
-    check_input = calibration[0][0][:16] if calibration else example
-    check = export_onnx(module, check_input, run.export / f"{stem}.onnx")
-    log(f"export {stem}: {integer.name}, {stem}.onnx (onnxruntime vs PyTorch max |diff| {check.max_abs_diff:.2e})")
-    return {"safetensors": str(integer), "onnx": str(run.export / f"{stem}.onnx"),
-            "onnx_max_abs_diff": check.max_abs_diff, "onnx_relative_diff": check.relative,
-            "onnx_optimized_max_abs_diff": check.optimized_max_abs_diff,
-            "onnx_optimized_top1_agreement": check.optimized_top1_agreement}
+    paths = {"safetensors": run.export / f"{stem}.safetensors", "onnx": run.export / f"{stem}.onnx"}
+    exports = export_policy_files(net, result.policy, paths, evaluator.calibration, evaluator.val_batches)
+    log(f"export {stem}: {paths['safetensors'].name}, {paths['onnx'].name} (onnxruntime top-1 "
+        f"{exports['onnx_accuracy']:.2%}, agreement with the supernet {exports['onnx_top1_agreement']:.2%} on "
+        f"{exports['onnx_images']} held-out images; {exports['onnx_integer_kernels']}/{exports['onnx_layers']} "
+        f"layers as integer kernels)")
+    return exports

@@ -1,23 +1,25 @@
-"""A supernet fixed at one policy, as a plain module for deployment.
+"""A supernet fixed at one policy, as a plain module in the QDQ form that runtimes fuse.
 
-Every quantized layer becomes a :class:`QuantizedConv2d` / :class:`QuantizedLinear` that runs in
-the integer domain: y = conv(q_x, q_w) * scale + bias, with q_x = clip(round(x / s_x)) the
-input's b-bit integers, q_w the weight's integers (int8 containers), scale = s_x * s_w per
-output channel and the BatchNorm that directly follows a conv (the policy's Transitional BN
-set, or a plain BN) folded into scale and bias:
-BN(conv(x, s*q)) = conv(x, q) * s*g/sqrt(v+eps) + (b - m)*g/sqrt(v+eps) + beta.
-The integers are exactly the supernet's; a timm BatchNormAct2d leaves its activation behind.
+Every quantized layer becomes a :class:`QuantizedConv` / :class:`QuantizedLinear` holding its
+int8 weights (the supernet's b-bit integers), one scale per output channel (the LSQ step with
+the BatchNorm that directly follows a conv folded in, BN(conv(x, s*q)) = conv(x, q * s*g/sqrt(v+eps))
++ (b - m)*g/sqrt(v+eps) + beta) and a float bias. It computes
 
-Because q_x and q_w are integers, the convolution's sums are exact in float32 (below 2^24)
-whatever order a runtime adds them in, so onnxruntime and PyTorch agree to the bit instead of
-differing where an activation sits on a rounding boundary. In ONNX each layer reads
-Clip (the b-bit range) -> QuantizeLinear -> DequantizeLinear -> /s_x -> Round (int8 or uint8
-container) and DequantizeLinear(int8 weight initializer, scale 1).
+    input quantizer (the layer's b-bit LSQ step) -> conv/linear(dequantized weights) -> output quantizer
+
+which ONNX writes as Q -> Clip -> DQ, DQ(int8 weight) -> Conv -> Q: onnxruntime runs each such
+group as one integer kernel (QLinearConv / QGemm), OpenVINO as a u8/i8 convolution.
+
+The output quantizer of a layer is, by :func:`mpqfx.export.requantize.place_output_quantizers`,
+either the b-bit input quantizer of the layer it feeds (a ReLU or ReLU6 in between folds into
+its integer range exactly) or an 8-bit quantizer calibrated on training images; residual adds
+get 8-bit quantizers too. Those 8-bit tensors are the only thing the supernet did not compute.
 """
 
 from __future__ import annotations
 
 import copy
+from typing import Iterable
 
 import torch
 import torch.fx as fx
@@ -27,76 +29,67 @@ from timm.layers.padding import pad_same
 from torch import nn
 
 from mpqfx.errors import PolicyError
+from mpqfx.export.qdq import ActivationQuantizer, dequantize_per_channel
+from mpqfx.export.requantize import calibrate, place_output_quantizers
 from mpqfx.graph.rewrite import BN_TYPES, set_submodule
 from mpqfx.quant.layers import LayerBits, MultiBitConv2d, MultiBitMixin
-from mpqfx.quant.lsq import STEP_EPS, int_range
+from mpqfx.quant.lsq import STEP_EPS
 from mpqfx.quant.policy import Policy
 from mpqfx.quant.transitional_bn import TransitionalBatchNorm
 from mpqfx.supernet import Supernet
 
-
-def activation_integers(x: torch.Tensor, step: torch.Tensor, bits: int, signed: bool) -> torch.Tensor:
-    """clip(round(x / s), qmin, qmax) as float values (what LSQ multiplies by s)."""
-    qmin, qmax = int_range(bits, signed)
-    if not torch.onnx.is_in_onnx_export():
-        return torch.div(x, step).round_().clamp_(qmin, qmax)
-    x = torch.clamp(x, qmin * step, qmax * step)  # the b-bit range, narrower than the container
-    container = (-128, 127) if signed else (0, 255)
-    x = torch.fake_quantize_per_tensor_affine(x, step, torch.zeros((), dtype=torch.int32), *container)
-    return torch.round(x / step)
+Batch = tuple[torch.Tensor, torch.Tensor]
 
 
-def weight_integers(ints: torch.Tensor) -> torch.Tensor:
-    """The int8 weights as float values (DequantizeLinear with scale 1 in ONNX)."""
-    w = ints.float()
-    if not torch.onnx.is_in_onnx_export():
-        return w
-    ones = torch.ones(w.shape[0], device=w.device)
-    return torch.fake_quantize_per_channel_affine(w, ones, torch.zeros_like(ones, dtype=torch.int32), 0, -128, 127)
+class QuantizedLayer(nn.Module):
+    """Integer weights and bias with their per-channel scales, and the input/output quantizers."""
 
-
-class _Quantized(nn.Module):
-    """Integer weights, per-channel scale and bias, and the input activation's step."""
-
-    def __init__(self, weight_shape: torch.Size, bits: LayerBits, a_signed: bool):
+    def __init__(self, weight_shape: torch.Size, bits: LayerBits, a_signed: bool, a_step: torch.Tensor):
         super().__init__()
-        self.w_bits, self.a_bits, self.a_signed = bits.w, bits.a, a_signed
+        self.w_bits, self.a_bits = bits.w, bits.a
+        channels = weight_shape[0]
         self.register_buffer("weight_int", torch.zeros(weight_shape, dtype=torch.int8))
-        self.register_buffer("output_scale", torch.ones(weight_shape[0]))  # s_x * s_w (* BN's g/sqrt(v+eps))
-        self.register_buffer("bias", torch.zeros(weight_shape[0]))
-        self.register_buffer("act_step", torch.ones(()))
+        self.register_buffer("weight_scale", torch.ones(channels))  # s_w (* BN's g/sqrt(v+eps)) / 2^(8-b)
+        self.register_buffer("bias_int", torch.zeros(channels, dtype=torch.int32))
+        self.register_buffer("bias_scale", torch.ones(channels))  # input step * weight_scale
+        self.float_bias = torch.zeros(channels)  # what bias_int approximates (not stored)
+        self.input_quant: nn.Module = ActivationQuantizer(bits.a, a_signed, a_step)
+        self.output_quant: nn.Module = nn.Identity()
 
-    def _integers(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return activation_integers(x, self.act_step, self.a_bits, self.a_signed), weight_integers(self.weight_int)
+    def weight(self) -> torch.Tensor:
+        """The dequantized weight (a DequantizeLinear of the int8 initializer in ONNX)."""
+        return dequantize_per_channel(self.weight_int, self.weight_scale)
 
-    def _rescale(self, y: torch.Tensor) -> torch.Tensor:
-        """Per output channel: dim 1 for convs, the last dim for linears."""
-        if isinstance(self, QuantizedLinear):
-            return y * self.output_scale + self.bias
-        view = (1, -1) + (1,) * (y.dim() - 2)
-        return y * self.output_scale.view(view) + self.bias.view(view)
+    def bias(self) -> torch.Tensor:
+        """The dequantized bias (a DequantizeLinear of the int32 initializer in ONNX)."""
+        return dequantize_per_channel(self.bias_int, self.bias_scale)
 
     def extra_repr(self) -> str:
-        return f"w_bits={self.w_bits}, a_bits={self.a_bits}, a_signed={self.a_signed}"
+        return f"w_bits={self.w_bits}, a_bits={self.a_bits}"
 
 
-class QuantizedConv2d(_Quantized):
-    def __init__(self, conv: MultiBitConv2d, bits: LayerBits, a_signed: bool):
-        super().__init__(conv.weight.shape, bits, a_signed)
+class QuantizedConv(QuantizedLayer):
+    _conv = {3: F.conv1d, 4: F.conv2d, 5: F.conv3d}
+
+    def __init__(self, conv: nn.Module, bits: LayerBits, a_signed: bool, a_step: torch.Tensor):
+        super().__init__(conv.weight.shape, bits, a_signed, a_step)
         self.stride, self.padding, self.dilation, self.groups = conv.stride, conv.padding, conv.dilation, conv.groups
-        self.kernel_size, self.same_pad = conv.kernel_size, conv.same_pad
+        self.kernel_size, self.same_pad = conv.kernel_size, getattr(conv, "same_pad", False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x, w = self._integers(x)
-        if self.same_pad:
+        if self.same_pad:  # zeros padded before quantizing are the zero point's integers, as after
             x = pad_same(x, self.kernel_size, self.stride, self.dilation)
-        return self._rescale(F.conv2d(x, w, None, self.stride, self.padding, self.dilation, self.groups))
+        y = self._conv[self.weight_int.dim()](self.input_quant(x), self.weight(), self.bias(), self.stride,
+                                              self.padding, self.dilation, self.groups)
+        return self.output_quant(y)
 
 
-class QuantizedLinear(_Quantized):
+class QuantizedLinear(QuantizedLayer):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x, w = self._integers(x)
-        return self._rescale(F.linear(x, w))
+        return self.output_quant(F.linear(self.input_quant(x), self.weight(), self.bias()))
+
+
+QUANTIZED_TYPES = (QuantizedConv, QuantizedLinear)
 
 
 def _bn_factors(bn: nn.Module) -> tuple[torch.Tensor, torch.Tensor] | None:
@@ -116,9 +109,12 @@ def _left_after_folding(bn: nn.Module) -> nn.Module:
     return nn.Identity()
 
 
-def _quantized_layer(module: MultiBitMixin, bits: LayerBits, a_signed: bool, bn: nn.Module | None) -> _Quantized:
-    cls = QuantizedConv2d if isinstance(module, MultiBitConv2d) else QuantizedLinear
-    new = cls(module, bits, a_signed) if cls is QuantizedConv2d else cls(module.weight.shape, bits, a_signed)
+def _quantized_layer(module: MultiBitMixin, bits: LayerBits, a_signed: bool, bn: nn.Module | None) -> QuantizedLayer:
+    a_step = module.act_quant.step(bits.a).detach().clamp(min=STEP_EPS)
+    if isinstance(module, nn.Linear):
+        new: QuantizedLayer = QuantizedLinear(module.weight.shape, bits, a_signed, a_step)
+    else:
+        new = QuantizedConv(module, bits, a_signed, a_step)
     ints = module.weight_quant.integers(module.weight, bits.w)
     scale = module.weight_quant.step(bits.w).detach().clamp(min=STEP_EPS).reshape(-1).expand(ints.shape[0]).clone()
     bias = module.bias.detach().clone() if module.bias is not None else torch.zeros_like(scale)
@@ -127,27 +123,41 @@ def _quantized_layer(module: MultiBitMixin, bits: LayerBits, a_signed: bool, bn:
         scale, bias = scale * k, bias * k + offset
     dead = scale == 0  # a channel BN multiplies by zero: its output is the bias alone
     ints[dead], scale[dead] = 0, 1.0
-    act_step = module.act_quant.step(bits.a).detach().clamp(min=STEP_EPS)
+    shift = 8 - bits.w  # b-bit integers times 2^(8-b) fill int8: the int32 bias gets 2^(8-b) finer
+    ints, scale = ints * 2**shift, scale / 2**shift
     new.weight_int.copy_(ints.to(torch.int8))
-    new.output_scale.copy_(scale * act_step)
-    new.bias.copy_(bias)
-    new.act_step.copy_(act_step)
+    new.weight_scale.copy_(scale)
+    new.float_bias = bias
     return new
 
 
-@torch.no_grad()
-def deploy(net: Supernet, policy: Policy) -> fx.GraphModule:
-    """``net`` at ``policy`` as a new eval-mode GraphModule with integer weights and BN folded in;
-    ``net`` itself is left as it was. Every layer must be quantized in ``policy``."""
-    policy.validate(net.layers)
-    floating = [name for name in policy if policy[name].w is None or policy[name].a is None]
-    if floating:
-        raise PolicyError(f"export needs every layer quantized; the policy leaves {floating[0]!r} "
-                          f"{'and others ' if len(floating) > 1 else ''}in float")
-    with net.use_policy(policy):
-        gm = copy.deepcopy(net.graph_module)
-    gm.eval()
-    infos = {info.name: info for info in net.layers}
+def _quantize_bias(layer: QuantizedLayer, x_step: torch.Tensor) -> None:
+    """The int32 bias an integer kernel adds to its accumulator, in units of input step x weight
+    scale. Of the two integers around the float bias, the one is kept that gives a zero
+    accumulator (an all-zero input window, common after ReLU) the output integer the float bias
+    gives, the nearer one when both do."""
+    unit = x_step * layer.weight_scale  # onnxruntime fuses only when the bias scale is exactly this product
+    b = layer.float_bias
+    out = layer.output_quant
+
+    def output(value: torch.Tensor) -> torch.Tensor:
+        if not isinstance(out, ActivationQuantizer):
+            return value
+        return (torch.div(value, out.step).round() + out.zero_point.float()).clamp(out.lo.float(), out.hi.float())
+
+    low = torch.floor(b / unit).clamp(-2**31, 2**31 - 2)
+    high = low + 1
+    target = output(b)
+    low_ok, high_ok = output(low * unit) == target, output(high * unit) == target
+    nearer_high = (high * unit - b).abs() < (b - low * unit).abs()
+    pick_high = high_ok & (~low_ok | nearer_high)
+    layer.bias_int.copy_(torch.where(pick_high, high, low).to(torch.int32))
+    layer.bias_scale.copy_(unit)
+
+
+def _fold_batchnorms(gm: fx.GraphModule, layers: set[str]) -> dict[str, nn.Module]:
+    """Replace each BN (the policy's Transitional BN set) by what is left after folding it into the
+    conv right before it, when that conv feeds only the BN; returns conv name -> BN folded into it."""
     folded: dict[str, nn.Module] = {}
     for node in gm.graph.nodes:
         if node.op != "call_module":
@@ -158,14 +168,44 @@ def deploy(net: Supernet, policy: Policy) -> fx.GraphModule:
         elif not isinstance(module, BN_TYPES):
             continue
         src = node.args[0] if node.args else None
-        foldable = (isinstance(src, fx.Node) and src.op == "call_module" and src.target in infos
+        foldable = (isinstance(src, fx.Node) and src.op == "call_module" and src.target in layers
                     and len(src.users) == 1 and isinstance(gm.get_submodule(src.target), MultiBitConv2d)
                     and _bn_factors(module) is not None)
         if foldable:
             folded[src.target] = module
         set_submodule(gm, node.target, _left_after_folding(module) if foldable else module)
+    return folded
+
+
+@torch.no_grad()
+def deploy(net: Supernet, policy: Policy, calibration: Iterable[Batch] | None = None) -> fx.GraphModule:
+    """``net`` at ``policy`` as a new eval-mode GraphModule with integer weights, BN folded in and
+    quantizers on every tensor an integer kernel reads or writes; ``net`` is left as it was.
+
+    ``calibration`` (training batches) sets the 8-bit quantizers of the tensors the supernet keeps
+    in float (conv outputs that feed no quantized layer, residual adds) from their min/max; without
+    it they stay uncalibrated (load their state, e.g. :func:`mpqfx.export.load_integer_model`).
+    Every layer must be quantized in ``policy``.
+    """
+    policy.validate(net.layers)
+    floating = [name for name in policy if policy[name].w is None or policy[name].a is None]
+    if floating:
+        raise PolicyError(f"export needs every layer quantized; the policy leaves {floating[0]!r} "
+                          f"{'and others ' if len(floating) > 1 else ''}in float")
+    with net.use_policy(policy):
+        gm = copy.deepcopy(net.graph_module)
+    gm.eval()
+    infos = {info.name: info for info in net.layers}
+    folded = _fold_batchnorms(gm, set(infos))
     for name, info in infos.items():
         module = gm.get_submodule(name)
         set_submodule(gm, name, _quantized_layer(module, policy[name], info.a_signed, folded.get(name)))
+    readers = place_output_quantizers(gm, set(infos))
+    gm.graph.lint()
     gm.recompile()
+    if calibration is not None:
+        calibrate(gm, calibration)
+        for name in infos:
+            layer = gm.get_submodule(name)
+            _quantize_bias(layer, (layer.input_quant if name not in readers else readers[name]).step)
     return gm

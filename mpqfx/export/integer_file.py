@@ -1,14 +1,15 @@
 """The integer weight file: a safetensors file holding each layer's weights packed to its
-bit-width, its per-channel scale and bias (BatchNorm folded in), the activation steps, the
-remaining float tensors, and in its metadata what rebuilds the module (timm model, recipe,
-input size, policy) plus a SHA-256 of every tensor, checked on load.
+bit-width, its per-channel scale and bias (BatchNorm folded in), every quantizer's step, zero
+point and integer range, the remaining float tensors, and in its metadata what rebuilds the
+module (timm model, recipe, input size, policy) plus a SHA-256 of every tensor, checked on load.
+docs/export-format.md specifies the layout for readers outside mpqfx.
 """
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 import torch
 from safetensors import SafetensorError, safe_open
@@ -23,7 +24,8 @@ from mpqfx.io import atomic_write_bytes
 from mpqfx.quant.policy import Policy
 from mpqfx.supernet import Supernet
 
-FORMAT = "mpqfx.integer/1"
+FORMAT = "mpqfx.integer/2"
+Batch = tuple[torch.Tensor, torch.Tensor]
 PACKED = ".weight_packed"
 
 
@@ -31,12 +33,19 @@ class ExportFileError(MpqfxError):
     """An exported file that is missing, corrupt, or not an mpqfx file."""
 
 
-def save_integer_model(net: Supernet, policy: Policy, path: str | Path) -> Path:
-    """Write ``net`` at ``policy`` (see :func:`deploy`) to ``path`` with weights packed to their bits."""
+def save_integer_model(net: Supernet, policy: Policy, path: str | Path, calibration: Iterable[Batch] | None = None,
+                       deployed: nn.Module | None = None) -> Path:
+    """Write ``net`` at ``policy`` to ``path`` with weights packed to their bits: the module
+    ``deploy(net, policy, calibration)`` (or ``deployed``, that module already built)."""
     if net.model_spec is None:
         raise MpqfxError("the integer file records the timm model that rebuilds the module; "
                          "prepare() the supernet from a timm name or pass model_spec=")
-    state = deploy(net, policy).state_dict()
+    if deployed is None:
+        if calibration is None:
+            raise MpqfxError("save_integer_model needs calibration batches (training images) for the 8-bit "
+                             "quantizers between layers, or the deployed module")
+        deployed = deploy(net, policy, calibration)
+    state = deployed.state_dict()
     tensors: dict[str, torch.Tensor] = {}
     layers: dict[str, dict[str, Any]] = {}
     for name, tensor in state.items():

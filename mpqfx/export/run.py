@@ -1,46 +1,128 @@
-"""Exporting a policy of a finished run (``mpqfx export``)."""
+"""Exporting policies: the files of one policy (``compress``'s export phase) and ``mpqfx export``
+on a finished run."""
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
 
-from mpqfx.data.spec import DataSpec, fixed_batches
+import torch
+
 from mpqfx.errors import MpqfxError
 from mpqfx.evaluate import recalibrated_bn
 from mpqfx.export.deploy import deploy
-from mpqfx.export.double_rounding_file import save_double_rounding
-from mpqfx.export.integer_file import save_integer_model
-from mpqfx.export.onnx_qdq import export_onnx
-from mpqfx.models import create_model
+from mpqfx.export.onnx_qdq import DEFAULT_OPSET, check_opset, export_onnx, onnx_modules
 from mpqfx.quant.policy import Policy
-from mpqfx.rundir import RunDir
-from mpqfx.store import load_supernet
+from mpqfx.supernet import Supernet
 
+Batch = tuple[torch.Tensor, torch.Tensor]
+FORMATS = ("onnx", "safetensors", "double-rounding")
 SUFFIX = {"onnx": ".onnx", "safetensors": ".safetensors", "double-rounding": ".dr8.safetensors"}
+CHECK_IMAGES = 1000  # held-out images `mpqfx export` measures the ONNX file on (the whole split when smaller)
 
 
-def export_policy(run_dir: str | Path, policy_path: str | Path, fmt: str, out: str | Path | None = None) -> tuple[Path, str]:
-    """Write ``policy_path``'s policy of the run's supernet as ``fmt`` (onnx, safetensors or
-    double-rounding) after BatchNorm re-estimation on the run's training images; (path, details)."""
+def _limited(batches: Iterable[Batch], images: int | None) -> list[Batch]:
+    """The first ``images`` images of ``batches`` (all of them for None)."""
+    if images is None:
+        return list(batches)
+    out, seen = [], 0
+    for x, y in batches:
+        if seen >= images:
+            break
+        out.append((x[: images - seen], y[: images - seen]))
+        seen += len(out[-1][0])
+    return out
+
+
+def export_policy_files(net: Supernet, policy: Policy, paths: Mapping[str, Path], calibration: Sequence[Batch],
+                        check_batches: Iterable[Batch], opset: int = DEFAULT_OPSET) -> dict[str, Any]:
+    """Write ``policy`` of ``net`` to ``paths`` (format -> file: ``safetensors`` and/or ``onnx``).
+
+    BatchNorm statistics are re-estimated on ``calibration`` (training images) and folded into
+    the convolutions, which also calibrate the 8-bit quantizers of the tensors the supernet keeps
+    in float. The ONNX file is measured in onnxruntime on ``check_batches`` (held-out images)
+    before it replaces an earlier file. Returns what the report records of the files.
+    """
+    from mpqfx.export.check import check_onnx
+    from mpqfx.export.integer_file import save_integer_model
+
+    if "onnx" in paths:
+        onnx_modules()
+        check_opset(opset)
+    out: dict[str, Any] = {}
+    with recalibrated_bn(net, policy, calibration):
+        module = deploy(net, policy, calibration or [(net.example_input, None)])
+        if "safetensors" in paths:
+            path = save_integer_model(net, policy, paths["safetensors"], deployed=module)
+            out.update(safetensors=str(path), safetensors_bytes=path.stat().st_size)
+        if "onnx" in paths:
+            path = Path(paths["onnx"])
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with tempfile.TemporaryDirectory(dir=path.parent, prefix=".export-") as tmp:
+                staged = export_onnx(module, calibration[0][0][:1] if calibration else net.example_input,
+                                     Path(tmp) / path.name, opset=opset, bits={k: tuple(b) for k, b in policy.items()})
+                check = check_onnx(staged, net, policy, module, check_batches)
+                staged.replace(path)
+            out.update(onnx=str(path), onnx_bytes=path.stat().st_size, opset=opset,
+                       **{f"onnx_{k}": v for k, v in check.to_dict().items()})
+    return out
+
+
+def resolve_policy(run_root: Path, policy: str | Path) -> Path:
+    """A policy file given by path, or by name among the run's policies (``uniform-4``, ``uniform:4``)."""
+    from mpqfx.rundir import RunDir, policy_filename
+
+    path = Path(policy)
+    if path.is_file():
+        return path
+    folder = RunDir(run_root).policies
+    for candidate in (folder / f"{policy}.yaml", folder / policy_filename(str(policy)), folder / path.name):
+        if candidate.is_file():
+            return candidate
+    names = sorted(p.stem for p in folder.glob("*.yaml")) if folder.is_dir() else []
+    listing = f"the run's policies: {', '.join(names)}" if names else "the run has no policies yet"
+    raise MpqfxError(f"--policy {str(policy)!r}: no such file or policy of {str(run_root)!r} ({listing})")
+
+
+def export_policy(run_dir: str | Path, policy: str | Path | None, fmt: str, out: str | Path | None = None,
+                  opset: int = DEFAULT_OPSET, check_images: int | None = CHECK_IMAGES) -> tuple[Path, dict[str, Any]]:
+    """Write one policy of a finished run (a file path or a policy name of the run) as ``fmt``
+    (onnx, safetensors), or the whole Double Rounding supernet (``double-rounding``, no policy);
+    (path, what was measured)."""
+    from mpqfx.data.spec import DataSpec, fixed_batches
+    from mpqfx.export.double_rounding_file import save_double_rounding
+    from mpqfx.models import create_model
+    from mpqfx.rundir import RunDir
+    from mpqfx.store import load_supernet
+    from torch.utils.data import DataLoader
+
+    if fmt not in FORMATS:
+        raise MpqfxError(f"--format: {fmt!r} is not one of {', '.join(FORMATS)}")
     run = RunDir(run_dir)
-    if fmt not in SUFFIX:
-        raise MpqfxError(f"--format: {fmt!r} is not one of {', '.join(SUFFIX)}")
-    net, _ = load_supernet(run.root)
+    if not run.root.is_dir():
+        raise MpqfxError(f"--run: {str(run.root)!r} is not a directory")
+    if fmt == "onnx":
+        onnx_modules()
+        check_opset(opset)
+    if fmt != "double-rounding":
+        if policy is None:
+            raise MpqfxError(f"--format {fmt} needs --policy (a policy file or one of the run's policy names)")
+        policy_path = resolve_policy(run.root, policy)
+    if not run.supernet.is_file():
+        raise MpqfxError(f"--run: {str(run.root)!r} has no trained supernet (supernet.pt); "
+                         f"finish the run with `mpqfx compress --resume --out {run.root}`")
+    net, _ = load_supernet(run.supernet)
     net.eval()
     if fmt == "double-rounding":
         path = Path(out) if out else run.export / f"supernet{SUFFIX[fmt]}"
-        return save_double_rounding(net, path), "every policy's weights derive from its 8-bit integers"
-    policy = Policy.load(policy_path).validate(net.layers)
+        return save_double_rounding(net, path), {}
+    chosen = Policy.load(policy_path).validate(net.layers)
     spec = DataSpec.from_dict(run.meta()["data"])
     evaluate = net.recipe.evaluate
     float_model = create_model(net.model_spec.name, **net.model_spec.kwargs)
     calibration = fixed_batches(spec.split("train", float_model, train=False), evaluate.bn_images,
                                 evaluate.batch_size, seed=2) if evaluate.bn_images else []
-    path = Path(out) if out else run.export / f"{Path(policy_path).stem}{SUFFIX[fmt]}"
-    with recalibrated_bn(net, policy, calibration):
-        if fmt == "safetensors":
-            return save_integer_model(net, policy, path), ""
-        module = deploy(net, policy)
-    check_input = calibration[0][0][:16] if calibration else net.example_input
-    check = export_onnx(module, check_input, path)
-    return path, f"onnxruntime vs PyTorch max |diff| {check.max_abs_diff:.2e}, {check.relative:.1e} of the output range"
+    held_out = DataLoader(spec.split("val", float_model, train=False), batch_size=evaluate.batch_size, shuffle=False)
+    path = Path(out) if out else run.export / f"{policy_path.stem}{SUFFIX[fmt]}"
+    return path, export_policy_files(net, chosen, {fmt: path}, calibration, _limited(held_out, check_images), opset)

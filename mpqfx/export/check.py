@@ -1,0 +1,82 @@
+"""What ships is what is reported: the exported ONNX file measured in onnxruntime.
+
+:func:`check_onnx` runs the file with every onnxruntime optimization (integer kernels, as a
+deployment runs it) on held-out images, next to the supernet at the same policy (what the
+report's accuracy was measured on) and the deployed PyTorch module (what the integer
+safetensors file holds), and reads the runtime's optimized graph to count the layers that run
+as integer kernels.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+import torch
+from torch import nn
+
+from mpqfx.errors import MpqfxError
+from mpqfx.export.onnx_qdq import INTEGER_KERNELS, integer_kernels, session
+from mpqfx.quant.policy import Policy
+from mpqfx.supernet import Supernet
+
+Batch = tuple[torch.Tensor, torch.Tensor]
+MIN_MODULE_AGREEMENT = 0.99  # below this the file does not compute the deployed module: an export fault
+
+
+@dataclass(frozen=True)
+class OnnxCheck:
+    """onnxruntime (all optimizations) on ``images`` held-out images against the supernet and the
+    deployed PyTorch module; accuracies are top-1 (None without labels)."""
+
+    images: int
+    accuracy: float | None
+    supernet_accuracy: float | None
+    top1_agreement: float  # onnxruntime vs the supernet at the policy
+    module_agreement: float  # onnxruntime vs the deployed PyTorch module (the integer safetensors file)
+    integer_kernels: int  # quantized layers onnxruntime runs as integer kernels
+    layers: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _top1(logits: Iterable[np.ndarray]) -> np.ndarray:
+    return np.concatenate([np.asarray(l).argmax(-1) for l in logits])
+
+
+@torch.no_grad()
+def check_onnx(path: str | Path, net: Supernet, policy: Policy, deployed: nn.Module,
+               batches: Iterable[Batch]) -> OnnxCheck:
+    """Measure the ONNX file at ``path`` on ``batches`` (see the module docstring); ``net`` runs with
+    the BatchNorm statistics it has now (re-estimate them first, as the report's evaluation does).
+
+    Raises MpqfxError when onnxruntime and the deployed module disagree on more than 1% of the
+    images, or when a quantized layer does not run as an integer kernel.
+    """
+    ort_session = session(path)
+    device = next(net.parameters()).device
+    runtime, supernet, module, labels = [], [], [], []
+    with net.use_policy(policy):
+        for x, y in batches:
+            runtime.append(ort_session.run(None, {"input": x.cpu().numpy()})[0])
+            supernet.append(net(x.to(device)).cpu().numpy())
+            module.append(deployed(x.cpu()).numpy())
+            labels.append(np.asarray(y))
+    ours, theirs, reference = _top1(runtime), _top1(supernet), _top1(module)
+    truth = np.concatenate(labels) if labels else np.zeros(0)
+    kernels = integer_kernels(path)
+    check = OnnxCheck(images=len(ours), accuracy=float((ours == truth).mean()) if len(truth) else None,
+                      supernet_accuracy=float((theirs == truth).mean()) if len(truth) else None,
+                      top1_agreement=float((ours == theirs).mean()), module_agreement=float((ours == reference).mean()),
+                      integer_kernels=sum(op in INTEGER_KERNELS for op in kernels.values()), layers=len(kernels))
+    if check.module_agreement < MIN_MODULE_AGREEMENT:
+        raise MpqfxError(f"ONNX export {str(path)!r} disagrees with the deployed module on "
+                         f"{1 - check.module_agreement:.1%} of {check.images} images (allowed {1 - MIN_MODULE_AGREEMENT:.0%})")
+    floating = [w.removesuffix(".weight_int") for w, op in kernels.items() if op not in INTEGER_KERNELS]
+    if floating:
+        raise MpqfxError(f"ONNX export {str(path)!r}: onnxruntime runs {len(floating)} quantized layer(s) in float "
+                         f"(first: {floating[0]!r}, as {kernels[floating[0] + '.weight_int']})")
+    return check

@@ -1,0 +1,158 @@
+"""Where a deployed model quantizes the tensors between its integer kernels.
+
+An integer kernel (onnxruntime's QLinearConv / QGemm) reads quantized inputs and writes a
+quantized output. Each quantized layer already quantizes its input (its b-bit LSQ step); this
+pass gives every layer an output quantizer:
+
+* when the layer's output, through clamp activations (ReLU, ReLU6, Hardtanh) that nothing else
+  reads, feeds only quantized layers with the same input quantizer, that quantizer moves up to
+  the producer and the activations fold into its integer range: exact, nothing added;
+* otherwise an 8-bit quantizer (asymmetric uint8, calibrated min/max on training images) takes
+  the output, after those clamp activations, which fold into its range the same way.
+
+Residual adds (two tensors summed) get an 8-bit quantizer on their output as well, so that the
+runtime adds in integers (QLinearAdd) instead of dequantizing around each add.
+"""
+
+from __future__ import annotations
+
+import operator
+from typing import Iterable
+
+import torch
+import torch.fx as fx
+import torch.nn.functional as F
+from torch import nn
+
+from mpqfx.export.qdq import ActivationQuantizer
+
+INF = float("inf")
+_ADDS = {operator.add, operator.iadd, torch.add}
+
+
+def _clamp_range(gm: fx.GraphModule, node: fx.Node) -> tuple[float, float] | None:
+    """The output range of ``node`` when it is a clamp activation of its first input, else None."""
+    if node.op == "call_module":
+        module = gm.get_submodule(node.target)
+        if isinstance(module, nn.Sequential):  # what a folded BatchNormAct2d leaves: drop, act
+            parts = [m for m in module if not isinstance(m, (nn.Identity, nn.Dropout))]
+            module = parts[0] if len(parts) == 1 else module
+            if not parts:
+                return (-INF, INF)
+        if isinstance(module, nn.ReLU):
+            return (0.0, INF)
+        if isinstance(module, nn.Hardtanh):  # ReLU6 is Hardtanh(0, 6)
+            return (float(module.min_val), float(module.max_val))
+        if isinstance(module, (nn.Identity, nn.Dropout)):
+            return (-INF, INF)
+        return None
+    if node.op == "call_function" and node.target in (F.relu, torch.relu, torch.relu_):
+        return (0.0, INF)
+    if node.op == "call_function" and node.target is F.relu6:
+        return (0.0, 6.0)
+    if node.op == "call_method" and node.target in ("relu", "relu_"):
+        return (0.0, INF)
+    return None
+
+
+def _follow_clamps(gm: fx.GraphModule, node: fx.Node) -> tuple[fx.Node, list[fx.Node], tuple[float, float]]:
+    """From ``node``, the chain of clamp activations that are each their input's only reader."""
+    chain, low, high = [], -INF, INF
+    end = node
+    while len(end.users) == 1:
+        user = next(iter(end.users))
+        bounds = _clamp_range(gm, user)
+        if bounds is None or user.args[0] is not end:
+            break
+        low, high = max(low, bounds[0]), min(high, bounds[1])
+        chain.append(user)
+        end = user
+    return end, chain, (low, high)
+
+
+def _same(a: ActivationQuantizer, b: ActivationQuantizer) -> bool:
+    return (a.bits, a.signed) == (b.bits, b.signed) and torch.equal(a.step, b.step)
+
+
+def _readers_quantizer(gm: fx.GraphModule, end: fx.Node, layers: set[str]) -> ActivationQuantizer | None:
+    """The input quantizer shared by every reader of ``end`` when all are quantized layers reading
+    it as their input (not padding it first); None otherwise."""
+    readers = list(end.users)
+    if not readers or any(r.op != "call_module" or r.target not in layers or r.args[0] is not end
+                          or len(r.args) != 1 or r.kwargs for r in readers):
+        return None
+    modules = [gm.get_submodule(r.target) for r in readers]
+    quants = [m.input_quant for m in modules]
+    if any(getattr(m, "same_pad", False) or not isinstance(q, ActivationQuantizer) for m, q in zip(modules, quants)):
+        return None
+    return quants[0] if all(_same(quants[0], q) for q in quants[1:]) else None
+
+
+def _drop(chain: list[fx.Node], into: fx.Node) -> None:
+    if chain:
+        chain[-1].replace_all_uses_with(into)
+        for node in reversed(chain):
+            node.graph.erase_node(node)
+
+
+def _is_tensor_add(node: fx.Node) -> bool:
+    adds = (node.op == "call_function" and node.target in _ADDS) or (node.op == "call_method" and node.target in ("add", "add_"))
+    if not adds or len(node.args) != 2 or not all(isinstance(a, fx.Node) for a in node.args):
+        return False
+    meta = [a.meta.get("tensor_meta") for a in (node, *node.args)]
+    return all(m is not None and hasattr(m, "shape") and len(m.shape) > 1 for m in meta)
+
+
+def place_output_quantizers(gm: fx.GraphModule, layers: set[str]) -> dict[str, ActivationQuantizer]:
+    """Give every quantized layer of ``gm`` its output quantizer and every residual add an 8-bit one
+    (see the module docstring); folded activations leave the graph. Returns, for each layer whose
+    input quantizer moved up to its producer, that quantizer."""
+    moved: dict[str, ActivationQuantizer] = {}
+    nodes = [n for n in gm.graph.nodes if n.op == "call_module" and n.target in layers]
+    for node in nodes:
+        layer = gm.get_submodule(node.target)
+        end, chain, bounds = _follow_clamps(gm, node)
+        shared = _readers_quantizer(gm, end, layers)
+        if shared is not None:
+            quant = shared
+            for reader in end.users:
+                gm.get_submodule(reader.target).input_quant = nn.Identity()
+                moved[reader.target] = shared
+        else:
+            quant = ActivationQuantizer(8, signed=True)
+        quant.restrict(*bounds)
+        layer.output_quant = quant
+        _drop(chain, node)
+    # untraced layers (inside leaf modules) are not graph nodes: their outputs get 8-bit quantizers
+    for name in layers - {n.target for n in nodes}:
+        gm.get_submodule(name).output_quant = ActivationQuantizer(8, signed=True)
+    for node in [n for n in gm.graph.nodes if _is_tensor_add(n)]:
+        end, chain, bounds = _follow_clamps(gm, node)
+        quant = ActivationQuantizer(8, signed=True)
+        quant.restrict(*bounds)
+        name = f"requantize_{node.name}"
+        gm.add_module(name, quant)
+        with gm.graph.inserting_after(end):
+            q_node = gm.graph.call_module(name, (end,))
+        end.replace_all_uses_with(q_node, delete_user_cb=lambda user: user is not q_node)
+        _drop(chain, node)
+    return moved
+
+
+@torch.no_grad()
+def calibrate(gm: fx.GraphModule, batches: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> None:
+    """Set every uncalibrated 8-bit quantizer from the min/max of its input over ``batches``
+    (earlier 8-bit quantizers pass their input through meanwhile; the b-bit ones quantize)."""
+    quants = [m for m in gm.modules() if isinstance(m, ActivationQuantizer) and not m.calibrated]
+    for q in quants:
+        q.observing, q.seen = True, None
+    try:
+        for x, _ in batches:
+            gm(x)
+    finally:
+        for q in quants:
+            q.observing = False
+    for q in quants:
+        if q.seen is None:
+            raise ValueError("calibration saw no data: pass at least one batch")
+        q.set_range(*q.seen)
