@@ -47,6 +47,7 @@ class QuantizedLayer(nn.Module):
     def __init__(self, weight_shape: torch.Size, bits: LayerBits, a_signed: bool, a_step: torch.Tensor):
         super().__init__()
         self.w_bits, self.a_bits = bits.w, bits.a
+        self.shift = 8 - bits.w  # int8 weights are the b-bit integers times 2^shift
         channels = weight_shape[0]
         self.register_buffer("weight_int", torch.zeros(weight_shape, dtype=torch.int8))
         self.register_buffer("weight_scale", torch.ones(channels))  # s_w (* BN's g/sqrt(v+eps)) / 2^(8-b)
@@ -64,6 +65,10 @@ class QuantizedLayer(nn.Module):
         """The dequantized bias (a DequantizeLinear of the int32 initializer in ONNX)."""
         return dequantize_per_channel(self.bias_int, self.bias_scale)
 
+    def op_attributes(self) -> dict[str, object]:
+        """What the op needs besides its tensors (stride, padding, ... for convolutions)."""
+        return {"op": "linear"}
+
     def extra_repr(self) -> str:
         return f"w_bits={self.w_bits}, a_bits={self.a_bits}"
 
@@ -75,6 +80,11 @@ class QuantizedConv(QuantizedLayer):
         super().__init__(conv.weight.shape, bits, a_signed, a_step)
         self.stride, self.padding, self.dilation, self.groups = conv.stride, conv.padding, conv.dilation, conv.groups
         self.kernel_size, self.same_pad = conv.kernel_size, getattr(conv, "same_pad", False)
+
+    def op_attributes(self) -> dict[str, object]:
+        return {"op": f"conv{self.weight_int.dim() - 2}d", "stride": list(self.stride),
+                "padding": self.padding if isinstance(self.padding, str) else list(self.padding),
+                "dilation": list(self.dilation), "groups": self.groups, "same_pad": bool(self.same_pad)}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.same_pad:  # zeros padded before quantizing are the zero point's integers, as after
@@ -123,8 +133,8 @@ def _quantized_layer(module: MultiBitMixin, bits: LayerBits, a_signed: bool, bn:
         scale, bias = scale * k, bias * k + offset
     dead = scale == 0  # a channel BN multiplies by zero: its output is the bias alone
     ints[dead], scale[dead] = 0, 1.0
-    shift = 8 - bits.w  # b-bit integers times 2^(8-b) fill int8: the int32 bias gets 2^(8-b) finer
-    ints, scale = ints * 2**shift, scale / 2**shift
+    # b-bit integers times 2^(8-b) fill int8, so the int32 bias is 2^(8-b) times finer
+    ints, scale = ints * 2**new.shift, scale / 2**new.shift
     new.weight_int.copy_(ints.to(torch.int8))
     new.weight_scale.copy_(scale)
     new.float_bias = bias

@@ -17,7 +17,7 @@ from safetensors.torch import save as safetensors_bytes
 from torch import nn
 
 from mpqfx.errors import MpqfxError
-from mpqfx.export.deploy import deploy
+from mpqfx.export.deploy import QUANTIZED_TYPES, deploy
 from mpqfx.export.packing import pack_ints, unpack_ints
 from mpqfx.integrity import DIGEST_KEY, digest
 from mpqfx.io import atomic_write_bytes
@@ -45,16 +45,14 @@ def save_integer_model(net: Supernet, policy: Policy, path: str | Path, calibrat
             raise MpqfxError("save_integer_model needs calibration batches (training images) for the 8-bit "
                              "quantizers between layers, or the deployed module")
         deployed = deploy(net, policy, calibration)
-    state = deployed.state_dict()
-    tensors: dict[str, torch.Tensor] = {}
+    tensors = {name: t.detach().cpu().clone().contiguous() for name, t in deployed.state_dict().items()}
     layers: dict[str, dict[str, Any]] = {}
-    for name, tensor in state.items():
-        layer, _, leaf = name.rpartition(".")
-        if leaf == "weight_int":
-            tensors[layer + PACKED] = pack_ints(tensor, policy[layer].w)
-            layers[layer] = {"w_bits": policy[layer].w, "shape": list(tensor.shape)}
-        else:
-            tensors[name] = tensor.detach().cpu().clone().contiguous()
+    for name, layer in deployed.named_modules():
+        if isinstance(layer, QUANTIZED_TYPES):
+            ints, scale = tensors.pop(f"{name}.weight_int"), tensors.pop(f"{name}.weight_scale")
+            tensors[name + PACKED] = pack_ints(torch.div(ints.to(torch.int32), 2**layer.shift, rounding_mode="floor"), layer.w_bits)
+            tensors[f"{name}.weight_scale"] = scale * 2**layer.shift  # per b-bit integer
+            layers[name] = {"w_bits": layer.w_bits, "a_bits": layer.a_bits, "shape": list(ints.shape), **layer.op_attributes()}
     meta = {"format": FORMAT, "model": {"name": net.model_spec.name, "kwargs": dict(net.model_spec.kwargs)},
             "recipe": net.recipe.to_dict(), "input_size": list(net.input_size), "policy": policy.to_dict(),
             "layers": layers, DIGEST_KEY: digest(tensors)}
@@ -95,7 +93,9 @@ def load_integer_model(path: str | Path) -> nn.Module:
     module = deploy(net, Policy.from_dict(meta["policy"], str(path)))
     state = {k: v for k, v in tensors.items() if not k.endswith(PACKED)}
     for layer, info in meta["layers"].items():
-        state[f"{layer}.weight_int"] = unpack_ints(tensors[layer + PACKED], info["w_bits"], tuple(info["shape"]))
+        shift = 2 ** (8 - info["w_bits"])
+        state[f"{layer}.weight_int"] = unpack_ints(tensors[layer + PACKED], info["w_bits"], tuple(info["shape"])) * shift
+        state[f"{layer}.weight_scale"] = state[f"{layer}.weight_scale"] / shift
     try:
         module.load_state_dict(state, strict=True)
     except RuntimeError as exc:

@@ -58,19 +58,27 @@ def check_opset(opset: int) -> int:
     return opset
 
 
-def _name_weight_constants(model) -> None:
-    """The exporter writes a buffer it reads through an op as a Constant node; make each int8 weight
-    an initializer under its state-dict name."""
+def _name_layer_tensors(model) -> None:
+    """Every layer's integer weight and bias as an initializer under its state-dict name
+    (``<layer>.weight_int``, ``<layer>.bias_int``): the exporter writes a buffer read through an
+    op as a Constant node, and a tensor equal to an earlier one (a zero-initialized layer) as an
+    Identity of it."""
     from onnx import numpy_helper
 
     graph = model.graph
+    initializers = {init.name: init for init in graph.initializer}
     for node in list(graph.node):
-        if node.op_type != "Constant":
+        name = node.output[0]
+        if not name.endswith((".weight_int", ".bias_int")):
             continue
-        value = numpy_helper.to_array(node.attribute[0].t)
-        if value.dtype == np.int8 and value.ndim > 1:
-            graph.initializer.append(numpy_helper.from_array(value, node.output[0]))
-            graph.node.remove(node)
+        if node.op_type == "Constant":
+            value = numpy_helper.to_array(node.attribute[0].t)
+        elif node.op_type == "Identity" and node.input[0] in initializers:
+            value = numpy_helper.to_array(initializers[node.input[0]])
+        else:
+            continue
+        graph.initializer.append(numpy_helper.from_array(value, name))
+        graph.node.remove(node)
 
 
 def export_onnx(module: nn.Module, example_input: torch.Tensor, path: str | Path, *, opset: int = DEFAULT_OPSET,
@@ -89,7 +97,7 @@ def export_onnx(module: nn.Module, example_input: torch.Tensor, path: str | Path
                           input_names=["input"], output_names=["logits"],
                           dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}})
     model = onnx.load_from_string(buffer.getvalue())
-    _name_weight_constants(model)
+    _name_layer_tensors(model)
     if bits is not None:
         model.metadata_props.add(key=BITS_PROP, value=json.dumps({k: list(v) for k, v in bits.items()}))
     onnx.checker.check_model(model)

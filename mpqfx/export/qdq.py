@@ -34,8 +34,8 @@ def container_bounds(bits: int, signed: bool) -> tuple[int, int, int]:
 class _QuantizeClipDequantize(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, step, zero_point, lo, hi, clip: bool):  # noqa: ARG004 - clip only shapes the ONNX graph
-        zp = zero_point.float()
-        return (torch.div(x, step).round_().add_(zp).clamp_(lo.float(), hi.float()).sub_(zp)).mul_(step)
+        zp = zero_point.to(x.dtype)
+        return (torch.div(x, step).round_().add_(zp).clamp_(lo.to(x.dtype), hi.to(x.dtype)).sub_(zp)).mul_(step)
 
     @staticmethod
     def symbolic(g, x, step, zero_point, lo, hi, clip: bool):
@@ -48,7 +48,7 @@ class _QuantizeClipDequantize(torch.autograd.Function):
 class _DequantizePerChannel(torch.autograd.Function):
     @staticmethod
     def forward(ctx, ints, scale):
-        return ints.float() * scale.view((-1,) + (1,) * (ints.dim() - 1))
+        return ints.to(scale.dtype) * scale.view((-1,) + (1,) * (ints.dim() - 1))
 
     @staticmethod
     def symbolic(g, ints, scale):

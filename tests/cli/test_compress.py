@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
@@ -85,17 +86,24 @@ def test_searched_policies_meet_their_targets(run):
         assert parse_target(entry["target"], net).satisfied_by(net, policy)
 
 
-def test_exported_onnx_and_pytorch_agree(run):
+def test_exported_onnx_runs_integer_kernels_computes_the_integer_file_and_is_measured_in_the_report(run):
     root, _ = run
+    report = json.loads((root / "report.json").read_text())
+    net, _ = load_supernet(root)
     x = torch.randn(4, 1, 32, 32, generator=torch.Generator().manual_seed(0))
-    for stem in ("uniform-4", "bitops-uniform-5_size-6x"):
-        module = load_integer_model(root / "export" / f"{stem}.safetensors")
+    for entry in [p for p in report["policies"] if p["kind"] == "searched"]:
+        exports = entry["exports"]
+        module = load_integer_model(exports["safetensors"])
         expected = module(x).detach().numpy()
-        options = ort.SessionOptions()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-        session = ort.InferenceSession(str(root / "export" / f"{stem}.onnx"), options)
-        got = session.run(None, {"input": x.numpy()})[0]
+        got = ort.InferenceSession(exports["onnx"], providers=["CPUExecutionProvider"]).run(None, {"input": x.numpy()})[0]
         assert np.abs(got - expected).max() <= 1e-4 * (expected.max() - expected.min())
+        assert exports["onnx_images"] == 64  # the whole held-out split
+        assert exports["onnx_integer_kernels"] == exports["onnx_layers"] == len(net.layers)
+        assert exports["onnx_supernet_accuracy"] == pytest.approx(entry["accuracy"])  # the row the report shows
+        assert 0 <= exports["onnx_accuracy"] <= 1 and 0 <= exports["onnx_top1_agreement"] <= 1
+        assert exports["onnx_bytes"] == (root / "export" / f"{Path(entry['policy_file']).stem}.onnx").stat().st_size
+    markdown = (root / "report.md").read_text()
+    assert "ONNX top-1" in markdown and f"{len(net.layers)}/{len(net.layers)}" in markdown
 
 
 def test_export_command_writes_a_policy_again(run, tmp_path):
