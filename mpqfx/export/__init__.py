@@ -2,8 +2,9 @@
 and its loader, ONNX that runtimes run with integer kernels, and the Double Rounding 8-bit weight file."""
 
 from mpqfx.export.deploy import QuantizedConv, QuantizedLinear, deploy
+from mpqfx.export.double_rounding_file import load_double_rounding, save_double_rounding
 from mpqfx.export.integer_file import load_integer_model, save_integer_model
 from mpqfx.export.onnx_qdq import export_onnx, integer_kernels, load_onnx
 
 __all__ = ["deploy", "QuantizedConv", "QuantizedLinear", "save_integer_model", "load_integer_model",
-           "export_onnx", "load_onnx", "integer_kernels"]
+           "export_onnx", "load_onnx", "integer_kernels", "save_double_rounding", "load_double_rounding"]

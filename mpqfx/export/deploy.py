@@ -56,6 +56,7 @@ class QuantizedLayer(nn.Module):
         self.float_bias = torch.zeros(channels)  # what bias_int approximates (not stored)
         self.input_quant: nn.Module = ActivationQuantizer(bits.a, a_signed, a_step)
         self.output_quant: nn.Module = nn.Identity()
+        self.input_from: str | None = None  # the layer whose output quantizer quantizes this one's input
 
     def weight(self) -> torch.Tensor:
         """The dequantized weight (a DequantizeLinear of the int8 initializer in ONNX)."""
@@ -210,12 +211,18 @@ def deploy(net: Supernet, policy: Policy, calibration: Iterable[Batch] | None = 
     for name, info in infos.items():
         module = gm.get_submodule(name)
         set_submodule(gm, name, _quantized_layer(module, policy[name], info.a_signed, folded.get(name)))
-    readers = place_output_quantizers(gm, set(infos))
+    for reader, producer in place_output_quantizers(gm, set(infos)).items():
+        gm.get_submodule(reader).input_from = producer
     gm.graph.lint()
     gm.recompile()
     if calibration is not None:
         calibrate(gm, calibration)
         for name in infos:
-            layer = gm.get_submodule(name)
-            _quantize_bias(layer, (layer.input_quant if name not in readers else readers[name]).step)
+            _quantize_bias(gm.get_submodule(name), input_quantizer(gm, name).step)
     return gm
+
+
+def input_quantizer(gm: nn.Module, name: str) -> ActivationQuantizer:
+    """The quantizer of layer ``name``'s input: its own, or its producer's output quantizer."""
+    layer = gm.get_submodule(name)
+    return gm.get_submodule(layer.input_from).output_quant if layer.input_from else layer.input_quant

@@ -4,8 +4,11 @@ Every layer's weights are stored once, as the integers of its highest bit-width 
 shipped recipe) with its one scale s_h; the loaded supernet re-creates the latent weights as
 q_h * s_h, so that any policy's b-bit weights derive from the stored integers by Eq. 2
 (round(q_h / 2^(h-b))) at scale s_h * 2^(h-b) (Eq. 3), exactly as in the trained supernet.
-Activation steps and BatchNorm sets are stored as they are. (Bypass mode then runs the
-dequantized highest-bit weights, not the original float ones.)
+Activation steps and every Transitional BatchNorm set are stored as they are, so any policy runs
+from the file alone; the BatchNorm statistics are the trained ones: re-estimate them for a policy
+on the ``bn_images`` training images the metadata records to reproduce a reported accuracy
+(docs/export-format.md). (Bypass mode runs the dequantized highest-bit weights, not the
+original float ones.)
 """
 
 from __future__ import annotations
@@ -46,6 +49,7 @@ def save_double_rounding(net: Supernet, path: str | Path) -> Path:
         high[name] = quant.high
     meta = {"format": FORMAT, "model": {"name": net.model_spec.name, "kwargs": dict(net.model_spec.kwargs)},
             "recipe": net.recipe.to_dict(), "input_size": list(net.input_size), "high_bits": high,
+            "bn_images": net.recipe.evaluate.bn_images,  # per-policy BN re-estimation the report's accuracies include
             DIGEST_KEY: digest(state)}
     atomic_write_bytes(path, safetensors_bytes(state, metadata={"mpqfx": json.dumps(meta)}))
     return Path(path)

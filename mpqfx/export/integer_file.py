@@ -52,7 +52,8 @@ def save_integer_model(net: Supernet, policy: Policy, path: str | Path, calibrat
             ints, scale = tensors.pop(f"{name}.weight_int"), tensors.pop(f"{name}.weight_scale")
             tensors[name + PACKED] = pack_ints(torch.div(ints.to(torch.int32), 2**layer.shift, rounding_mode="floor"), layer.w_bits)
             tensors[f"{name}.weight_scale"] = scale * 2**layer.shift  # per b-bit integer
-            layers[name] = {"w_bits": layer.w_bits, "a_bits": layer.a_bits, "shape": list(ints.shape), **layer.op_attributes()}
+            layers[name] = {"w_bits": layer.w_bits, "a_bits": layer.a_bits, "shape": list(ints.shape),
+                            "input_from": layer.input_from, **layer.op_attributes()}
     meta = {"format": FORMAT, "model": {"name": net.model_spec.name, "kwargs": dict(net.model_spec.kwargs)},
             "recipe": net.recipe.to_dict(), "input_size": list(net.input_size), "policy": policy.to_dict(),
             "layers": layers, DIGEST_KEY: digest(tensors)}

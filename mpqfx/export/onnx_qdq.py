@@ -13,6 +13,7 @@ of its own serialised model (without that entry) in ``mpqfx.sha256``; :func:`loa
 from __future__ import annotations
 
 import hashlib
+import importlib
 import io
 import json
 import tempfile
@@ -43,12 +44,14 @@ class OnnxUnavailableError(MpqfxError):
 
 def onnx_modules() -> tuple[Any, Any]:
     """(onnx, onnxruntime), or one line naming the missing package and the fix."""
-    try:
-        import onnx
-        import onnxruntime
-    except ImportError as exc:
-        raise OnnxUnavailableError(f"ONNX export needs {exc.name}: pip install onnx onnxruntime") from None
-    return onnx, onnxruntime
+    modules = []
+    for name in ("onnx", "onnxruntime"):
+        try:
+            modules.append(importlib.import_module(name))
+        except ImportError:
+            raise OnnxUnavailableError(f"ONNX export needs the {name} package, which is not installed: "
+                                       f"pip install {name}") from None
+    return modules[0], modules[1]
 
 
 def check_opset(opset: int) -> int:

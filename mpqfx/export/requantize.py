@@ -103,11 +103,11 @@ def _is_tensor_add(node: fx.Node) -> bool:
     return all(m is not None and hasattr(m, "shape") and len(m.shape) > 1 for m in meta)
 
 
-def place_output_quantizers(gm: fx.GraphModule, layers: set[str]) -> dict[str, ActivationQuantizer]:
+def place_output_quantizers(gm: fx.GraphModule, layers: set[str]) -> dict[str, str]:
     """Give every quantized layer of ``gm`` its output quantizer and every residual add an 8-bit one
     (see the module docstring); folded activations leave the graph. Returns, for each layer whose
-    input quantizer moved up to its producer, that quantizer."""
-    moved: dict[str, ActivationQuantizer] = {}
+    input quantizer moved up to its producer, the producer's name."""
+    moved: dict[str, str] = {}
     nodes = [n for n in gm.graph.nodes if n.op == "call_module" and n.target in layers]
     for node in nodes:
         layer = gm.get_submodule(node.target)
@@ -117,7 +117,7 @@ def place_output_quantizers(gm: fx.GraphModule, layers: set[str]) -> dict[str, A
             quant = shared
             for reader in end.users:
                 gm.get_submodule(reader.target).input_quant = nn.Identity()
-                moved[reader.target] = shared
+                moved[reader.target] = node.target
         else:
             quant = ActivationQuantizer(8, signed=True)
         quant.restrict(*bounds)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -114,8 +115,51 @@ def test_export_command_writes_a_policy_again(run, tmp_path):
     assert proc.returncode == 0, proc.stderr
     x = torch.randn(2, 1, 32, 32)
     assert torch.equal(load_integer_model(out)(x), load_integer_model(root / "export" / "uniform-4.safetensors")(x))
-    proc = mpqfx_cli("export", "--run", root, "--policy", root / "policies" / "uniform-4.yaml", "--format", "double-rounding")
+    proc = mpqfx_cli("export", "--run", root, "--format", "double-rounding")  # needs no --policy
     one_line_error(proc, "weight_quantizer: double_rounding")
+
+
+def _snapshot(root):
+    return {p: p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_export_takes_a_policy_name_and_measures_the_onnx_file(run, tmp_path):
+    root, _ = run
+    out = tmp_path / "by-name.onnx"
+    proc = mpqfx_cli("export", "--run", root, "--policy", "uniform:4", "--out", out)
+    assert proc.returncode == 0, proc.stderr
+    assert out.is_file() and "top-1 agreement" in proc.stdout and "64 held-out images" in proc.stdout
+    assert f"{len(load_supernet(root)[0].layers)}/" in proc.stdout
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--policy", "uniform-9"], "the run's policies: bitops-uniform-5_size-6x, uniform-4"),
+    (["--policy", "uniform-4", "--opset", "11"], "--opset 11: the QDQ form needs opset 13 to 20"),
+    (["--format", "onnx"], "--format onnx needs --policy"),
+])
+def test_bad_export_requests_are_one_line_and_change_nothing(run, args, message):
+    root, _ = run
+    before = _snapshot(root)
+    one_line_error(mpqfx_cli("export", "--run", root, *args), message)
+    assert _snapshot(root) == before
+
+
+def test_export_needs_a_trained_supernet_and_onnxruntime(run, tmp_path):
+    root, _ = run
+    unfinished = tmp_path / "unfinished"
+    unfinished.mkdir()
+    for name in ("run.json", "recipe.yaml"):
+        (unfinished / name).write_bytes((root / name).read_bytes())
+    (unfinished / "policies").mkdir()
+    (unfinished / "policies" / "uniform-4.yaml").write_bytes((root / "policies" / "uniform-4.yaml").read_bytes())
+    one_line_error(mpqfx_cli("export", "--run", unfinished, "--policy", "uniform-4"), "has no trained supernet")
+    blocker = tmp_path / "no-ort"
+    (blocker / "onnxruntime").mkdir(parents=True)
+    (blocker / "onnxruntime" / "__init__.py").write_text("raise ImportError('blocked for the test')\n")
+    before = _snapshot(root)
+    proc = mpqfx_cli("export", "--run", root, "--policy", "uniform-4", env={**os.environ, "PYTHONPATH": str(blocker)})
+    one_line_error(proc, "needs the onnxruntime package, which is not installed: pip install onnxruntime")
+    assert _snapshot(root) == before
 
 
 def test_a_finished_run_is_not_overwritten(run, fashion_dir):
