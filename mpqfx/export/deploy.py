@@ -30,6 +30,7 @@ from torch import nn
 
 from mpqfx.errors import PolicyError
 from mpqfx.export.qdq import ActivationQuantizer, dequantize_per_channel
+from mpqfx.export.bias import quantize_biases
 from mpqfx.export.requantize import calibrate, place_output_quantizers
 from mpqfx.graph.rewrite import BN_TYPES, set_submodule
 from mpqfx.quant.layers import LayerBits, MultiBitConv2d, MultiBitMixin
@@ -66,6 +67,17 @@ class QuantizedLayer(nn.Module):
         """The dequantized bias (a DequantizeLinear of the int32 initializer in ONNX)."""
         return dequantize_per_channel(self.bias_int, self.bias_scale)
 
+    channel_dim = 1  # of the output
+
+    def quantized_input(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def op(self, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.output_quant(self.op(self.quantized_input(x), self.bias()))
+
     def op_attributes(self) -> dict[str, object]:
         """What the op needs besides its tensors (stride, padding, ... for convolutions)."""
         return {"op": "linear"}
@@ -87,17 +99,24 @@ class QuantizedConv(QuantizedLayer):
                 "padding": self.padding if isinstance(self.padding, str) else list(self.padding),
                 "dilation": list(self.dilation), "groups": self.groups, "same_pad": bool(self.same_pad)}
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def quantized_input(self, x: torch.Tensor) -> torch.Tensor:
         if self.same_pad:  # zeros padded before quantizing are the zero point's integers, as after
             x = pad_same(x, self.kernel_size, self.stride, self.dilation)
-        y = self._conv[self.weight_int.dim()](self.input_quant(x), self.weight(), self.bias(), self.stride,
-                                              self.padding, self.dilation, self.groups)
-        return self.output_quant(y)
+        return self.input_quant(x)
+
+    def op(self, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        return self._conv[self.weight_int.dim()](x, self.weight(), bias, self.stride, self.padding, self.dilation,
+                                                 self.groups)
 
 
 class QuantizedLinear(QuantizedLayer):
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.output_quant(F.linear(self.input_quant(x), self.weight(), self.bias()))
+    channel_dim = -1
+
+    def quantized_input(self, x: torch.Tensor) -> torch.Tensor:
+        return self.input_quant(x)
+
+    def op(self, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        return F.linear(x, self.weight(), bias)
 
 
 QUANTIZED_TYPES = (QuantizedConv, QuantizedLinear)
@@ -140,30 +159,6 @@ def _quantized_layer(module: MultiBitMixin, bits: LayerBits, a_signed: bool, bn:
     new.weight_scale.copy_(scale)
     new.float_bias = bias
     return new
-
-
-def _quantize_bias(layer: QuantizedLayer, x_step: torch.Tensor) -> None:
-    """The int32 bias an integer kernel adds to its accumulator, in units of input step x weight
-    scale. Of the two integers around the float bias, the one is kept that gives a zero
-    accumulator (an all-zero input window, common after ReLU) the output integer the float bias
-    gives, the nearer one when both do."""
-    unit = x_step * layer.weight_scale  # onnxruntime fuses only when the bias scale is exactly this product
-    b = layer.float_bias
-    out = layer.output_quant
-
-    def output(value: torch.Tensor) -> torch.Tensor:
-        if not isinstance(out, ActivationQuantizer):
-            return value
-        return (torch.div(value, out.step).round() + out.zero_point.float()).clamp(out.lo.float(), out.hi.float())
-
-    low = torch.floor(b / unit).clamp(-2**31, 2**31 - 2)
-    high = low + 1
-    target = output(b)
-    low_ok, high_ok = output(low * unit) == target, output(high * unit) == target
-    nearer_high = (high * unit - b).abs() < (b - low * unit).abs()
-    pick_high = high_ok & (~low_ok | nearer_high)
-    layer.bias_int.copy_(torch.where(pick_high, high, low).to(torch.int32))
-    layer.bias_scale.copy_(unit)
 
 
 def _fold_batchnorms(gm: fx.GraphModule, layers: set[str]) -> dict[str, nn.Module]:
@@ -217,8 +212,7 @@ def deploy(net: Supernet, policy: Policy, calibration: Iterable[Batch] | None = 
     gm.recompile()
     if calibration is not None:
         calibrate(gm, calibration)
-        for name in infos:
-            _quantize_bias(gm.get_submodule(name), input_quantizer(gm, name).step)
+        quantize_biases(gm, {name: input_quantizer(gm, name).step for name in infos}, calibration)
     return gm
 
 
