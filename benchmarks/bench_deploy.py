@@ -5,14 +5,14 @@ policy, in onnxruntime (CPU, 1 thread, all graph optimizations) and, when instal
 and <= 0.75x the float latency.
 
 The variants take turns: each round times every variant (``--iters`` runs after a warm-up) and
-the table gives the medians over rounds of the per-round ratios, so that machine drift cancels.
+the table gives the median time and the medians over rounds of the per-round ratios, so that machine drift cancels.
 Latency does not depend on the weights' values, so the models are timm's random initialisation;
 the mpqfx policy is a searched one from a run (``--policy MODEL=FILE``, e.g. a run's
 policies/uniform-4.yaml) or, without one, uniform 4/4. For OpenVINO it also reads the compiled
 model's executed precision of every convolution / fully connected layer (u8/i8 is integer).
 
 Usage: python benchmarks/bench_deploy.py [--models resnet18 mobilenetv2_100 efficientnet_lite0]
-       [--policy resnet18=runs/r18/policies/uniform-4.yaml] [--rounds 7] [--iters 10] [--json out.json]
+       [--policy resnet18=runs/r18/policies/uniform-4.yaml] [--rounds 7] [--iters 16] [--json out.json]
 """
 
 from __future__ import annotations
@@ -141,7 +141,7 @@ def main() -> None:
     parser.add_argument("--policy", action="append", default=[], metavar="MODEL=FILE")
     parser.add_argument("--batches", nargs="+", type=int, default=[1, 32])
     parser.add_argument("--rounds", type=int, default=7)
-    parser.add_argument("--iters", type=int, default=10)
+    parser.add_argument("--iters", type=int, default=16, help="runs per variant and round at batch 1 (batch b: iters/b, at least 2)")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
     policies = dict(p.split("=", 1) for p in args.policy)
@@ -167,7 +167,7 @@ def main() -> None:
                 make = ort_runner if runtime == "onnxruntime" else openvino_runner
                 for batch in args.batches:
                     x = np.random.default_rng(batch).standard_normal((batch, 3, SIZE, SIZE)).astype(np.float32)
-                    times = time_rounds({k: make(p, x) for k, p in paths.items()}, args.rounds, args.iters)
+                    times = time_rounds({k: make(p, x) for k, p in paths.items()}, args.rounds, max(2, args.iters // batch))
                     row = {"model": name, "policy": policy, "runtime": runtime, "batch": batch,
                            "ms": {k: 1e3 * statistics.median(v) for k, v in times.items()},
                            "mpqfx / float": median_ratio(times["mpqfx"], times["float"]),

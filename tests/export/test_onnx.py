@@ -106,3 +106,17 @@ def test_onnx_integer_weights_are_the_safetensors_integers(net, exported, tmp_pa
         assert np.array_equal(weights[f"{layer.name}.weight_int"], ints.numpy().astype(np.int8) * 2 ** (8 - bits))
     assert json.loads(next(p.value for p in model.metadata_props if p.key == BITS_PROP)) == {
         k: [b.w, b.a] for k, b in policy.items()}
+
+
+def test_openvino_executes_every_quantized_layer_in_integers(net, exported):
+    ov = pytest.importorskip("openvino")
+    _, _, path, _ = exported[0]
+    core = ov.Core()
+    compiled = core.compile_model(core.read_model(str(path)), "CPU", {"INFERENCE_NUM_THREADS": "1"})
+    precisions = []
+    for op in compiled.get_runtime_model().get_ordered_ops():
+        info = op.get_rt_info()
+        if info["layerType"].astype(str) in ("Convolution", "GroupConvolution", "FullyConnected", "MatMul"):
+            precisions.append(info["runtimePrecision"].astype(str))
+    assert len(precisions) == len(net.layers)
+    assert set(precisions) <= {"u8", "i8"}, precisions
