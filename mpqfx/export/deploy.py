@@ -18,6 +18,7 @@ container) and DequantizeLinear(int8 weight initializer, scale 1).
 from __future__ import annotations
 
 import copy
+from types import EllipsisType
 
 import torch
 import torch.fx as fx
@@ -28,7 +29,7 @@ from torch import nn
 
 from mpqfx.errors import PolicyError
 from mpqfx.graph.rewrite import BN_TYPES, set_submodule
-from mpqfx.quant.layers import LayerBits, MultiBitConv2d, MultiBitMixin
+from mpqfx.quant.layers import LayerBits, MultiBitConvNd, MultiBitMixin
 from mpqfx.quant.lsq import STEP_EPS, int_range
 from mpqfx.quant.policy import Policy
 from mpqfx.quant.transitional_bn import TransitionalBatchNorm
@@ -69,34 +70,39 @@ class _Quantized(nn.Module):
     def _integers(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return activation_integers(x, self.act_step, self.a_bits, self.a_signed), weight_integers(self.weight_int)
 
-    def _rescale(self, y: torch.Tensor) -> torch.Tensor:
-        """Per output channel: dim 1 for convs, the last dim for linears."""
+    def _rescale(self, y: torch.Tensor, bias: torch.Tensor | None | EllipsisType) -> torch.Tensor:
+        """Per output channel: dim 1 for convs, the last dim for linears. ``bias``: a functional
+        call site's own bias (``...``: the layer's, with any folded BatchNorm)."""
+        bias = self.bias if bias is ... else torch.zeros_like(self.bias) if bias is None else bias
         if isinstance(self, QuantizedLinear):
-            return y * self.output_scale + self.bias
+            return y * self.output_scale + bias
         view = (1, -1) + (1,) * (y.dim() - 2)
-        return y * self.output_scale.view(view) + self.bias.view(view)
+        return y * self.output_scale.view(view) + bias.view(view)
 
     def extra_repr(self) -> str:
         return f"w_bits={self.w_bits}, a_bits={self.a_bits}, a_signed={self.a_signed}"
 
 
 class QuantizedConv2d(_Quantized):
-    def __init__(self, conv: MultiBitConv2d, bits: LayerBits, a_signed: bool):
+    """A deployed conv with 1, 2 or 3 spatial dimensions (the name is kept from when only 2-D convs were)."""
+
+    def __init__(self, conv: MultiBitConvNd, bits: LayerBits, a_signed: bool):
         super().__init__(conv.weight.shape, bits, a_signed)
         self.stride, self.padding, self.dilation, self.groups = conv.stride, conv.padding, conv.dilation, conv.groups
         self.kernel_size, self.same_pad = conv.kernel_size, conv.same_pad
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, bias: torch.Tensor | None | EllipsisType = ...) -> torch.Tensor:
         x, w = self._integers(x)
         if self.same_pad:
             x = pad_same(x, self.kernel_size, self.stride, self.dilation)
-        return self._rescale(F.conv2d(x, w, None, self.stride, self.padding, self.dilation, self.groups))
+        conv = (F.conv1d, F.conv2d, F.conv3d)[w.dim() - 3]
+        return self._rescale(conv(x, w, None, self.stride, self.padding, self.dilation, self.groups), bias)
 
 
 class QuantizedLinear(_Quantized):
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, bias: torch.Tensor | None | EllipsisType = ...) -> torch.Tensor:
         x, w = self._integers(x)
-        return self._rescale(F.linear(x, w))
+        return self._rescale(F.linear(x, w), bias)
 
 
 def _bn_factors(bn: nn.Module) -> tuple[torch.Tensor, torch.Tensor] | None:
@@ -117,9 +123,9 @@ def _left_after_folding(bn: nn.Module) -> nn.Module:
 
 
 def _quantized_layer(module: MultiBitMixin, bits: LayerBits, a_signed: bool, bn: nn.Module | None) -> _Quantized:
-    cls = QuantizedConv2d if isinstance(module, MultiBitConv2d) else QuantizedLinear
+    cls = QuantizedConv2d if isinstance(module, MultiBitConvNd) else QuantizedLinear
     new = cls(module, bits, a_signed) if cls is QuantizedConv2d else cls(module.weight.shape, bits, a_signed)
-    ints = module.weight_quant.integers(module.weight, bits.w)
+    ints = module.weight_quant.integers(module.float_weight(), bits.w)
     scale = module.weight_quant.step(bits.w).detach().clamp(min=STEP_EPS).reshape(-1).expand(ints.shape[0]).clone()
     bias = module.bias.detach().clone() if module.bias is not None else torch.zeros_like(scale)
     if bn is not None:
@@ -159,8 +165,8 @@ def deploy(net: Supernet, policy: Policy) -> fx.GraphModule:
             continue
         src = node.args[0] if node.args else None
         foldable = (isinstance(src, fx.Node) and src.op == "call_module" and src.target in infos
-                    and len(src.users) == 1 and isinstance(gm.get_submodule(src.target), MultiBitConv2d)
-                    and _bn_factors(module) is not None)
+                    and len(src.users) == 1 and isinstance(gm.get_submodule(src.target), MultiBitConvNd)
+                    and "bias" not in src.kwargs and _bn_factors(module) is not None)
         if foldable:
             folded[src.target] = module
         set_submodule(gm, node.target, _left_after_folding(module) if foldable else module)

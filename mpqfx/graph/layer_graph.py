@@ -19,7 +19,7 @@ from typing import Sequence
 import networkx as nx
 import torch.fx as fx
 
-from mpqfx.graph.layer_info import LayerInfo
+from mpqfx.graph.layer_info import META_KEY, LayerInfo
 
 
 def build_layer_graph(gm: fx.GraphModule, layers: Sequence[LayerInfo]) -> nx.DiGraph:
@@ -27,7 +27,6 @@ def build_layer_graph(gm: fx.GraphModule, layers: Sequence[LayerInfo]) -> nx.DiG
     graph = nx.DiGraph()
     for info in layers:
         graph.add_node(info.name, info=info)
-    traced = {l.name for l in layers if l.traced}
     inside: dict[str, list[str]] = {}  # leaf module target -> its untraced layers in execution order
     for info in sorted((l for l in layers if not l.traced), key=lambda l: l.order):
         owner = next((n.target for n in gm.graph.nodes if n.op == "call_module" and info.name.startswith(n.target + ".")), None)
@@ -37,9 +36,10 @@ def build_layer_graph(gm: fx.GraphModule, layers: Sequence[LayerInfo]) -> nx.DiG
     frontier: dict[fx.Node, frozenset[str]] = {}
     for node in gm.graph.nodes:
         incoming = frozenset().union(*(frontier.get(a, frozenset()) for a in node.all_input_nodes))
-        if node.op == "call_module" and node.target in traced:
-            graph.add_edges_from((p, node.target) for p in incoming if p != node.target)
-            frontier[node] = frozenset({node.target})
+        site_of = node.meta.get(META_KEY)  # a traced call site (module or functional call) of this layer
+        if site_of is not None:
+            graph.add_edges_from((p, site_of.name) for p in incoming if p != site_of.name)
+            frontier[node] = frozenset({site_of.name})
         elif node.op == "call_module" and node.target in inside:
             chain = inside[node.target]
             graph.add_edges_from((p, chain[0]) for p in incoming)

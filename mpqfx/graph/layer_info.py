@@ -6,6 +6,9 @@ import enum
 from dataclasses import dataclass
 
 
+META_KEY = "mpqfx_layer"  # node.meta key of a traced call site's LayerInfo
+
+
 class LayerKind(str, enum.Enum):
     CONV = "conv"
     DEPTHWISE = "depthwise"
