@@ -19,7 +19,7 @@ from torch import nn
 
 from mpqfx.graph.example_run import ExampleRun, run_example
 from mpqfx.graph.functional import FunctionalCall, functional_calls
-from mpqfx.graph.layer_info import META_KEY, LayerInfo, LayerKind, Role, SkippedLayer
+from mpqfx.graph.layer_info import META_KEY, MODULE_TYPES, LayerInfo, LayerKind, Role, SkippedLayer
 from mpqfx.graph.modules import WEIGHT_MODULE_TYPES, quantizable_reason
 from mpqfx.graph.signedness import non_negative
 from mpqfx.recipe import QuantConfig
@@ -88,15 +88,16 @@ def _skipped(gm: fx.GraphModule, run: ExampleRun, candidates: set[str], layer_na
         else:
             reason = "not called on the example input"
         entries[name] = SkippedLayer(name, type(module).__name__, module.weight.numel(), use.macs if use else 0, reason)
+    types = gm.meta.get(MODULE_TYPES, {})
     for param, use in sorted(run.float_uses.items()):
         owner_name, _, attr = param.rpartition(".")
         name = owner_name if attr == "weight" and owner_name else param
         if name in entries:
             continue
-        owner = gm.get_submodule(owner_name)
+        owner_type = types.get(owner_name) or type(gm.get_submodule(owner_name)).__name__
         counted = name in layer_names  # the module is a layer too: its weights count there
         why = call_reason.get(param) or f"parameter {attr!r} used in {'/'.join(sorted(use.ops))}"
-        entries[name] = SkippedLayer(name + (" (outside its module)" if counted else ""), type(owner).__name__,
+        entries[name] = SkippedLayer(name + (" (outside its module)" if counted else ""), owner_type,
                                      0 if counted else params[param].numel(), use.macs,
                                      f"{why}; only conv/linear modules are quantized, this use stays float")
     return list(entries.values())

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.modules.utils import _ntuple
 
+from mpqfx.graph.layer_info import MODULE_TYPES
 from mpqfx.graph.modules import computes_with_latent_weight
 
 CONV_OPS = {F.conv1d: 1, F.conv2d: 2, F.conv3d: 3}  # F.conv2d is torch.conv2d
@@ -64,18 +65,19 @@ def functional_calls(gm: fx.GraphModule) -> list[FunctionalCall]:
         owner = gm.get_submodule(owner_name)
         if not isinstance(getattr(owner, attr), nn.Parameter):
             continue
-        found.append(FunctionalCall(node, str(weight.target), owner_name, args.arguments["input"],
-                                    args.arguments["bias"], _why_float(node.target, owner, attr, args.arguments)))
+        owner_type = gm.meta.get(MODULE_TYPES, {}).get(owner_name) or type(owner).__name__
+        found.append(FunctionalCall(node, str(weight.target), owner_name, args.arguments["input"], args.arguments["bias"],
+                                    _why_float(node.target, owner, owner_type, attr, args.arguments)))
     return found
 
 
-def _why_float(op: object, owner: nn.Module, attr: str, args: dict) -> str | None:
+def _why_float(op: object, owner: nn.Module, owner_type: str, attr: str, args: dict) -> str | None:
     name = getattr(op, "__name__", str(op))
     expected = nn.Linear if op is F.linear else (nn.Conv1d, nn.Conv2d, nn.Conv3d)[CONV_OPS[op] - 1]
     if attr != "weight" or not isinstance(owner, expected):
-        return f"{name} on parameter {attr!r} of {type(owner).__name__}, not a {expected.__name__}'s weight"
+        return f"{name} on parameter {attr!r} of {owner_type}, not a {expected.__name__}'s weight"
     if not computes_with_latent_weight(owner):
-        return f"{name} on the weight of {type(owner).__name__}, whose own forward computes differently"
+        return f"{name} on the weight of {owner_type}, whose own forward computes differently"
     if op is F.linear:
         return None
     ntuple = _ntuple(CONV_OPS[op])

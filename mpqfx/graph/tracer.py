@@ -21,6 +21,8 @@ from timm.layers import get_notrace_functions, get_notrace_modules
 from torch import nn
 
 from mpqfx.errors import RecipeError, UntraceableModelError
+from mpqfx.graph.layer_info import MODULE_TYPES
+from mpqfx.graph.rewrite import set_submodule
 
 QUANTIZABLE_BASES = (nn.modules.conv._ConvNd, nn.Linear)
 
@@ -89,4 +91,18 @@ def trace(model: nn.Module, leaf_modules: Sequence[str] = (), traced_args: Seque
             f"cannot trace module {where!r} ({cls_name}) of {model_name}: {type(exc).__name__}: {reason}. "
             f"Keep it opaque by adding it to the recipe's graph.leaf_modules, e.g. "
             f"leaf_modules: [{where!r}] or [{cls_name!r}]") from exc
-    return fx.GraphModule(tracer.root, graph, class_name=type(model).__name__)
+    gm = fx.GraphModule(tracer.root, graph, class_name=type(model).__name__)
+    _keep_weight_owners(gm, model)
+    gm.meta[MODULE_TYPES] = {name: type(m).__name__ for name, m in model.named_modules()}
+    return gm
+
+
+def _keep_weight_owners(gm: fx.GraphModule, model: nn.Module) -> None:
+    """A parameter read with ``get_attr`` (``F.linear(x, self.qkv.weight)``) is copied into the
+    GraphModule under an empty ``nn.Module``; put the conv/linear module that owns it back, so
+    that its type and hyper-parameters are known."""
+    for node in gm.graph.find_nodes(op="get_attr"):
+        owner, _, _ = str(node.target).rpartition(".")
+        original = model.get_submodule(owner) if owner else None
+        if isinstance(original, QUANTIZABLE_BASES) and gm.get_submodule(owner) is not original:
+            set_submodule(gm, owner, original)
