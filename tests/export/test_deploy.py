@@ -7,6 +7,9 @@ import dataclasses
 import onnx
 import pytest
 import torch
+import torch.nn.functional as F
+from timm.layers import ScaledStdConv2dSame
+from torch import nn
 
 import mpqfx
 from mpqfx import Policy, PolicyError
@@ -111,3 +114,38 @@ def test_per_channel_weight_steps_deploy_and_export_to_onnx(perturbed_supernet, 
     module = _deployed_and_checked(net, _policy(net, 1), images)
     check = export_onnx(module, images, tmp_path / "model.onnx")
     assert check.ok and check.max_abs_diff <= 1e-4 * check.output_range
+
+
+class NewLayerTypes(nn.Module):
+    """A standardized conv with dynamic SAME padding and a BN to fold, an ECA-style Conv1d, and a
+    fused-bias functional F.linear on a module's weight."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = ScaledStdConv2dSame(3, 8, 3, stride=2)
+        self.bn = nn.BatchNorm2d(8)
+        self.eca = nn.Conv1d(1, 1, 3, padding=1, bias=False)
+        self.qkv = nn.Linear(8, 24, bias=False)
+        self.q_bias, self.v_bias = nn.Parameter(torch.randn(8)), nn.Parameter(torch.randn(8))
+        self.head = nn.Linear(24, 4)
+
+    def forward(self, x):
+        x = torch.relu(self.bn(self.stem(x)))
+        gate = self.eca(x.mean((2, 3)).unsqueeze(1)).sigmoid()  # (B, 1, C)
+        tokens = (x * gate.transpose(1, 2).unsqueeze(-1)).flatten(2).transpose(1, 2)
+        tokens = F.linear(tokens, self.qkv.weight, torch.cat((self.q_bias, torch.zeros_like(self.q_bias), self.v_bias)))
+        return self.head(tokens.mean(1))
+
+
+def test_new_layer_types_deploy_and_export_to_onnx(tmp_path):
+    torch.manual_seed(0)
+    x = torch.randn(8, 3, 11, 11)
+    net = mpqfx.prepare(NewLayerTypes().eval(), example_input=x[:2]).eval()
+    assert [l.name for l in net.layers] == ["stem", "eca", "qkv", "head"]
+    for seed in POLICIES:
+        module = _deployed_and_checked(net, _policy(net, seed), x)
+    stem = net.layer_modules()["stem"]  # first layer: 8 bits; the integers are the standardized weight's
+    assert torch.equal(module.stem.weight_int.float(), stem.weight_quant.integers(stem.float_weight(), 8))
+    check = export_onnx(module, x, tmp_path / "model.onnx")
+    assert check.ok and check.max_abs_diff <= 1e-4 * check.output_range
+    assert check.int8_weights == len(net.layers)
