@@ -125,10 +125,11 @@ def _address(t: Any) -> int | None:
 class _Run(fx.Interpreter):
     """Runs the graph, records the functional layer call sites and names the node that fails."""
 
-    def __init__(self, gm: fx.GraphModule, sites: Mapping[fx.Node, str], record, uses: _WeightUses):  # noqa: ANN001
+    def __init__(self, gm: fx.GraphModule, sites: Mapping[fx.Node, str], record, uses: _WeightUses,  # noqa: ANN001
+                 input_shape: tuple[int, ...]):
         super().__init__(gm)
         self.extra_traceback = False  # the error names the node itself, in one line
-        self.sites, self.record, self.uses = sites, record, uses
+        self.sites, self.record, self.uses, self.input_shape = sites, record, uses, input_shape
 
     def run_node(self, n: fx.Node) -> Any:
         layer = self.sites.get(n)
@@ -138,7 +139,7 @@ class _Run(fx.Interpreter):
         except MpqfxError:
             raise
         except Exception as exc:
-            raise _untraceable(self.module, n, exc) from exc
+            raise _untraceable(self.module, n, exc, self.input_shape) from exc
         finally:
             self.uses.in_layer -= layer is not None
         if layer is not None:
@@ -148,22 +149,19 @@ class _Run(fx.Interpreter):
         return result
 
 
-def _untraceable(gm: fx.GraphModule, n: fx.Node, exc: BaseException) -> UntraceableModelError:
+def _untraceable(gm: fx.GraphModule, n: fx.Node, exc: BaseException, shape: tuple[int, ...]) -> UntraceableModelError:
     op = n.target if n.op == "call_module" else getattr(n.target, "__name__", str(n.target))
     reason = f"{type(exc).__name__}: {' '.join(str(exc).split())[:300]}"
     stack = list((n.meta.get("nn_module_stack") or {}).values())
     where, cls = (n.target, type(gm.get_submodule(n.target)).__name__) if n.op == "call_module" else (
         stack[-1][0], stack[-1][1].__name__) if stack else ("", "")
-    model = gm.__class__.__name__
+    site = f"in module {where!r} ({cls}) of {gm.__class__.__name__}" if where else f"of {gm.__class__.__name__}.forward"
+    message = (f"cannot run {op} ({n.op}) {site} on the example input {list(shape)}: {reason}. "
+               "Check the input size (graph.input_size, or example_input=)")
     if not where:
-        return UntraceableModelError(
-            f"cannot run {op} ({n.op}) of {model}.forward on the example input: {reason}. Check the input "
-            "size (graph.input_size, or example_input=) and the forward arguments traced as inputs "
-            "(graph.traced_args)")
-    return UntraceableModelError(
-        f"cannot run {op} ({n.op}) in module {where!r} ({cls}) of {model} on the example input: {reason}. "
-        f"Keep the module opaque by adding it to the recipe's graph.leaf_modules, e.g. "
-        f"leaf_modules: [{where!r}] or [{cls!r}]")
+        return UntraceableModelError(message + " and the forward arguments traced as inputs (graph.traced_args)")
+    return UntraceableModelError(message + f"; if it is right, keep the module opaque with the recipe's "
+                                           f"graph.leaf_modules, e.g. leaf_modules: [{where!r}] or [{cls!r}]")
 
 
 @contextmanager
@@ -214,7 +212,7 @@ def run_example(gm: fx.GraphModule, layers: set[str], sites: Mapping[fx.Node, st
     try:
         gm.eval()
         with torch.no_grad(), _module_stack(names, uses, layers, record), uses:
-            _Run(gm, sites, record, uses).run(example_input)
+            _Run(gm, sites, record, uses, tuple(example_input.shape)).run(example_input)
     finally:
         gm.train(was_training)
     return ExampleRun(observed, uses.finish(float_modules))

@@ -135,7 +135,7 @@ def test_failure_in_the_example_forward_names_op_and_recipe_keys():
     with pytest.raises(UntraceableModelError) as info:
         mpqfx.prepare(MaskedModel(), recipe, example_input=torch.randn(1, 3, 6, 6))
     message = str(info.value)
-    assert message.startswith("cannot run unsqueeze (call_method) of MaskedModel.forward on the example input: "
+    assert message.startswith("cannot run unsqueeze (call_method) of MaskedModel.forward on the example input [1, 3, 6, 6]: "
                               "AttributeError: 'NoneType' object has no attribute 'unsqueeze'")
     assert "graph.input_size" in message and "graph.traced_args" in message and "\n" not in message
 
@@ -160,4 +160,4 @@ def test_failure_inside_a_module_names_it_and_the_leaf_key():
         mpqfx.prepare(model, example_input=torch.randn(1, 3, 2, 2))
     message = str(info.value)
     assert "cannot run 1.proj (call_module) in module '1.proj' (Linear) of Sequential on the example input" in message
-    assert "leaf_modules: ['1.proj']" in message
+    assert "graph.input_size" in message and "leaf_modules: ['1.proj']" in message
