@@ -8,6 +8,9 @@ or MobileNet block that is the last conv of the residual branch, not the shortcu
 its 1x1 downsample conv.
 
 A module called at several sites is one layer (one policy entry); its self-edges are dropped.
+Such a layer can close a cycle (CoaT shares one positional-encoding conv between the serial
+blocks of a stage: A -> shared -> B -> shared): depths are then taken on the DAG of strongly
+connected components, so the layers of one cycle share a depth and execution order breaks ties.
 Layers inside an untraceable leaf module are chained in execution order; the leaf's inputs
 feed its first quantized layer and its last one feeds whatever consumes the leaf.
 """
@@ -52,9 +55,12 @@ def build_layer_graph(gm: fx.GraphModule, layers: Sequence[LayerInfo]) -> nx.DiG
 
 
 def _set_depths(graph: nx.DiGraph) -> None:
-    for name in nx.topological_sort(graph):
-        preds = list(graph.predecessors(name))
-        graph.nodes[name]["depth"] = 1 + max((graph.nodes[p]["depth"] for p in preds), default=0)
+    dag = nx.condensation(graph)  # one node per strongly connected component (a single layer unless in a cycle)
+    for component in nx.topological_sort(dag):
+        preds = list(dag.predecessors(component))
+        depth = dag.nodes[component]["depth"] = 1 + max((dag.nodes[p]["depth"] for p in preds), default=0)
+        for name in dag.nodes[component]["members"]:
+            graph.nodes[name]["depth"] = depth
 
 
 def previous_layer(graph: nx.DiGraph, name: str) -> str | None:
