@@ -16,7 +16,7 @@ import click
 @click.option("--format", "fmt", type=click.Choice(["onnx", "safetensors", "double-rounding"]), default="onnx",
               show_default=True, help="double-rounding: the one 8-bit weight file every policy derives from.")
 @click.option("--out", type=click.Path(path_type=Path), default=None, help="Output file [default: RUN/export/<policy>.<ext>].")
-@click.option("--opset", type=int, default=13, show_default=True, help="ONNX opset (13 to 20).")
+@click.option("--opset", type=int, default=17, show_default=True, help="ONNX opset (13 to 20).")
 @click.option("--check-images", type=click.IntRange(min=0), default=1000, show_default=True,
               help="Held-out images the ONNX file is measured on in onnxruntime (0: the whole split).")
 def export_command(run_dir: Path, policy: str | None, fmt: str, out: Path | None, opset: int, check_images: int) -> None:

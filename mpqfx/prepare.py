@@ -78,14 +78,14 @@ def prepare(model: nn.Module | str, recipe: Recipe | str | Path = "default",
     if example_input is None:
         example_input = default_example_input(model, recipe)
     was_training = model.training
-    gm = trace(model, recipe.graph.leaf_modules)
+    gm = trace(model, recipe.graph.leaf_modules, recipe.graph.traced_args)
     found = annotate(gm, example_input, recipe.quant)
     if not found.layers:
         reasons = "; ".join(f"{s.name}: {s.reason}" for s in found.skipped[:3]) or "it has none"
         raise MpqfxError(f"{type(model).__name__} has no conv/linear layer mpqfx can quantize ({reasons})")
     layer_graph = build_layer_graph(gm, found.layers)
     float_params = sum(p.numel() for p in gm.parameters()) - sum(l.params for l in found.layers)
-    rewrite(gm, found.layers, found.nodes, layer_graph, recipe.quant)
+    rewrite(gm, found.layers, found.sites, found.functional, layer_graph, recipe.quant)
     net = Supernet(gm, found.layers, found.skipped, layer_graph, recipe, example_input, float_params, model_spec)
     net.train(was_training)
     if net.coverage() < MIN_COVERAGE:

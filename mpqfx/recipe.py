@@ -91,10 +91,11 @@ class QuantConfig:
 
 @dataclass(frozen=True)
 class GraphConfig:
-    """How the model is traced: extra leaf modules and the example input shape."""
+    """How the model is traced: extra leaf modules, forward arguments kept as inputs, the example input shape."""
 
     leaf_modules: tuple[str, ...] = ()  # qualified-name patterns or class names kept opaque
     input_size: tuple[int, ...] | None = None  # (C, H, W); default: the model's timm pretrained_cfg
+    traced_args: tuple[str, ...] = ()  # defaulted forward() arguments traced as graph inputs (others: pinned)
 
     def problems(self) -> list[str]:
         if self.input_size is not None and (len(self.input_size) != 3 or min(self.input_size) < 1):

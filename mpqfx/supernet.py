@@ -121,7 +121,7 @@ class Supernet(nn.Module):
         batch, every Transitional BN set a copy of the float (``fp``) one. Run it after training
         the float model in bypass mode (``compress``'s warm start)."""
         for module in self._modules_by_layer.values():
-            module.weight_quant.init_steps(module.weight)
+            module.weight_quant.init_steps(module.float_weight())
             module.act_quant.reset()
         for bn in self._bns:
             for key, bn_set in bn.sets.items():

@@ -78,7 +78,7 @@ def test_onnx_files_record_and_check_their_hash(tmp_path):
     with torch.no_grad(), net.use_policy(policy):
         net(x)  # initialise the 4-bit activation steps
     path = tmp_path / "model.onnx"
-    export_onnx(deploy(net, policy), x, path)
+    export_onnx(deploy(net, policy, calibration=[(x, None)]), x, path)
     model = load_onnx(path)
     assert {p.key for p in model.metadata_props} == {"mpqfx.sha256"}
     int8 = next(i for i in model.graph.initializer if i.data_type == 3 and len(i.raw_data) > 64)  # an int8 weight

@@ -19,6 +19,8 @@ get 8-bit quantizers too. Those 8-bit tensors are the only thing the supernet di
 from __future__ import annotations
 
 import copy
+import operator
+from types import EllipsisType
 from typing import Iterable
 
 import torch
@@ -28,12 +30,12 @@ from timm.layers import BatchNormAct2d
 from timm.layers.padding import pad_same
 from torch import nn
 
-from mpqfx.errors import PolicyError
+from mpqfx.errors import MpqfxError, PolicyError
 from mpqfx.export.qdq import ActivationQuantizer, dequantize_per_channel
 from mpqfx.export.bias import quantize_biases
 from mpqfx.export.requantize import calibrate, place_output_quantizers
 from mpqfx.graph.rewrite import BN_TYPES, set_submodule
-from mpqfx.quant.layers import LayerBits, MultiBitConv2d, MultiBitMixin
+from mpqfx.quant.layers import LayerBits, MultiBitConvNd, MultiBitMixin
 from mpqfx.quant.lsq import STEP_EPS
 from mpqfx.quant.policy import Policy
 from mpqfx.quant.transitional_bn import TransitionalBatchNorm
@@ -112,6 +114,14 @@ class QuantizedConv(QuantizedLayer):
 class QuantizedLinear(QuantizedLayer):
     channel_dim = -1
 
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Tokens (..., features) run as one matrix (tokens, features): ONNX Gemm, which onnxruntime
+        fuses into QGemm, where a batched MatMul would leave the bias and requantization outside."""
+        if x.dim() == 2:
+            return super().forward(x)
+        y = super().forward(x.reshape(-1, x.shape[-1]))
+        return y.reshape(*x.shape[:-1], y.shape[-1])
+
     def quantized_input(self, x: torch.Tensor) -> torch.Tensor:
         return self.input_quant(x)
 
@@ -139,15 +149,17 @@ def _left_after_folding(bn: nn.Module) -> nn.Module:
     return nn.Identity()
 
 
-def _quantized_layer(module: MultiBitMixin, bits: LayerBits, a_signed: bool, bn: nn.Module | None) -> QuantizedLayer:
+def _quantized_layer(module: MultiBitMixin, bits: LayerBits, a_signed: bool, bn: nn.Module | None,
+                     call_bias: torch.Tensor | None | EllipsisType = ...) -> QuantizedLayer:
     a_step = module.act_quant.step(bits.a).detach().clamp(min=STEP_EPS)
     if isinstance(module, nn.Linear):
         new: QuantizedLayer = QuantizedLinear(module.weight.shape, bits, a_signed, a_step)
     else:
         new = QuantizedConv(module, bits, a_signed, a_step)
-    ints = module.weight_quant.integers(module.weight, bits.w)
+    ints = module.weight_quant.integers(module.float_weight(), bits.w)
     scale = module.weight_quant.step(bits.w).detach().clamp(min=STEP_EPS).reshape(-1).expand(ints.shape[0]).clone()
-    bias = module.bias.detach().clone() if module.bias is not None else torch.zeros_like(scale)
+    own = module.bias if call_bias is ... else call_bias  # a functional call site's own bias expression
+    bias = own.detach().clone().float() if own is not None else torch.zeros_like(scale)
     if bn is not None:
         k, offset = _bn_factors(bn)
         scale, bias = scale * k, bias * k + offset
@@ -159,6 +171,74 @@ def _quantized_layer(module: MultiBitMixin, bits: LayerBits, a_signed: bool, bn:
     new.weight_scale.copy_(scale)
     new.float_bias = bias
     return new
+
+
+@torch.no_grad()
+def _call_site_biases(net: Supernet) -> dict[str, torch.Tensor | None]:
+    """The bias each functional call site (``F.linear(x, self.qkv.weight, torch.cat(...))``) passes
+    its layer, evaluated once: an integer kernel's bias is a constant. A bias computed from the
+    input cannot be one and is refused."""
+    graph = net.graph_module.graph
+    calls = {n.target: n for n in graph.nodes if n.op == "call_module" and "bias" in n.kwargs}
+    for name, node in calls.items():
+        bias = node.kwargs["bias"]
+        seen, stack = set(), [bias] if isinstance(bias, fx.Node) else []
+        while stack:
+            current = stack.pop()
+            if current.op == "placeholder":
+                raise MpqfxError(f"layer {name!r}: its call site computes the bias from the input, which an integer "
+                                 "kernel cannot take; export needs a bias made of parameters")
+            if current not in seen:
+                seen.add(current)
+                stack.extend(current.all_input_nodes)
+    values: dict[str, torch.Tensor | None] = {}
+    if not calls:
+        return values
+    modules, was_training = net.graph_module, net.training
+    net.eval()  # no BatchNorm statistics move
+    hooks = [modules.get_submodule(name).register_forward_pre_hook(
+        lambda _, args, kwargs, name=name: values.__setitem__(name, kwargs.get("bias")), with_kwargs=True)
+        for name in calls]
+    try:
+        net(net.example_input.to(next(net.parameters()).device))
+    finally:
+        net.train(was_training)
+        for hook in hooks:
+            hook.remove()
+    return values
+
+
+def _drop_call_site_biases(gm: fx.GraphModule, names: set[str]) -> None:
+    """Remove the ``bias`` argument of these layers' calls, and what computed it."""
+    for node in [n for n in gm.graph.nodes if n.op == "call_module" and n.target in names]:
+        bias = node.kwargs.get("bias")
+        node.kwargs = {k: v for k, v in node.kwargs.items() if k != "bias"}
+        stack = [bias] if isinstance(bias, fx.Node) else []
+        while stack:
+            current = stack.pop()
+            if not current.users and current.op != "placeholder":
+                inputs = current.all_input_nodes
+                gm.graph.erase_node(current)
+                stack.extend(inputs)
+
+
+def _drop_pinned_inputs(gm: fx.GraphModule) -> None:
+    """The deployed module takes the image only: forward arguments that prepare pinned to their
+    defaults (concrete_args) become those constants, their guards dropped."""
+    placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
+    for node in placeholders[1:]:
+        if len(node.args) != 1:
+            continue
+        for user in list(node.users):
+            guards = [user] + [u for u in user.users if u.target is torch._assert]
+            if user.target is torch._assert or getattr(user.target, "__name__", "") == "_assert_is_none" or \
+                    (user.target is operator.eq and all(u.target is torch._assert for u in user.users)):
+                for guard in reversed(guards):
+                    gm.graph.erase_node(guard)
+        for user in list(node.users):
+            user.args = tuple(node.args[0] if a is node else a for a in user.args)
+            user.kwargs = {k: node.args[0] if v is node else v for k, v in user.kwargs.items()}
+        gm.graph.erase_node(node)
 
 
 def _fold_batchnorms(gm: fx.GraphModule, layers: set[str]) -> dict[str, nn.Module]:
@@ -175,8 +255,8 @@ def _fold_batchnorms(gm: fx.GraphModule, layers: set[str]) -> dict[str, nn.Modul
             continue
         src = node.args[0] if node.args else None
         foldable = (isinstance(src, fx.Node) and src.op == "call_module" and src.target in layers
-                    and len(src.users) == 1 and isinstance(gm.get_submodule(src.target), MultiBitConv2d)
-                    and _bn_factors(module) is not None)
+                    and len(src.users) == 1 and isinstance(gm.get_submodule(src.target), MultiBitConvNd)
+                    and "bias" not in src.kwargs and _bn_factors(module) is not None)
         if foldable:
             folded[src.target] = module
         set_submodule(gm, node.target, _left_after_folding(module) if foldable else module)
@@ -198,14 +278,18 @@ def deploy(net: Supernet, policy: Policy, calibration: Iterable[Batch] | None = 
     if floating:
         raise PolicyError(f"export needs every layer quantized; the policy leaves {floating[0]!r} "
                           f"{'and others ' if len(floating) > 1 else ''}in float")
+    call_biases = _call_site_biases(net)
     with net.use_policy(policy):
         gm = copy.deepcopy(net.graph_module)
-    gm.eval()
+    gm.eval().requires_grad_(False)  # an inference module
     infos = {info.name: info for info in net.layers}
     folded = _fold_batchnorms(gm, set(infos))
+    _drop_call_site_biases(gm, set(call_biases))
+    _drop_pinned_inputs(gm)
     for name, info in infos.items():
         module = gm.get_submodule(name)
-        set_submodule(gm, name, _quantized_layer(module, policy[name], info.a_signed, folded.get(name)))
+        set_submodule(gm, name, _quantized_layer(module, policy[name], info.a_signed, folded.get(name),
+                                                 call_biases.get(name, ...)))
     for reader, producer in place_output_quantizers(gm, set(infos)).items():
         gm.get_submodule(reader).input_from = producer
     gm.graph.lint()

@@ -24,6 +24,7 @@ from mpqfx.export.integer_file import ExportFileError, read_integer_file
 from mpqfx.integrity import DIGEST_KEY, digest
 from mpqfx.io import atomic_write_bytes
 from mpqfx.quant.double_rounding import DoubleRoundingQuantizer
+from mpqfx.quant.layers import MultiBitMixin
 from mpqfx.quant.lsq import STEP_EPS
 from mpqfx.supernet import Supernet
 
@@ -37,6 +38,11 @@ def save_double_rounding(net: Supernet, path: str | Path) -> Path:
     if not all(isinstance(m.weight_quant, DoubleRoundingQuantizer) for m in modules.values()):
         raise MpqfxError("the 8-bit Double Rounding file needs a supernet built with quant.weight_quantizer: "
                          "double_rounding (e.g. recipe double_rounding)")
+    derived = [name for name, m in modules.items() if type(m).float_weight is not MultiBitMixin.float_weight]
+    if derived:
+        raise MpqfxError(f"layer {derived[0]!r} ({type(modules[derived[0]]).__name__}) quantizes a weight computed "
+                         "from its latent one (weight standardization); the Double Rounding file stores latent "
+                         "weights, so it cannot hold this model: export it per policy instead")
     if net.model_spec is None:
         raise MpqfxError("the Double Rounding file records the timm model that rebuilds the supernet; "
                          "prepare() it from a timm name or pass model_spec=")

@@ -31,7 +31,7 @@ from mpqfx.io import atomic_write_bytes
 
 MIN_OPSET = 13  # per-channel DequantizeLinear (axis) and Clip on integers
 MAX_OPSET = 20  # the TorchScript exporter's newest
-DEFAULT_OPSET = 13
+DEFAULT_OPSET = 17  # LayerNormalization and attention (SDPA, 14) export as single ops
 DIGEST_PROP = "mpqfx.sha256"
 BITS_PROP = "mpqfx.bits"
 INTEGER_KERNELS = ("QLinearConv", "QGemm", "QLinearMatMul", "ConvInteger", "MatMulInteger", "MatMulIntegerToFloat",
@@ -96,9 +96,12 @@ def export_onnx(module: nn.Module, example_input: torch.Tensor, path: str | Path
     buffer = io.BytesIO()
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation and tracer warnings
-        torch.onnx.export(module, (example_input.detach().cpu(),), buffer, opset_version=opset, dynamo=False,
-                          input_names=["input"], output_names=["logits"],
-                          dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}})
+        try:
+            torch.onnx.export(module, (example_input.detach().cpu(),), buffer, opset_version=opset, dynamo=False,
+                              input_names=["input"], output_names=["logits"],
+                              dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}})
+        except torch.onnx.errors.UnsupportedOperatorError as exc:
+            raise MpqfxError(f"--opset {opset}: {' '.join(str(exc).split())}") from None
     model = onnx.load_from_string(buffer.getvalue())
     _name_layer_tensors(model)
     if bits is not None:

@@ -8,6 +8,9 @@ or MobileNet block that is the last conv of the residual branch, not the shortcu
 its 1x1 downsample conv.
 
 A module called at several sites is one layer (one policy entry); its self-edges are dropped.
+Such a layer can close a cycle (CoaT shares one positional-encoding conv between the serial
+blocks of a stage: A -> shared -> B -> shared): depths are then taken on the DAG of strongly
+connected components, so the layers of one cycle share a depth and execution order breaks ties.
 Layers inside an untraceable leaf module are chained in execution order; the leaf's inputs
 feed its first quantized layer and its last one feeds whatever consumes the leaf.
 """
@@ -19,7 +22,7 @@ from typing import Sequence
 import networkx as nx
 import torch.fx as fx
 
-from mpqfx.graph.layer_info import LayerInfo
+from mpqfx.graph.layer_info import META_KEY, LayerInfo
 
 
 def build_layer_graph(gm: fx.GraphModule, layers: Sequence[LayerInfo]) -> nx.DiGraph:
@@ -27,7 +30,6 @@ def build_layer_graph(gm: fx.GraphModule, layers: Sequence[LayerInfo]) -> nx.DiG
     graph = nx.DiGraph()
     for info in layers:
         graph.add_node(info.name, info=info)
-    traced = {l.name for l in layers if l.traced}
     inside: dict[str, list[str]] = {}  # leaf module target -> its untraced layers in execution order
     for info in sorted((l for l in layers if not l.traced), key=lambda l: l.order):
         owner = next((n.target for n in gm.graph.nodes if n.op == "call_module" and info.name.startswith(n.target + ".")), None)
@@ -37,9 +39,10 @@ def build_layer_graph(gm: fx.GraphModule, layers: Sequence[LayerInfo]) -> nx.DiG
     frontier: dict[fx.Node, frozenset[str]] = {}
     for node in gm.graph.nodes:
         incoming = frozenset().union(*(frontier.get(a, frozenset()) for a in node.all_input_nodes))
-        if node.op == "call_module" and node.target in traced:
-            graph.add_edges_from((p, node.target) for p in incoming if p != node.target)
-            frontier[node] = frozenset({node.target})
+        site_of = node.meta.get(META_KEY)  # a traced call site (module or functional call) of this layer
+        if site_of is not None:
+            graph.add_edges_from((p, site_of.name) for p in incoming if p != site_of.name)
+            frontier[node] = frozenset({site_of.name})
         elif node.op == "call_module" and node.target in inside:
             chain = inside[node.target]
             graph.add_edges_from((p, chain[0]) for p in incoming)
@@ -52,9 +55,12 @@ def build_layer_graph(gm: fx.GraphModule, layers: Sequence[LayerInfo]) -> nx.DiG
 
 
 def _set_depths(graph: nx.DiGraph) -> None:
-    for name in nx.topological_sort(graph):
-        preds = list(graph.predecessors(name))
-        graph.nodes[name]["depth"] = 1 + max((graph.nodes[p]["depth"] for p in preds), default=0)
+    dag = nx.condensation(graph)  # one node per strongly connected component (a single layer unless in a cycle)
+    for component in nx.topological_sort(dag):
+        preds = list(dag.predecessors(component))
+        depth = dag.nodes[component]["depth"] = 1 + max((dag.nodes[p]["depth"] for p in preds), default=0)
+        for name in dag.nodes[component]["members"]:
+            graph.nodes[name]["depth"] = depth
 
 
 def previous_layer(graph: nx.DiGraph, name: str) -> str | None:

@@ -6,6 +6,11 @@ import enum
 from dataclasses import dataclass
 
 
+META_KEY = "mpqfx_layer"  # node.meta key of a traced call site's LayerInfo
+MODULE_TYPES = "mpqfx_module_types"  # GraphModule.meta key: qualified name -> class name in the traced
+# model (the GraphModule keeps traced-through modules as plain nn.Module containers)
+
+
 class LayerKind(str, enum.Enum):
     CONV = "conv"
     DEPTHWISE = "depthwise"

@@ -3,20 +3,28 @@
 Leaves: conv/linear layers (so that each call site stays one ``call_module`` node), timm's
 registered no-trace modules, and modules named in the recipe's ``graph.leaf_modules``
 (qualified-name patterns or class names). timm's no-trace functions are autowrapped.
+
+The root forward's arguments after the input that have defaults (``forward(x, mask=None)``,
+``pre_logits=False``) are pinned to their defaults with torch.fx's ``concrete_args``: traced as
+inputs, a branch on them would follow the Proxy (Hiera's ``if mask is None`` takes the masked
+path and drops the head). The recipe's ``graph.traced_args`` keeps named ones as graph inputs.
 """
 
 from __future__ import annotations
 
 import fnmatch
+import inspect
 from typing import Any, Callable, Sequence
 
 import torch.fx as fx
 from timm.layers import get_notrace_functions, get_notrace_modules
 from torch import nn
 
-from mpqfx.errors import UntraceableModelError
+from mpqfx.errors import RecipeError, UntraceableModelError
+from mpqfx.graph.layer_info import MODULE_TYPES
+from mpqfx.graph.rewrite import set_submodule
 
-QUANTIZABLE_BASES = (nn.Conv2d, nn.Linear)
+QUANTIZABLE_BASES = (nn.modules.conv._ConvNd, nn.Linear)
 
 
 def is_leaf_by_recipe(module: nn.Module, qualname: str, patterns: Sequence[str]) -> bool:
@@ -49,11 +57,27 @@ class MpqfxTracer(fx.Tracer):
             raise
 
 
-def trace(model: nn.Module, leaf_modules: Sequence[str] = ()) -> fx.GraphModule:
-    """Trace ``model`` into a GraphModule; raise UntraceableModelError naming the failing module."""
+def pinned_args(model: nn.Module, traced_args: Sequence[str] = ()) -> dict[str, Any]:
+    """``concrete_args`` for ``model.forward``: every defaulted argument after the first, at its
+    default, except those named in ``traced_args`` (which must be forward arguments)."""
+    params = list(inspect.signature(model.forward).parameters.values())
+    named = {p.name for p in params}
+    unknown = [a for a in traced_args if a not in named]
+    if unknown:
+        raise RecipeError([f"graph.traced_args: {unknown} are not arguments of {type(model).__name__}.forward "
+                           f"(it takes {[p.name for p in params]})"])
+    return {p.name: p.default for p in params[1:]
+            if p.default is not inspect.Parameter.empty and p.name not in traced_args
+            and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+
+
+def trace(model: nn.Module, leaf_modules: Sequence[str] = (), traced_args: Sequence[str] = ()) -> fx.GraphModule:
+    """Trace ``model`` into a GraphModule (defaulted forward arguments pinned, see the module
+    docstring); raise UntraceableModelError naming the failing module."""
     tracer = MpqfxTracer(leaf_modules)
+    concrete_args = pinned_args(model, traced_args)
     try:
-        graph = tracer.trace(model)
+        graph = tracer.trace(model, concrete_args=concrete_args or None)
     except Exception as exc:
         reason = " ".join(str(exc).split())[:300] or type(exc).__name__
         model_name = type(model).__name__
@@ -67,4 +91,18 @@ def trace(model: nn.Module, leaf_modules: Sequence[str] = ()) -> fx.GraphModule:
             f"cannot trace module {where!r} ({cls_name}) of {model_name}: {type(exc).__name__}: {reason}. "
             f"Keep it opaque by adding it to the recipe's graph.leaf_modules, e.g. "
             f"leaf_modules: [{where!r}] or [{cls_name!r}]") from exc
-    return fx.GraphModule(tracer.root, graph, class_name=type(model).__name__)
+    gm = fx.GraphModule(tracer.root, graph, class_name=type(model).__name__)
+    _keep_weight_owners(gm, model)
+    gm.meta[MODULE_TYPES] = {name: type(m).__name__ for name, m in model.named_modules()}
+    return gm
+
+
+def _keep_weight_owners(gm: fx.GraphModule, model: nn.Module) -> None:
+    """A parameter read with ``get_attr`` (``F.linear(x, self.qkv.weight)``) is copied into the
+    GraphModule under an empty ``nn.Module``; put the conv/linear module that owns it back, so
+    that its type and hyper-parameters are known."""
+    for node in gm.graph.find_nodes(op="get_attr"):
+        owner, _, _ = str(node.target).rpartition(".")
+        original = model.get_submodule(owner) if owner else None
+        if isinstance(original, QUANTIZABLE_BASES) and gm.get_submodule(owner) is not original:
+            set_submodule(gm, owner, original)

@@ -119,7 +119,7 @@ class OneShot(Strategy):
         for name in self.searchable:
             quant = self.modules[name].weight_quant
             steps = {b: quant.step(b) for b in self.net.layer(name).w_bits}
-            out[name] = unstable_criterion(self.modules[name].weight, steps, self.options.unstable_eps)
+            out[name] = unstable_criterion(self.modules[name].float_weight(), steps, self.options.unstable_eps)
         return out
 
     def reschedule(self) -> None:
@@ -164,9 +164,10 @@ class OneShot(Strategy):
             module, bits = self.modules[name], policy[name].w
             step = module.weight_quant.step(bits).detach()
             qmin, qmax = int_range(bits, signed=True)
-            clipped = module.weight.clamp(qmin * step, qmax * step)
+            weight = module.float_weight()
+            clipped = weight.clamp(qmin * step, qmax * step)
             with torch.no_grad():
-                quantized = module.weight_quant(module.weight, bits)
+                quantized = module.weight_quant(weight, bits)
             terms.append((clipped - quantized).pow(2).mean())
         return torch.stack(terms).mean() if terms else torch.zeros(())
 

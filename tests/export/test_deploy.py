@@ -6,9 +6,14 @@ import copy
 
 import pytest
 import torch
+import torch.nn.functional as F
+from timm.layers import ScaledStdConv2dSame
+from torch import nn
 
+import mpqfx
 from mpqfx import MpqfxError, Policy, PolicyError
-from mpqfx.export import deploy, load_integer_model, save_integer_model
+from mpqfx.export import deploy, export_onnx, integer_kernels, load_integer_model, save_integer_model
+from mpqfx.export.onnx_qdq import INTEGER_KERNELS
 from mpqfx.export.deploy import QUANTIZED_TYPES
 from mpqfx.export.integer_file import ExportFileError
 from mpqfx.export.qdq import ActivationQuantizer
@@ -144,3 +149,50 @@ def test_corrupt_or_truncated_integer_files_are_named(net, tmp_path, images):
     (tmp_path / "cut.safetensors").write_bytes(path.read_bytes()[: len(data) // 2])
     with pytest.raises(ExportFileError, match="cut.safetensors.*corrupt or truncated"):
         load_integer_model(tmp_path / "cut.safetensors")
+
+
+class NewLayerTypes(nn.Module):
+    """A standardized conv with dynamic SAME padding and a BN to fold, an ECA-style Conv1d, and a
+    fused-bias functional F.linear on a module's weight."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = ScaledStdConv2dSame(3, 8, 3, stride=2)
+        self.bn = nn.BatchNorm2d(8)
+        self.eca = nn.Conv1d(1, 1, 3, padding=1, bias=False)
+        self.qkv = nn.Linear(8, 24, bias=False)
+        self.q_bias, self.v_bias = nn.Parameter(torch.randn(8)), nn.Parameter(torch.randn(8))
+        self.head = nn.Linear(24, 4)
+
+    def forward(self, x):
+        x = torch.relu(self.bn(self.stem(x)))
+        gate = self.eca(x.mean((2, 3)).unsqueeze(1)).sigmoid()  # (B, 1, C)
+        tokens = (x * gate.transpose(1, 2).unsqueeze(-1)).flatten(2).transpose(1, 2)
+        tokens = F.linear(tokens, self.qkv.weight, torch.cat((self.q_bias, torch.zeros_like(self.q_bias), self.v_bias)))
+        return self.head(tokens.mean(1))
+
+
+def test_standardized_convs_conv1d_and_call_site_biases_deploy_and_run_as_integer_kernels(tmp_path):
+    torch.manual_seed(0)
+    x = torch.randn(8, 3, 11, 11)
+    net = mpqfx.prepare(NewLayerTypes().eval(), example_input=x[:2]).eval()
+    assert [l.name for l in net.layers] == ["stem", "eca", "qkv", "head"]
+    with torch.no_grad():
+        for bits in range(2, 9):
+            net.set_policy(Policy.uniform(net, bits))
+            net(x)
+    for seed in POLICIES:
+        policy = _policy(net, seed)
+        module = _without_integer_approximations(_deployed(net, policy, x)).double()
+        double = copy.deepcopy(net).double()
+        with torch.no_grad(), double.use_policy(policy):
+            expected = double(x.double())
+        close = (module(x.double()) - expected).abs().amax(1) <= 1e-9 * float(expected.abs().max())
+        assert int(close.sum()) >= len(x) - 1
+    module = _deployed(net, policy, x)
+    stem = net.layer_modules()["stem"]  # first layer: 8 bits; the integers are the standardized weight's
+    assert torch.equal(module.stem.weight_int.float(), stem.weight_quant.integers(stem.float_weight(), 8))
+    qkv_bias = torch.cat((net.graph_module.q_bias, torch.zeros(8), net.graph_module.v_bias)).detach()
+    assert torch.equal(module.qkv.float_bias, qkv_bias)  # the call site's bias, evaluated once
+    kernels = integer_kernels(export_onnx(module, x[:1], tmp_path / "model.onnx"))
+    assert len(kernels) == 4 and all(op in INTEGER_KERNELS for op in kernels.values()), kernels

@@ -1,5 +1,7 @@
-"""prepare() over a list covering ResNet, MobileNetV2/V3, EfficientNet/-Lite, ConvNeXt, RegNet, a ViT
-and timm's tiny test_* models, at small inputs so the default run stays fast."""
+"""prepare() over a list covering ResNet, MobileNetV2/V3, EfficientNet/-Lite, ConvNeXt, RegNet, a ViT,
+timm's tiny test_* models and small configurations of the models that bring other layer types
+(weight-standardized convs, ECA's Conv1d, BEiT's fused-bias F.linear, Hiera's forward(x, mask=None)),
+at small inputs so the default run stays fast."""
 
 from __future__ import annotations
 
@@ -27,6 +29,18 @@ ZOO = {
     "test_convnext": ({}, (3, 32, 32)),
     "test_byobnet": ({}, (3, 32, 32)),
     "test_vit": ({"img_size": 32}, (3, 32, 32)),
+    "test_nfnet": ({}, (3, 32, 32)),  # ScaledStdConv2d
+    "vit_tiny_r_s16_p8_224": ({"img_size": 32, "depth": 2}, (3, 32, 32)),  # hybrid: StdConv2dSame stem
+    "resnet10t": ({"block_args": {"attn_layer": "eca"}}, (3, 32, 32)),  # ECA attention: Conv1d
+    "beit_base_patch16_224": ({"img_size": 32, "depth": 2, "embed_dim": 64, "num_heads": 2}, (3, 32, 32)),
+    # forward(x, mask=None); weight_init "skip": timm's ViT init zeroes the head, and a zero output compares nothing
+    "hiera_tiny_224": ({"img_size": 32, "stages": (1, 1, 1, 1), "weight_init": "skip"}, (3, 32, 32)),
+}
+# what each of those must quantize: a layer type, or a layer by name
+NEW_LAYER_TYPES = {"test_nfnet": "ScaledStdConv2d", "vit_tiny_r_s16_p8_224": "StdConv2dSame", "resnet10t": "Conv1d"}
+NEW_LAYERS = {
+    "beit_base_patch16_224": "blocks.1.attn.qkv",  # F.linear(x, self.qkv.weight, torch.cat((q_bias, k_bias, v_bias)))
+    "hiera_tiny_224": "head.fc",  # traced with mask=None pinned: the head is there
 }
 RECIPE_WITH_8 = Recipe(quant=QuantConfig(w_bits=(2, 3, 4, 5, 6, 8), a_bits=(2, 3, 4, 5, 6, 8)))
 # Largest relative L2 error of the logits at uniform 8/8 seen on these randomly initialised
@@ -56,9 +70,18 @@ def test_bypass_equals_the_float_model(zoo_case):
 
 def test_coverage_of_conv_and_linear_weights(zoo_case):
     _, model, net, _ = zoo_case
-    total = sum(m.weight.numel() for m in model.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear)))
+    weight_types = (torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Conv3d, torch.nn.Linear)
+    total = sum(m.weight.numel() for m in model.modules() if isinstance(m, weight_types))
     assert sum(l.params for l in net.layers) / total >= 0.99
     assert net.coverage() >= 0.99
+
+
+def test_new_layer_types_are_quantized(zoo_case):
+    name, _, net, _ = zoo_case
+    if name in NEW_LAYER_TYPES:
+        assert NEW_LAYER_TYPES[name] in {l.module_type for l in net.layers}
+    if name in NEW_LAYERS:
+        assert net.layer(NEW_LAYERS[name]).traced
 
 
 def test_uniform_8bit_is_close_to_float(zoo_case):

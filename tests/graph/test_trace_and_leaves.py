@@ -100,3 +100,64 @@ def test_conv_subclasses_with_own_forward_are_reported_not_silently_changed():
     x = torch.randn(2, 3, 8, 8)
     with torch.no_grad():
         torch.testing.assert_close(net(x), model(x), rtol=0, atol=1e-6)
+
+
+class MaskedModel(nn.Module):
+    """Hiera-style: ``forward(x, mask=None)`` returns features without the head when a mask is given."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.head = nn.Linear(8, 4)
+
+    def forward(self, x, mask=None, pre_logits: bool = False):
+        x = self.stem(x)
+        if mask is not None:
+            return x * mask.unsqueeze(1)
+        x = x.mean((2, 3))
+        return x if pre_logits else self.head(x)
+
+
+def test_defaulted_forward_arguments_are_pinned():
+    torch.manual_seed(0)
+    model = MaskedModel().eval()
+    x = torch.randn(2, 3, 6, 6)
+    net = mpqfx.prepare(model, example_input=x[:1]).eval()
+    assert [l.name for l in net.layers] == ["stem", "head"] and net.coverage() == 1.0  # the head is kept
+    with torch.no_grad():
+        torch.testing.assert_close(net(x), model(x), rtol=0, atol=0)
+        with pytest.raises(AssertionError, match="mask has been specialized to have value None"):
+            net(x, torch.ones(2, 6, 6))
+
+
+def test_failure_in_the_example_forward_names_op_and_recipe_keys():
+    recipe = Recipe(graph=GraphConfig(traced_args=("mask",)))  # traced as an input, the mask branch is taken
+    with pytest.raises(UntraceableModelError) as info:
+        mpqfx.prepare(MaskedModel(), recipe, example_input=torch.randn(1, 3, 6, 6))
+    message = str(info.value)
+    assert message.startswith("cannot run unsqueeze (call_method) of MaskedModel.forward on the example input [1, 3, 6, 6]: "
+                              "AttributeError: 'NoneType' object has no attribute 'unsqueeze'")
+    assert "graph.input_size" in message and "graph.traced_args" in message and "\n" not in message
+
+
+def test_traced_args_must_be_forward_arguments():
+    with pytest.raises(mpqfx.RecipeError, match=r"graph.traced_args: \['masks'\] are not arguments of MaskedModel"):
+        mpqfx.prepare(MaskedModel(), Recipe(graph=GraphConfig(traced_args=("masks",))), example_input=torch.randn(1, 3, 6, 6))
+
+
+class BadShape(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.proj = nn.Linear(8, 8)
+
+    def forward(self, x):
+        return self.proj(x.flatten(1)[:, :5])  # 5 features into an 8-feature linear
+
+
+def test_failure_inside_a_module_names_it_and_the_leaf_key():
+    model = nn.Sequential(nn.Conv2d(3, 2, 1), BadShape())
+    with pytest.raises(UntraceableModelError) as info:
+        mpqfx.prepare(model, example_input=torch.randn(1, 3, 2, 2))
+    message = str(info.value)
+    assert "cannot run 1.proj (call_module) in module '1.proj' (Linear) of Sequential on the example input" in message
+    assert "graph.input_size" in message and "leaf_modules: ['1.proj']" in message

@@ -1,0 +1,129 @@
+"""Check one timm model as a new user would use it, in its own process; print one JSON line.
+
+    python tests/graph/zoo_check.py MODEL_NAME
+
+Checks, in order (the first that fails is the model's reason): ``mpqfx.prepare`` on the model's
+default input size, bypass output equal to the float model within 1e-4 of the output range,
+at least 99% of conv/linear weights quantized (counted from the float model's modules and by
+``Supernet.coverage``), and a finite uniform 4/4 forward. Random-init timm models often zero
+whole branches (layer scales, zero-init heads and last BNs), so parameters whose elements are
+all equal are perturbed first: outputs that stay constant would make the bypass check vacuous.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+import traceback
+import warnings
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import timm  # noqa: E402
+import torch  # noqa: E402
+from torch import nn  # noqa: E402
+
+import mpqfx  # noqa: E402
+from mpqfx.prepare import default_example_input  # noqa: E402
+
+BYPASS_TOLERANCE = 1e-4  # of the float output's range
+MIN_COVERAGE = 0.99
+WEIGHT_MODULES = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
+
+
+@torch.no_grad()
+def perturb_constant_parameters(model: nn.Module, seed: int = 0) -> int:
+    """Add seeded noise (10% of the value, at least 0.01) to every parameter whose elements are all equal."""
+    gen = torch.Generator().manual_seed(seed)
+    changed = 0
+    for p in model.parameters():
+        flat = p.detach().reshape(-1)
+        if flat.numel() and bool((flat == flat[0]).all()):
+            scale = max(abs(float(flat[0])), 0.1) * 0.1
+            p.add_(torch.randn(p.shape, generator=gen, dtype=p.dtype) * scale)
+            changed += 1
+    return changed
+
+
+def output_tensor(out: object) -> torch.Tensor:
+    """All floating tensors of a model's output, flattened into one."""
+    if isinstance(out, torch.Tensor):
+        return out.float().reshape(-1)
+    if isinstance(out, dict):
+        out = list(out.values())
+    if isinstance(out, (list, tuple)):
+        return torch.cat([output_tensor(o) for o in out])
+    return torch.zeros(0)
+
+
+def check(name: str, result: dict) -> dict:
+    """Run the checks on ``name``, filling ``result`` as they pass (its ``stage`` is the current one)."""
+    torch.manual_seed(0)
+    model = timm.create_model(name, pretrained=False).eval()
+    result["params"] = sum(p.numel() for p in model.parameters())
+    result["perturbed"] = perturb_constant_parameters(model)
+    size = default_example_input(model, mpqfx.Recipe.load("default")).shape[1:]
+    result["input_size"] = list(size)
+    x = torch.randn(2, *size, generator=torch.Generator().manual_seed(1))
+
+    result["stage"] = "prepare"
+    start = time.perf_counter()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        net = mpqfx.prepare(model, example_input=x[:1]).eval()
+    result["prepare_s"] = round(time.perf_counter() - start, 2)
+    result["layers"] = len(net.layers)
+    result["skipped"] = [[s.name, s.module_type, s.params, s.reason] for s in net.skipped]
+
+    result["stage"] = "bypass"
+    with torch.no_grad():
+        ref, got = output_tensor(model(x)), output_tensor(net(x))
+    out_range = float(ref.max() - ref.min()) if ref.numel() else 0.0
+    result["out_range"] = out_range
+    result["max_diff"] = float((ref - got).abs().max()) if ref.shape == got.shape else float("inf")
+    if not out_range > 0 or not torch.isfinite(ref).all():
+        return {**result, "reason": f"degenerate float output (range {out_range:.3g})"}
+    if result["max_diff"] > BYPASS_TOLERANCE * out_range:
+        return {**result, "reason": f"bypass differs from float by {result['max_diff']:.3g} (output range {out_range:.3g})"}
+
+    result["stage"] = "coverage"
+    total = sum(m.weight.numel() for m in model.modules() if isinstance(m, WEIGHT_MODULES))
+    quantized = sum(l.params for l in net.layers)
+    result["coverage_modules"] = quantized / max(total, 1)
+    result["coverage"] = net.coverage()
+    if min(result["coverage_modules"], result["coverage"]) < MIN_COVERAGE:
+        floats = ", ".join(f"{s.name} ({s.module_type}: {s.reason})" for s in net.skipped[:3])
+        return {**result, "reason": f"coverage {result['coverage']:.1%} (of modules' weights "
+                                    f"{result['coverage_modules']:.1%}); float: {floats}"}
+
+    result["stage"] = "uniform 4/4"
+    net.set_policy(mpqfx.Policy.uniform(net, 4))
+    with torch.no_grad():
+        q = output_tensor(net(x))
+    if not torch.isfinite(q).all():
+        return {**result, "reason": "uniform 4/4 output is not finite"}
+    result["bitops_4"] = mpqfx.bitops(net, net.policy).total
+    result["stage"] = "done"
+    result["ok"] = True
+    return result
+
+
+def main() -> None:
+    name = sys.argv[1]
+    torch.set_num_threads(int(os.environ.get("MPQFX_ZOO_THREADS", "2")))
+    start = time.perf_counter()
+    result: dict = {"model": name, "ok": False, "stage": "create"}
+    try:
+        result = check(name, result)
+    except Exception as exc:  # noqa: BLE001 - every failure is a result to report
+        where = traceback.extract_tb(exc.__traceback__)[-1]
+        result.update(error=type(exc).__name__, reason=f"{type(exc).__name__}: {' '.join(str(exc).split())[:400]}",
+                      at=f"{os.path.basename(where.filename)}:{where.lineno}")
+    result["time_s"] = round(time.perf_counter() - start, 1)
+    print(json.dumps(result), flush=True)
+
+
+if __name__ == "__main__":
+    main()
