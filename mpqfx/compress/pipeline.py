@@ -211,7 +211,7 @@ def _warm_start(net: Supernet, source: str, train_set, recipe: Recipe, run: RunD
     if source == "train" and recipe.warm_start.epochs > 0:
         log(f"warm start: {recipe.warm_start.epochs} float epoch(s)")
         trainer = Trainer(net, train_set, float_recipe(recipe), run_dir=run.root / "float", device=device, progress=progress)
-        trainer.fit(resume=resume and trainer.checkpoint_path.is_file())
+        trainer.fit(resume=resume and trainer.has_checkpoint)
         times.add("warm start", trainer.carried)
         net.refit_quantizers()  # the quantizers follow the trained float weights
     else:
@@ -239,7 +239,7 @@ def _train_supernet(net: Supernet, train_set, recipe: Recipe, run: RunDir, devic
     log(f"supernet training: {recipe.strategy.name}, {recipe.train.epochs} epoch(s)")
     teacher = net.float_teacher() if recipe.train.distill.teacher else None  # net holds the float weights here
     trainer = Trainer(net, train_set, recipe, run_dir=run.root, device=device, teacher=teacher, progress=progress)
-    trainer.fit(resume=resume and trainer.checkpoint_path.is_file())
+    trainer.fit(resume=resume and trainer.has_checkpoint)
     times.add("supernet training", trainer.carried)
     state = trainer.strategy.state_dict()
     extras = {k: state[k] for k in ("traces", "indicators") if k in state}
