@@ -23,8 +23,8 @@ class _Group(click.Group):
         except MpqfxError as exc:
             click.echo(f"mpqfx: error: {exc}", err=True)
             sys.exit(2)
-        except KeyboardInterrupt:
-            click.echo("mpqfx: interrupted", err=True)
+        except KeyboardInterrupt as exc:  # an Interrupted says what ran and how to continue
+            click.echo(f"mpqfx: {exc}" if str(exc) else "mpqfx: interrupted", err=True)
             sys.exit(130)
 
 

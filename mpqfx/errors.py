@@ -38,6 +38,10 @@ class UnknownNameError(MpqfxError, KeyError):
         return str(self.args[0])
 
 
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C during a run; the message says what was running and how to continue."""
+
+
 def closest(word: str, choices: Iterable[str]) -> str | None:
     """The choice ``word`` most likely misspells (difflib, similarity >= 0.6), or None."""
     matches = difflib.get_close_matches(word, [str(c) for c in choices], n=1)

@@ -18,7 +18,12 @@ FORMAT = "mpqfx.checkpoint/1"
 
 
 class CheckpointError(MpqfxError):
-    """A checkpoint is missing, unreadable, or belongs to another model or recipe."""
+    """A checkpoint is missing, unreadable, or belongs to another model or recipe. ``then_resume``:
+    the message ends by telling the user to resume (a caller may add the command that does it)."""
+
+    def __init__(self, message: str, then_resume: bool = False):
+        super().__init__(message)
+        self.then_resume = then_resume
 
 
 def rng_state() -> dict[str, Any]:
@@ -64,7 +69,7 @@ def save_checkpoint(path: Path, state: dict[str, Any], keep_previous: bool = Fal
         torch.save(seal({"format": FORMAT, **state}), fh)
 
 
-def _reason(exc: Exception) -> str:
+def reason(exc: Exception) -> str:
     """An exception as "Type: first line of its message", never cut mid-sentence."""
     lines = str(exc).strip().splitlines()
     return f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
@@ -76,7 +81,7 @@ def load_checkpoint(path: Path, map_location: Any = "cpu") -> dict[str, Any]:
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # torch raises many types for truncated or corrupt zips
-        raise CheckpointError(f"checkpoint {str(path)!r} is corrupt or truncated ({_reason(exc)})") from None
+        raise CheckpointError(f"checkpoint {str(path)!r} is corrupt or truncated ({reason(exc)})") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise CheckpointError(f"{str(path)!r} is not an mpqfx checkpoint (format {FORMAT})")
     problem = damage(state)
@@ -96,19 +101,20 @@ def load_latest_checkpoint(path: Path, map_location: Any = "cpu") -> tuple[dict[
             if not path.is_file():
                 raise
             raise CheckpointError(f"{latest}; no earlier checkpoint is kept. Delete it ({str(path)!r}) to train "
-                                  "this phase again from step 0, then resume") from None
+                                  "this phase again from step 0, then resume", then_resume=True) from None
         try:
             return load_checkpoint(previous, map_location), str(latest)
         except CheckpointError as earlier:
             raise CheckpointError(f"{latest}; the earlier {earlier}. Delete both to train this phase again from "
-                                  "step 0, then resume") from None
+                                  "step 0, then resume", then_resume=True) from None
 
 
-def peek_step(path: Path) -> int | None:
-    """The step a checkpoint was written at, read without loading its tensors; None if unreadable."""
+def peek_progress(path: Path) -> tuple[int, int | None] | None:
+    """(step, total steps or None) a checkpoint was written at, read without checking its hash;
+    None when it cannot be read."""
     try:
         state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        return int(state["step"])
+        return int(state["step"]), state.get("total_steps")
     except Exception:  # a damaged file: the caller describes it as unusable
         return None
 
