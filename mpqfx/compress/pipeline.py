@@ -166,7 +166,7 @@ def compress(model: str | nn.Module | None, recipe: Recipe | str | Path = DEFAUL
         run = _run_dir(out, model_spec.name, recipe_obj.name, resume=False)
         atomic_write_text(run.recipe, recipe_obj.to_yaml())
         run.write_meta({"model": {"name": model_spec.name, "kwargs": model_spec.kwargs}, "data": spec.to_dict(),
-                        "recipe": recipe_obj.name, "targets": targets, "weights": source,
+                        "input_size": list(example.shape[1:]), "recipe": recipe_obj.name, "targets": targets, "weights": source,
                         "checkpoint": str(checkpoint) if checkpoint else None,
                         "started": datetime.now().isoformat(timespec="seconds")})
     log(f"run directory: {run.root}")
@@ -191,7 +191,7 @@ def compress(model: str | nn.Module | None, recipe: Recipe | str | Path = DEFAUL
         with times.phase("export"):
             if export:
                 _export_all(net, results, recipe_obj, run, evaluator, example, progress, log)
-        write_report(run, net, recipe_obj, results, times.wall, times.cpu)
+        write_report(run, net, recipe_obj, results, times.wall, times.cpu, _image_counts(net, train_set, evaluator))
     except KeyboardInterrupt:
         raise Interrupted(f"interrupted during {times.current or 'setup'}; `{command}` continues the run with "
                           f"{run.restart_point()}") from None
@@ -201,6 +201,13 @@ def compress(model: str | nn.Module | None, recipe: Recipe | str | Path = DEFAUL
         raise CheckpointError(f"{exc}: `{command}`") from None
     log(f"report: {run.report_md}")
     return CompressResult(run.root, results, times.wall, times.cpu)
+
+
+def _image_counts(net: Supernet, train_set, evaluator: PolicyEvaluator) -> dict[str, int]:
+    """How many images each use of the data actually got (a limit above a split's size gives the split)."""
+    search = min(net.recipe.evaluate.search_images, len(train_set)) if uses_data(net) else 0  # rundir.search_data
+    return {"train": len(train_set), "held_out": evaluator.val_images, "search": search,
+            "bn_calibration": sum(len(labels) for _, labels in evaluator.calibration)}
 
 
 def _weights_source(module: nn.Module | None, pretrained: bool, checkpoint: str | Path | None) -> str:
