@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import platform
+import sys
 from importlib.metadata import PackageNotFoundError, version
 from typing import TYPE_CHECKING, Any
 
@@ -33,11 +34,13 @@ def _row(r: "PolicyResult") -> dict[str, Any]:
 
 
 def versions() -> dict[str, str]:
-    """Versions of Python and of the packages a run's numbers depend on."""
+    """Versions of Python and of the packages a run's numbers depend on (a loaded module's own
+    ``__version__`` first: it names the build, e.g. torch's ``+cu130``)."""
     out = {"python": platform.python_version()}
     for name in VERSIONED:
+        loaded = getattr(sys.modules.get(name), "__version__", None)
         try:
-            out[name] = version(name)
+            out[name] = str(loaded or version(name))
         except PackageNotFoundError:
             out[name] = "not installed"
     return out
