@@ -62,28 +62,31 @@ def write_record(folder: Path, record: dict[str, Any]) -> None:
 
 
 def save_search(net: Supernet, folder: Path, targets: Sequence[str], results: Sequence[SearchResult],
-                options: Mapping[str, Any] | None) -> list[Path]:
-    """Write each result's policy to ``folder/<target>.yaml`` and add it to ``search.json``;
-    the policy files, in order. A file that already holds a different policy is an error, raised
-    before anything is written; the same policy found again is left as it is."""
+                options: Mapping[str, Any] | None, record: bool = True) -> list[Path]:
+    """Write each result's policy to ``folder/<target>.yaml`` and (``record``) add it to
+    ``search.json``; the policy files, in order. A file that already holds a different policy is an
+    error, raised before anything is written; the same policy found again is left as it is."""
     paths = [folder / policy_filename(target) for target in targets]
     for path, result in zip(paths, results):
         if path.is_file() and Policy.load(path) != result.policy:
             raise MpqfxError(f"{str(path)!r} already holds a different policy for this target (an earlier search "
                              "with other settings); pass --name NAME to keep this search beside it")
-    record = read_record(folder)
-    entries = {e["target"]: e for e in record["entries"]}
-    for path, target, result in zip(paths, targets, results):
+    for path, result in zip(paths, results):
         if not path.is_file():
             result.policy.save(path)
+    if not record:
+        return paths
+    kept = read_record(folder)
+    entries = {e["target"]: e for e in kept["entries"]}
+    for path, target, result in zip(paths, targets, results):
         if target not in entries:
             cost = bitops(net, result.policy)
             entries[target] = {"target": target, "policy_file": path.name, "backend": result.backend,
                                "options": dict(options or {}), "bitops": cost.total, "size_bits": cost.size_bits,
                                "compression": cost.compression, "seconds": result.seconds,
                                "accuracy": None, "loss": None}
-    record["entries"] = list(entries.values())
-    write_record(folder, record)
+    kept["entries"] = list(entries.values())
+    write_record(folder, kept)
     return paths
 
 
