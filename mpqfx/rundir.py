@@ -12,6 +12,7 @@
     sensitivities.json  measured per-layer sensitivities (ILP objective), reused by later searches
     report.json / report.md / pareto.png / bits.png
     export/           ONNX and integer safetensors files
+    searches/NAME/    policies of later `mpqfx search` runs and their search.json (never policies/)
 """
 
 from __future__ import annotations

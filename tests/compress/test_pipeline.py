@@ -109,22 +109,7 @@ def test_float_teacher_distillation_is_taught_by_the_float_model(fashion_dir, tm
     assert not any(p.requires_grad for p in teacher.parameters())
 
 
-def write_imagefolder(root, train: int = 4, val: int = 2) -> None:
-    """Three classes of ``train``/``val`` small PNG images each (timm resizes them to the model's input)."""
-    import numpy as np
-    from PIL import Image
-
-    rng = np.random.default_rng(0)
-    for split, count in (("train", train), ("val", val)):
-        for index, name in enumerate(("daisy", "rose", "tulip")):
-            folder = root / split / name
-            folder.mkdir(parents=True)
-            for i in range(count):
-                pixels = np.clip(rng.normal(80 * index + 40, 30, (40, 48, 3)), 0, 255).astype(np.uint8)
-                Image.fromarray(pixels).save(folder / f"{i}.png")
-
-
-def test_the_report_states_the_images_and_input_size_an_imagefolder_run_actually_used(tmp_path):
+def test_the_report_states_the_images_and_input_size_an_imagefolder_run_actually_used(tmp_path, write_imagefolder):
     """The recipe's limits (9600 / 2000 images, image_size 32) are not what a 12 / 6-image folder at
     the model's 160x160 input gives; the report says what was used."""
     write_imagefolder(tmp_path / "flowers")
