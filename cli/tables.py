@@ -53,7 +53,7 @@ def print_cost_report(net, policy: Policy, title: str, per_layer: bool = True, c
         return
     console = console or Console()
     if per_layer:
-        table = _table(title, [("layer", "cell"), ("kind", "name"), ("MMACs", "number"), ("W", "number"),
+        table = _table(title, [("layer", "name"), ("kind", "name"), ("MMACs", "number"), ("W", "number"),
                                ("A", "number"), ("GBitOPs", "number")])
         for row in report.layers:
             table.add_row(row.name, row.kind, f"{row.macs / 1e6:.2f}", _bits(row.bits.w), _bits(row.bits.a),

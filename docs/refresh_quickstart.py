@@ -33,8 +33,9 @@ REGION = re.compile(r"(<!-- quickstart:begin -->\n).*?(<!-- quickstart:end -->)"
 COMMAND = ["compress", "--model", "efficientnet_lite0", "--out", "runs/quickstart"]
 
 
-def run_quickstart(scratch: Path) -> tuple[Path, str, float]:
-    """(run directory, what the command printed, wall seconds) of the quick start in ``scratch``."""
+def run_quickstart(scratch: Path) -> tuple[Path, str, float, float]:
+    """(run directory, what the command printed, wall seconds, 5-minute load average at its end) of
+    the quick start in ``scratch``."""
     import time
 
     env = {**os.environ, "COLUMNS": "80", "HF_HUB_OFFLINE": "1"}
@@ -43,7 +44,7 @@ def run_quickstart(scratch: Path) -> tuple[Path, str, float]:
                           capture_output=True, text=True)
     if proc.returncode != 0:
         sys.exit(f"the quick start failed:\n{proc.stderr[-3000:]}")
-    return scratch / "runs" / "quickstart", proc.stdout, time.perf_counter() - start
+    return scratch / "runs" / "quickstart", proc.stdout, time.perf_counter() - start, os.getloadavg()[1]
 
 
 def comparison(report: dict) -> str:
@@ -61,11 +62,13 @@ def comparison(report: dict) -> str:
     return "; ".join(parts)
 
 
-def region(report: dict, printed: str, seconds: float) -> str:
+def region(report: dict, printed: str, seconds: float, load: float | None) -> str:
     images = report["images"]
-    lines = [f"What the quick start printed at commit {_commit()} ({date.today():%Y-%m-%d}, "
-             f"{os.cpu_count()} CPU cores, {seconds / 60:.0f} min; `--out runs/quickstart` here, a timestamped "
-             "folder by default):", "", "```text", printed.rstrip(), "```", "",
+    busy = f" at a load average of {load:.1f}" if load is not None else ""
+    took = f"{seconds / 60:.0f} min on {os.cpu_count()} CPU cores{busy}; " if seconds else ""
+    lines = [f"What the quick start printed at commit {_commit()} ({date.today():%Y-%m-%d}, {took}"
+             "`--out runs/quickstart` here, a timestamped folder by default):", "", "```text", printed.rstrip(), "```",
+             "",
              f"Measured on {images['held_out']} held-out images after training on {images['train']}: "
              f"{comparison(report)}.", "",
              "![BitOPs against top-1 of the quick start](img/quickstart-pareto.png)", "",
@@ -95,15 +98,15 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as scratch:
         if args.run:
-            run, printed, seconds = args.run, args.log.read_text(encoding="utf-8"), args.seconds
+            run, printed, seconds, load = args.run, args.log.read_text(encoding="utf-8"), args.seconds, None
         else:
-            run, printed, seconds = run_quickstart(Path(scratch))
+            run, printed, seconds, load = run_quickstart(Path(scratch))
         report = json.loads((run / "report.json").read_text(encoding="utf-8"))
         IMG.mkdir(exist_ok=True)
         shutil.copyfile(run / "report.json", REPORT)
         render_figures(report)
         text = COOKBOOK.read_text(encoding="utf-8")
-        new, count = REGION.subn(lambda m: m.group(1) + region(report, printed, seconds) + m.group(2), text)
+        new, count = REGION.subn(lambda m: m.group(1) + region(report, printed, seconds, load) + m.group(2), text)
         if count != 1:
             sys.exit(f"{COOKBOOK}: expected one quickstart:begin/end region, found {count}")
         COOKBOOK.write_text(new, encoding="utf-8")

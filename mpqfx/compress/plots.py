@@ -9,7 +9,7 @@ the axes; legends sit outside the axes; the bits axis names the layers.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Sequence
 
 import matplotlib
 
@@ -24,7 +24,8 @@ from mpqfx.io import atomic_open  # noqa: E402
 # label offsets (points, to the label's nearest corner) tried in order around a point: right, left,
 # above, below, then further out
 _OFFSETS = [(7, 3, "left"), (7, -3, "left"), (-7, 3, "right"), (-7, -3, "right"), (0, 8, "center"),
-            (0, -8, "center"), (12, 12, "left"), (-12, 12, "right"), (12, -12, "left"), (-12, -12, "right")]
+            (0, -8, "center"), (12, 12, "left"), (-12, 12, "right"), (12, -12, "left"), (-12, -12, "right"),
+            (0, 20, "center"), (0, -20, "center"), (0, 32, "center"), (0, -32, "center")]
 LAYER_LABEL_PT = 6.5  # font size of the layer names on the bits axis
 
 
@@ -46,10 +47,10 @@ def mixed_label(row: dict[str, Any]) -> str:
 
 
 def _place_labels(ax, points: Iterable[tuple[float, float, str, str]], lines_y: Iterable[float] = (),
-                  marker_pt: float = 12) -> list:
+                  path: Sequence[tuple[float, float]] = (), marker_pt: float = 12) -> list:
     """Annotate each (x, y, text, color) at the first offset where its text stays inside the axes and
-    overlaps no other label, no marker and no horizontal line at ``lines_y``; the last offset tried
-    when none is free."""
+    overlaps no other label, no marker, no horizontal line at ``lines_y`` and no segment of the
+    polyline ``path``; the last offset tried when none is free."""
     fig = ax.figure
     fig.canvas.draw()  # fix the layout, so that display coordinates are final
     renderer = fig.canvas.get_renderer()
@@ -61,21 +62,30 @@ def _place_labels(ax, points: Iterable[tuple[float, float, str, str]], lines_y: 
     for y in lines_y:
         py = ax.transData.transform((1, y))[1]
         taken.append(Bbox.from_extents(area.x0, py - 6, area.x1, py + 6))
+    corners = [ax.transData.transform(xy) for xy in path]
+    for (x0, y0), (x1, y1) in zip(corners, corners[1:]):  # a segment as a chain of small boxes
+        steps = max(int(max(abs(x1 - x0), abs(y1 - y0)) / 3), 1)
+        taken += [Bbox.from_extents(x - 2, y - 2, x + 2, y + 2)
+                  for x, y in ((x0 + (x1 - x0) * t / steps, y0 + (y1 - y0) * t / steps) for t in range(steps + 1))]
     placed = []
     for x, y, text, color in points:
-        for dx, dy, ha in _OFFSETS:
+        best = None
+        for rank, (dx, dy, ha) in enumerate(_OFFSETS):
             label = ax.annotate(text, (x, y), textcoords="offset points", xytext=(dx, dy), ha=ha,
                                 va="bottom" if dy > 0 else "top", fontsize=8, color=color)
             box = label.get_window_extent(renderer)
             inside = area.x0 <= box.x0 and box.x1 <= area.x1 and area.y0 <= box.y0 and box.y1 <= area.y1
-            if inside and not any(box.overlaps(other) for other in taken):
+            score = (not inside, sum(box.overlaps(other) for other in taken), rank)
+            if best is None or score < best[0]:
+                if best is not None:
+                    best[1].remove()
+                best = (score, label, box)
+            else:
+                label.remove()
+            if score[:2] == (False, 0):
                 break
-            label.remove()
-        else:
-            label = ax.annotate(text, (x, y), textcoords="offset points", xytext=(dx, dy), ha=ha,
-                                va="bottom" if dy > 0 else "top", fontsize=8, color=color)
-        taken.append(label.get_window_extent(renderer))
-        placed.append(label)
+        taken.append(best[2])  # free, or else inside the axes with the fewest overlaps
+        placed.append(best[1])
     return placed
 
 
@@ -113,7 +123,7 @@ def pareto_figure(report: dict[str, Any], title: str) -> Figure:
     ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3, which="both")
     fig.legend(loc="outside lower center", ncols=2, fontsize=8, frameon=False)
-    _place_labels(ax, points, floats)
+    _place_labels(ax, points, floats, [(r["bitops"] / 1e9, 100 * r["accuracy"]) for r in uniform])
     fig.set_layout_engine("none")  # the labels were placed for this layout: keep it when saving
     return fig
 

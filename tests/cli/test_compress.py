@@ -149,6 +149,19 @@ def test_a_later_search_changes_nothing_the_run_reported_and_the_report_can_add_
             k: v for k, v in before.items() if k.startswith(name)}
 
 
+def test_compress_json_prints_only_json_on_stdout(run, tmp_path):
+    root = shutil.copytree(run[0], tmp_path / "run")
+    proc = mpqfx_cli("compress", "--out", root, "--resume", "--json")
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads(proc.stdout)  # progress bars and log lines went to stderr
+    report = json.loads((root / "report.json").read_text())
+    assert summary["run_dir"] == str(root) and summary["images"] == report["images"]
+    assert [(p["name"], p["accuracy"]) for p in summary["policies"]] == [
+        (p["name"], p["accuracy"]) for p in report["policies"]]
+    assert "resuming: the run continues with the evaluation (warm start, supernet training and search are done)" \
+        in " ".join(proc.stderr.split())
+
+
 def test_the_report_is_regenerated_byte_for_byte(run, tmp_path):
     root = shutil.copytree(run[0], tmp_path / "run")
     before = tree_digest(root)

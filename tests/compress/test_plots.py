@@ -57,6 +57,8 @@ def test_pareto_labels_every_point_by_what_it_is_without_clipping_or_overlap(rep
     area = ax.get_window_extent(fig.canvas.get_renderer())
     assert all(inside(box, area) for box in label_boxes)  # nothing clipped at the edges ("8/8" was)
     assert not any(a.overlaps(b) for a, b in itertools.combinations(label_boxes, 2))
+    float_y = ax.transData.transform((1, 67.6))[1]
+    assert not any(box.y0 <= float_y <= box.y1 for box in label_boxes)  # no label on the float line
     legend = fig.legends[0].get_window_extent(fig.canvas.get_renderer())
     assert not legend.overlaps(area) and inside(legend, fig.bbox)  # the legend covers no point
     # the searched star on uniform 4/4 sits inside the ring drawn for the uniform point: both show
