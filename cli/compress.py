@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import click
@@ -28,23 +29,29 @@ import click
 @click.option("--resume", is_flag=True, help="Continue the run in --out from where it stopped.")
 @click.option("--seed", type=int, default=None, help="Seed (default: the recipe's).")
 @click.option("--no-export", is_flag=True, help="Skip the safetensors/ONNX export.")
+@click.option("--json", "as_json", is_flag=True,
+              help="Print the summary as JSON on stdout (for scripts); progress and log lines go to stderr.")
 def compress_command(model_name: str | None, recipe: str, data: str, data_dir: str | None, targets: tuple[str, ...],
                      epochs: int | None, batch_size: int | None, train_images: int | None, val_images: int | None,
                      out: Path | None, checkpoint: Path | None, pretrained: bool, device: str | None, resume: bool,
-                     seed: int | None, no_export: bool) -> None:
+                     seed: int | None, no_export: bool, as_json: bool) -> None:
     """Train a supernet once, search every --target, evaluate, report and export."""
+    import rich
     from rich.console import Console
 
     from mpqfx.errors import MpqfxError
 
-    from mpqfx.cli.tables import print_compress_summary
+    from mpqfx.cli.tables import print_report_summary
     from mpqfx.compress import compress
 
     if model_name is None and not resume:
         raise MpqfxError("--model: required (a timm model name, e.g. efficientnet_lite0)")
-    console = Console()  # progress on stdout: stderr is left to the one-line error, if any
+    if as_json:  # rich's progress bars draw on its global console
+        rich.reconfigure(stderr=True)
+    console = Console(stderr=as_json)  # else progress on stdout: stderr is left to the one-line error, if any
     result = compress(model_name, recipe, data, targets, epochs=epochs, batch_size=batch_size, out=out,
                       checkpoint=checkpoint, pretrained=pretrained, device=device, resume=resume, seed=seed,
                       data_dir=data_dir, train_images=train_images, val_images=val_images, export=not no_export,
                       log=lambda message: console.print(f"[dim]mpqfx:[/dim] {message}"))
-    print_compress_summary(result)
+    report = json.loads((result.run_dir / "report.json").read_text(encoding="utf-8"))
+    print_report_summary(report, result.run_dir, as_json=as_json)

@@ -10,6 +10,7 @@ from mpqfx.cli.options import parse_input_size
 from mpqfx.cli.compress import compress_command
 from mpqfx.cli.export import export_command
 from mpqfx.cli.recipes import recipes_command, validate_command
+from mpqfx.cli.report import report_command
 from mpqfx.cli.search import search_command
 from mpqfx.errors import MpqfxError
 
@@ -23,8 +24,8 @@ class _Group(click.Group):
         except MpqfxError as exc:
             click.echo(f"mpqfx: error: {exc}", err=True)
             sys.exit(2)
-        except KeyboardInterrupt:
-            click.echo("mpqfx: interrupted", err=True)
+        except KeyboardInterrupt as exc:  # an Interrupted says what ran and how to continue
+            click.echo(f"mpqfx: {exc}" if str(exc) else "mpqfx: interrupted", err=True)
             sys.exit(130)
 
 
@@ -42,8 +43,9 @@ def cli() -> None:
 @click.option("--input-size", default=None, help="H (square) or C,H,W; default: the model's timm pretrained_cfg.")
 @click.option("--recipe", default="default", show_default=True, help="Shipped recipe name or YAML path (layer rules).")
 @click.option("--per-layer/--total-only", default=True, show_default=True, help="Print the per-layer table.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON (for scripts) instead of a table.")
 def bitops(model_name: str, bits: int | None, wbits: int | None, abits: int | None, input_size: str | None,
-           recipe: str, per_layer: bool) -> None:
+           recipe: str, per_layer: bool, as_json: bool) -> None:
     """Print BitOPs and size of a timm model at uniform bit-widths (first/last at the recipe's bits)."""
     from mpqfx.cli.tables import print_cost_report
     from mpqfx.models import create_model
@@ -57,10 +59,11 @@ def bitops(model_name: str, bits: int | None, wbits: int | None, abits: int | No
     example = parse_input_size(input_size, default_example_input(model, recipe_obj))
     net = prepare(model, recipe_obj, example_input=example, inplace=True)
     print_cost_report(net, Policy.uniform(net, w, a), title=f"{model_name} at W{w}/A{a}, input {list(example.shape[1:])}",
-                      per_layer=per_layer)
+                      per_layer=per_layer, as_json=as_json)
 
 
-for command in (compress_command, search_command, export_command, recipes_command, validate_command):
+for command in (compress_command, search_command, export_command, report_command, recipes_command,
+                validate_command):
     cli.add_command(command)
 
 

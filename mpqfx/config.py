@@ -14,6 +14,8 @@ import types
 import typing
 from typing import Any, Iterable
 
+from mpqfx.errors import closest
+
 _MISSING = object()
 INT_RANGE = (-(2**63), 2**64 - 1)  # what torch accepts as a seed; every int setting must fit
 
@@ -87,7 +89,9 @@ def _convert(tp: Any, value: Any, path: str, problems: list[str]) -> Any:
         try:
             return tp(value)
         except ValueError:
-            problems.append(f"{path}: {short_repr(value)} is not allowed; expected {_type_name(tp)}")
+            match = closest(value, [m.value for m in tp]) if isinstance(value, str) else None
+            hint = f" (did you mean {match!r}?)" if match else ""
+            problems.append(f"{path}: {short_repr(value)} is not allowed{hint}; expected {_type_name(tp)}")
             return _MISSING
     if tp is float and isinstance(value, (int, float)) and not isinstance(value, bool):
         return _float(value, path, problems)
@@ -128,7 +132,9 @@ def from_mapping(cls: type, data: Any, path: str, problems: list[str]) -> Any:
         if key not in fields:
             allowed = ", ".join(fields)
             name = key if isinstance(key, str) else short_repr(key)
-            problems.append(f"{_join(path, name)}: unknown field (allowed: {allowed})")
+            match = closest(name, fields) if isinstance(key, str) else None
+            hint = f", did you mean {match!r}?" if match else ""
+            problems.append(f"{_join(path, name)}: unknown field{hint} (allowed: {allowed})")
     kwargs = {}
     for name, f in fields.items():
         if name not in data:

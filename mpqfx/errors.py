@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import difflib
+from typing import Iterable
+
 
 class MpqfxError(Exception):
     """Base class of every error mpqfx raises on purpose for bad input."""
@@ -33,3 +36,19 @@ class UnknownNameError(MpqfxError, KeyError):
 
     def __str__(self) -> str:  # KeyError would quote the message
         return str(self.args[0])
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C during a run; the message says what was running and how to continue."""
+
+
+def closest(word: str, choices: Iterable[str]) -> str | None:
+    """The choice ``word`` most likely misspells (difflib, similarity >= 0.6), or None."""
+    matches = difflib.get_close_matches(word, [str(c) for c in choices], n=1)
+    return matches[0] if matches else None
+
+
+def did_you_mean(word: str, choices: Iterable[str]) -> str:
+    """``" (did you mean 'x'?)"`` for the closest choice, or "" when none is close."""
+    match = closest(word, choices)
+    return f" (did you mean {match!r}?)" if match else ""

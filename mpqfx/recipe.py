@@ -16,7 +16,7 @@ from typing import Any
 import yaml
 
 from mpqfx.config import check_all, from_mapping, to_mapping
-from mpqfx.errors import RecipeError
+from mpqfx.errors import RecipeError, closest, did_you_mean
 
 MIN_BITS, MAX_BITS = 1, 8
 DEFAULT_RECIPE = "oneshot"  # what the name "default" loads
@@ -171,10 +171,11 @@ class TrainConfig:
                 found.append(f"{name}: must be >= 0, got {getattr(self, name)}")
         if not 0 <= self.momentum < 1:
             found.append(f"momentum: must be in [0, 1), got {self.momentum}")
-        if self.optimizer not in OPTIMIZERS:
-            found.append(f"optimizer: {self.optimizer!r} is not allowed; expected one of {', '.join(OPTIMIZERS)}")
-        if self.sched not in SCHEDULERS:
-            found.append(f"sched: {self.sched!r} is not allowed; expected one of {', '.join(SCHEDULERS)}")
+        for name, allowed in (("optimizer", OPTIMIZERS), ("sched", SCHEDULERS)):
+            value = getattr(self, name)
+            if value not in allowed:
+                found.append(f"{name}: {value!r} is not allowed{did_you_mean(value, allowed)}; "
+                             f"expected one of {', '.join(allowed)}")
         if self.warmup_epochs >= self.epochs and self.warmup_epochs > 0:
             found.append(f"warmup_epochs: {self.warmup_epochs} must be < epochs ({self.epochs})")
         if not 0 <= self.label_smoothing < 1:
@@ -320,7 +321,9 @@ class Recipe:
             try:
                 text = path.read_text(encoding="utf-8")
             except OSError as exc:
-                raise RecipeError([f"cannot read: {exc.strerror}"], str(path)) from None
+                match = closest(path.stem, shipped_recipes()) if not path.exists() else None
+                hint = f" (a shipped recipe is named {match!r}: pass the name without .yaml)" if match else ""
+                raise RecipeError([f"cannot read: {exc.strerror}{hint}"], str(path)) from None
             except UnicodeDecodeError as exc:
                 raise RecipeError([f"cannot read: not UTF-8 text ({exc.reason} at byte {exc.start})"],
                                   str(path)) from None
@@ -329,8 +332,10 @@ class Recipe:
         if str(name_or_path) == "default":
             name_or_path = DEFAULT_RECIPE
         if str(name_or_path) not in shipped:
+            match = closest(str(name_or_path), [*shipped, "default"])
+            hint = f", did you mean {match!r}?" if match else ""
             raise RecipeError(
-                [f"no shipped recipe named {str(name_or_path)!r} (shipped: {', '.join(sorted(shipped))}; "
+                [f"no shipped recipe named {str(name_or_path)!r}{hint} (shipped: {', '.join(sorted(shipped))}; "
                  f"'default' is {DEFAULT_RECIPE}); or pass a path to a .yaml file"], "recipe")
         return cls.from_yaml(shipped[str(name_or_path)], f"recipe {name_or_path!r}")
 
@@ -355,7 +360,8 @@ def _resolve_options(name: str, options: Any, registry, name_path: str, options_
                      problems: list[str]) -> tuple[Any, Any] | None:
     """(registered class, its options dataclass built from ``options``), or None with a problem noted."""
     if name not in registry:
-        problems.append(f"{name_path}: unknown {registry.kind} {name!r}; registered: {', '.join(registry.names())}")
+        problems.append(f"{name_path}: unknown {registry.kind} {name!r}{did_you_mean(name, registry.names())}; "
+                        f"registered: {', '.join(registry.names())}")
         return None
     entry = registry.get(name)
     if dataclasses.is_dataclass(options):

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import difflib
 from typing import Callable, Generic, Iterator, TypeVar
 
-from mpqfx.errors import UnknownNameError
+from mpqfx.errors import UnknownNameError, did_you_mean
 
 T = TypeVar("T")
 
@@ -30,8 +29,7 @@ class Registry(Generic[T]):
         try:
             return self._entries[name]
         except KeyError:
-            close = difflib.get_close_matches(name, list(self._entries), n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            hint = did_you_mean(name, self._entries)
             raise UnknownNameError(f"unknown {self.kind} {name!r}{hint}; registered: {', '.join(sorted(self._entries))}") from None
 
     def names(self) -> list[str]:

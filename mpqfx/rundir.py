@@ -5,13 +5,14 @@
     recipe.yaml       the resolved recipe
     float.pt          the float starting point (trained, pretrained, loaded or given), as a supernet
     float.json        the float model's measured accuracy
-    checkpoint.pt     supernet training checkpoint (resume)
+    checkpoint.pt     supernet training checkpoint (resume); checkpoint.prev.pt the one before it
     supernet.pt       the trained supernet (search, export)
     metrics.jsonl     training metrics
     policies/*.yaml   searched policies
     sensitivities.json  measured per-layer sensitivities (ILP objective), reused by later searches
     report.json / report.md / pareto.png / bits.png
     export/           ONNX and integer safetensors files
+    searches/NAME/    policies of later `mpqfx search` runs and their search.json (never policies/)
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from mpqfx.errors import MpqfxError
 from mpqfx.io import atomic_write_text
 from mpqfx.models import create_model
 from mpqfx.supernet import Supernet
+from mpqfx.train.checkpoint import peek_progress, previous_path
 
 RUN_FORMAT = "mpqfx.run/1"
 
@@ -59,6 +61,18 @@ class RunDir:
     def write_meta(self, meta: dict[str, Any]) -> None:
         atomic_write_text(self.run_json, json.dumps({"format": RUN_FORMAT, **meta}, indent=1, sort_keys=True))
 
+    def restart_point(self) -> str:
+        """Where ``mpqfx compress --resume`` continues this run, read from the files it holds."""
+        if not self.float_weights.is_file():
+            return _training_point("the float warm start", self.root / "float" / self.checkpoint.name)
+        if not self.supernet.is_file():
+            return _training_point("supernet training", self.checkpoint)
+        targets = self.meta().get("targets", [])
+        found = sum((self.policies / policy_filename(t)).is_file() for t in targets)
+        if found < len(targets):
+            return f"the search ({found} of {len(targets)} policies found)"
+        return "the evaluation (warm start, supernet training and search are done)"
+
     def meta(self) -> dict[str, Any]:
         if not self.run_json.is_file():
             raise MpqfxError(f"{str(self.root)!r} is not an mpqfx run directory (no run.json)")
@@ -69,6 +83,15 @@ class RunDir:
         if meta.get("format") != RUN_FORMAT:
             raise MpqfxError(f"{str(self.run_json)!r}: unknown format {meta.get('format')!r} (expected {RUN_FORMAT})")
         return meta
+
+
+def _training_point(phase: str, checkpoint: Path) -> str:
+    for path in (checkpoint, previous_path(checkpoint)):
+        progress = peek_progress(path) if path.is_file() else None
+        if progress is not None:
+            step, total = progress
+            return f"{phase} at step {step}{f' of {total}' if total else ''} ({path.name})"
+    return f"{phase} from its start"
 
 
 def run_root(path: str | Path) -> Path:

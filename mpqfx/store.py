@@ -21,7 +21,7 @@ from mpqfx.models import create_model
 from mpqfx.prepare import prepare
 from mpqfx.recipe import Recipe
 from mpqfx.supernet import ModelSpec, Supernet
-from mpqfx.train.checkpoint import CheckpointError, fingerprint, mismatch
+from mpqfx.train.checkpoint import CheckpointError, fingerprint, mismatch, reason
 
 FORMAT = "mpqfx.supernet/1"
 SUPERNET_NAME = "supernet.pt"
@@ -44,6 +44,15 @@ def save_supernet(net: Supernet, path: str | Path, model_spec: ModelSpec | None 
     return path
 
 
+def _damaged(path: Path, problem: str) -> CheckpointError:
+    """The error for a damaged supernet file; in a run directory, resuming the run writes it again
+    (from the training checkpoint, or float training's for float.pt)."""
+    if (path.parent / "run.json").is_file():
+        return CheckpointError(f"supernet file {str(path)!r} {problem}; delete it and run "
+                               f"`mpqfx compress --out {path.parent} --resume` to write it again")
+    return CheckpointError(f"supernet file {str(path)!r} {problem}; save the supernet again")
+
+
 def load_supernet(path: str | Path, device: str | torch.device = "cpu") -> tuple[Supernet, dict[str, Any]]:
     """The supernet stored at ``path`` (a file, or a run directory holding supernet.pt) and its extras."""
     path = Path(path)
@@ -54,12 +63,12 @@ def load_supernet(path: str | Path, device: str | torch.device = "cpu") -> tuple
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise CheckpointError(f"supernet file {str(path)!r} is corrupt or truncated ({type(exc).__name__})") from None
+        raise _damaged(path, f"is corrupt or truncated ({reason(exc)})") from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError(f"{str(path)!r} is not an mpqfx supernet file (format {FORMAT})")
     problem = damage(payload)
     if problem:
-        raise CheckpointError(f"supernet file {str(path)!r} {problem}")
+        raise _damaged(path, problem)
     spec = ModelSpec(payload["model"]["name"], payload["model"]["kwargs"])
     model = create_model(spec.name, **spec.kwargs)
     net = prepare(model, Recipe.from_dict(payload["recipe"], str(path)), example_input=payload["example_input"],

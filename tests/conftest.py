@@ -82,3 +82,24 @@ def fashion_dir(tmp_path_factory) -> Path:
         write_idx(root / images, x)
         write_idx(root / labels, y)
     return root
+
+
+def write_imagefolder(root: Path, train: int = 4, val: int = 2) -> Path:
+    """An ImageFolder tree of three classes (daisy, rose, tulip) of ``train``/``val`` 40x48 PNGs each."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for split, count in (("train", train), ("val", val)):
+        for index, name in enumerate(("daisy", "rose", "tulip")):
+            folder = root / split / name
+            folder.mkdir(parents=True)
+            for i in range(count):
+                pixels = np.clip(rng.normal(80 * index + 40, 30, (40, 48, 3)), 0, 255).astype(np.uint8)
+                Image.fromarray(pixels).save(folder / f"{i}.png")
+    return root
+
+
+@pytest.fixture(name="write_imagefolder", scope="session")
+def write_imagefolder_fixture():
+    return write_imagefolder

@@ -18,6 +18,7 @@ from torch import nn
 
 import mpqfx
 from mpqfx.cli.main import cli
+from mpqfx.store import load_supernet
 
 DESIGN = Path(__file__).resolve().parents[1] / "docs" / "design.md"
 
@@ -73,6 +74,13 @@ def scratch(tmp_path_factory, fashion_dir):
     recipe["train"]["lr"] *= 2
     (edited / "recipe.yaml").write_text(yaml.safe_dump(recipe, sort_keys=False))
     torch.save(timm.create_model("test_efficientnet").state_dict(), root / "other-weights.pt")
+    cut = shutil.copytree(edited, root / "cut-run")  # training was under way: no supernet.pt yet
+    (cut / "recipe.yaml").write_text((run / "recipe.yaml").read_text())
+    data = (cut / "checkpoint.pt").read_bytes()
+    (cut / "checkpoint.pt").write_bytes(data[: len(data) // 2])
+    (cut / "checkpoint.prev.pt").unlink(missing_ok=True)
+    net, _ = load_supernet(run)
+    mpqfx.Policy.max(net).save(run / "searches" / "mine" / "uniform-4.yaml")  # left by an earlier search
     truncated = shutil.copytree(run, root / "truncated-run")
     data = (truncated / "supernet.pt").read_bytes()
     (truncated / "supernet.pt").write_bytes(data[: len(data) // 2])

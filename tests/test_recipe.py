@@ -68,6 +68,43 @@ def test_unknown_recipe_name_lists_shipped(tmp_path):
         Recipe.load(tmp_path / "missing.yaml")
 
 
+@pytest.mark.parametrize("name,message", [
+    ("quickstrat", "no shipped recipe named 'quickstrat', did you mean 'quickstart'? (shipped: bitmixer"),
+    ("defualt", "did you mean 'default'?"),
+    ("oneshot.yaml", "oneshot.yaml: cannot read: No such file or directory (a shipped recipe is named 'oneshot': "
+                     "pass the name without .yaml)"),
+])
+def test_a_misspelt_recipe_name_gets_the_closest_shipped_one(name, message, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(RecipeError) as info:
+        Recipe.load(name)
+    assert message in str(info.value)
+
+
+def test_misspelt_recipe_keys_and_values_get_the_closest_allowed_one():
+    text = ("train: {lrr: 1, optimizer: adamm, sched: cosin}\nquant: {bn: transitonal, w_bit: [4]}\n"
+            "strategy: {name: oneshoot}\nsearch: {backend: ilp, options: {objectiv: limpq}}\nevaluat: {}\n")
+    with pytest.raises(RecipeError) as info:
+        Recipe.from_yaml(text)
+    problems = info.value.problems
+    for expected in ("train.lrr: unknown field, did you mean 'lr'? (allowed: epochs,",
+                     "quant.w_bit: unknown field, did you mean 'w_bits'? (allowed:",
+                     "evaluat: unknown field, did you mean 'evaluate'? (allowed:",
+                     "search.options.objectiv: unknown field, did you mean 'objective'? (allowed:",
+                     "train.optimizer: 'adamm' is not allowed (did you mean 'adam'?); expected one of sgd",
+                     "train.sched: 'cosin' is not allowed (did you mean 'cosine'?)",
+                     "quant.bn: 'transitonal' is not allowed (did you mean 'transitional'?); expected one of",
+                     "strategy.name: unknown strategy 'oneshoot' (did you mean 'oneshot'?); registered: bitmixer"):
+        assert sum(p.startswith(expected) for p in problems) == 1, (expected, problems)
+
+
+def test_no_suggestion_is_made_up_when_nothing_is_close():
+    with pytest.raises(RecipeError) as info:
+        Recipe.from_yaml("train: {zzz: 1, optimizer: qqq}\nquant: {bn: xyz}\n")
+    assert len(info.value.problems) == 3
+    assert not any("did you mean" in p for p in info.value.problems)
+
+
 def test_recipe_from_file(tmp_path):
     path = tmp_path / "mine.yaml"
     path.write_text("name: mine\nquant: {w_bits: [4, 8], a_bits: [8], bn: shared}\n")

@@ -46,6 +46,12 @@ class PolicyResult:
         return cls(**{**data, "policy": policy})
 
 
+def policy_label(kind: str, name: str) -> str:
+    """What a person reads for a reported model: "float", "uniform 4/4", or "mixed" for a searched
+    mixed-precision policy (its budget is shown next to it)."""
+    return "mixed" if kind == "searched" else name
+
+
 class PolicyEvaluator:
     """Top-1 accuracy and loss of policies on the held-out split, each after re-estimating the
     BatchNorm statistics it uses on ``recipe.evaluate.bn_images`` training images."""

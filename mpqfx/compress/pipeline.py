@@ -24,7 +24,7 @@ from mpqfx.compress.report import write_report
 from mpqfx.compress.timing import PhaseTimes
 from mpqfx.compress.warm_start import create_float_model, float_recipe, timm_spec_of
 from mpqfx.data.spec import DataSpec
-from mpqfx.errors import MpqfxError
+from mpqfx.errors import Interrupted, MpqfxError
 from mpqfx.export.double_rounding_file import save_double_rounding
 from mpqfx.export.run import export_policy_files
 from mpqfx.io import atomic_write_text
@@ -36,6 +36,7 @@ from mpqfx.search.constraints import parse_target
 from mpqfx.search.run import search_many, uses_data
 from mpqfx.store import load_supernet, save_supernet
 from mpqfx.supernet import ModelSpec, Supernet
+from mpqfx.train.checkpoint import CheckpointError
 from mpqfx.train.loop import Trainer
 from mpqfx.train.metrics import phase_bar
 
@@ -164,31 +165,48 @@ def compress(model: str | nn.Module | None, recipe: Recipe | str | Path = DEFAUL
         run = _run_dir(out, model_spec.name, recipe_obj.name, resume=False)
         atomic_write_text(run.recipe, recipe_obj.to_yaml())
         run.write_meta({"model": {"name": model_spec.name, "kwargs": model_spec.kwargs}, "data": spec.to_dict(),
-                        "recipe": recipe_obj.name, "targets": targets, "weights": source,
+                        "input_size": list(example.shape[1:]), "recipe": recipe_obj.name, "targets": targets, "weights": source,
                         "checkpoint": str(checkpoint) if checkpoint else None,
                         "started": datetime.now().isoformat(timespec="seconds")})
     log(f"run directory: {run.root}")
+    if resume:
+        log(f"resuming: the run continues with {run.restart_point()}")
     log(net.describe().splitlines()[0])
     train_set = spec.split("train", float_model, train=True)
     evaluator = PolicyEvaluator(spec, float_model, recipe_obj)
     times = PhaseTimes(run, resume)
-
-    with times.phase("warm start"):
-        _warm_start(net, source, train_set, recipe_obj, run, device, resume, times, progress, log)
-        float_result = _float_result(net, evaluator, run, log)
-    with times.phase("supernet training"):
-        extras = _train_supernet(net, train_set, recipe_obj, run, device, resume, times, progress, log)
-    net.eval()
-    with times.phase("search"):
-        searched = _search(net, targets, recipe_obj, run, extras, progress, log)
-    with times.phase("evaluation"):
-        results = [float_result] + _evaluate(net, evaluator, recipe_obj, searched, progress, log)
-    with times.phase("export"):
-        if export:
-            _export_all(net, results, recipe_obj, run, evaluator, progress, log)
-    write_report(run, net, recipe_obj, results, times.wall, times.cpu)
+    command = f"mpqfx compress --out {run.root} --resume"
+    try:
+        with times.phase("warm start"):
+            _warm_start(net, source, train_set, recipe_obj, run, device, resume, times, progress, log)
+            float_result = _float_result(net, evaluator, run, log)
+        with times.phase("supernet training"):
+            extras = _train_supernet(net, train_set, recipe_obj, run, device, resume, times, progress, log)
+        net.eval()
+        with times.phase("search"):
+            searched = _search(net, targets, recipe_obj, run, extras, progress, log)
+        with times.phase("evaluation"):
+            results = [float_result] + _evaluate(net, evaluator, recipe_obj, searched, progress, log)
+        with times.phase("export"):
+            if export:
+                _export_all(net, results, recipe_obj, run, evaluator, progress, log)
+        write_report(run, net, recipe_obj, results, times.wall, times.cpu, _image_counts(net, train_set, evaluator))
+    except KeyboardInterrupt:
+        raise Interrupted(f"interrupted during {times.current or 'setup'}; `{command}` continues the run with "
+                          f"{run.restart_point()}") from None
+    except CheckpointError as exc:
+        if not exc.then_resume:
+            raise
+        raise CheckpointError(f"{exc}: `{command}`") from None
     log(f"report: {run.report_md}")
     return CompressResult(run.root, results, times.wall, times.cpu)
+
+
+def _image_counts(net: Supernet, train_set, evaluator: PolicyEvaluator) -> dict[str, int]:
+    """How many images each use of the data actually got (a limit above a split's size gives the split)."""
+    search = min(net.recipe.evaluate.search_images, len(train_set)) if uses_data(net) else 0  # rundir.search_data
+    return {"train": len(train_set), "held_out": evaluator.val_images, "search": search,
+            "bn_calibration": sum(len(labels) for _, labels in evaluator.calibration)}
 
 
 def _weights_source(module: nn.Module | None, pretrained: bool, checkpoint: str | Path | None) -> str:
@@ -209,8 +227,9 @@ def _warm_start(net: Supernet, source: str, train_set, recipe: Recipe, run: RunD
         return
     if source == "train" and recipe.warm_start.epochs > 0:
         log(f"warm start: {recipe.warm_start.epochs} float epoch(s)")
-        trainer = Trainer(net, train_set, float_recipe(recipe), run_dir=run.root / "float", device=device, progress=progress)
-        trainer.fit(resume=resume and trainer.checkpoint_path.is_file())
+        trainer = Trainer(net, train_set, float_recipe(recipe), run_dir=run.root / "float", device=device,
+                          progress=progress, log=lambda message: log(f"warm start: {message}"))
+        trainer.fit(resume=resume and trainer.has_checkpoint)
         times.add("warm start", trainer.carried)
         net.refit_quantizers()  # the quantizers follow the trained float weights
     else:
@@ -237,8 +256,9 @@ def _train_supernet(net: Supernet, train_set, recipe: Recipe, run: RunDir, devic
         return extras
     log(f"supernet training: {recipe.strategy.name}, {recipe.train.epochs} epoch(s)")
     teacher = net.float_teacher() if recipe.train.distill.teacher else None  # net holds the float weights here
-    trainer = Trainer(net, train_set, recipe, run_dir=run.root, device=device, teacher=teacher, progress=progress)
-    trainer.fit(resume=resume and trainer.checkpoint_path.is_file())
+    trainer = Trainer(net, train_set, recipe, run_dir=run.root, device=device, teacher=teacher, progress=progress,
+                      log=lambda message: log(f"supernet training: {message}"))
+    trainer.fit(resume=resume and trainer.has_checkpoint)
     times.add("supernet training", trainer.carried)
     state = trainer.strategy.state_dict()
     extras = {k: state[k] for k in ("traces", "indicators") if k in state}

@@ -1,10 +1,18 @@
-"""report.json (everything, machine-readable), report.md (for a person) and the figures."""
+"""report.json (everything, machine-readable), report.md (for a person) and the figures.
+
+Everything is drawn from the report dictionary, which report.json holds whole: ``render_report``
+writes the same files again from it (``mpqfx report`` does, with the later searches added).
+"""
 
 from __future__ import annotations
 
 import json
+import platform
+import sys
+from importlib.metadata import PackageNotFoundError, version
 from typing import TYPE_CHECKING, Any
 
+from mpqfx.compress.evaluation import policy_label
 from mpqfx.compress.plots import bits_plot, pareto_plot
 from mpqfx.io import atomic_write_text
 from mpqfx.recipe import Recipe
@@ -15,6 +23,7 @@ if TYPE_CHECKING:
     from mpqfx.compress.evaluation import PolicyResult
 
 REPORT_FORMAT = "mpqfx.report/1"
+VERSIONED = ("mpqfx", "torch", "timm", "onnx", "onnxruntime")
 
 
 def _row(r: "PolicyResult") -> dict[str, Any]:
@@ -24,35 +33,73 @@ def _row(r: "PolicyResult") -> dict[str, Any]:
             "bits": None if r.policy is None else {k: [b.w, b.a] for k, b in r.policy.items()}}
 
 
+def versions() -> dict[str, str]:
+    """Versions of Python and of the packages a run's numbers depend on (a loaded module's own
+    ``__version__`` first: it names the build, e.g. torch's ``+cu130``)."""
+    out = {"python": platform.python_version()}
+    for name in VERSIONED:
+        loaded = getattr(sys.modules.get(name), "__version__", None)
+        try:
+            out[name] = str(loaded or version(name))
+        except PackageNotFoundError:
+            out[name] = "not installed"
+    return out
+
+
 def report_dict(run: RunDir, net: Supernet, recipe: Recipe, results: list["PolicyResult"],
-                seconds: dict[str, float], cpu_seconds: dict[str, float]) -> dict[str, Any]:
+                seconds: dict[str, float], cpu_seconds: dict[str, float], images: dict[str, int]) -> dict[str, Any]:
+    """The report of a run; ``images`` counts the images each use actually got (train, held_out,
+    bn_calibration, search)."""
     meta = run.meta()
-    return {"format": REPORT_FORMAT, "model": meta["model"], "data": meta["data"], "recipe": recipe.name,
+    return {"format": REPORT_FORMAT, "model": meta["model"], "data": meta["data"], "images": images,
+            "input_size": list(net.example_input.shape[1:]), "recipe": recipe.name,
             "strategy": recipe.strategy.name, "search_backend": recipe.search.backend,
             "float_accuracy": next(r.accuracy for r in results if r.kind == "float"),
-            "policies": [_row(r) for r in results],
+            "policies": [_row(r) for r in results], "searches": [],
             "layers": [{"name": l.name, "kind": l.kind.value, "role": l.role.value, "macs": l.macs, "params": l.params,
                         "traced": l.traced} for l in net.layers],
             "skipped": [{"name": s.name, "reason": s.reason} for s in net.skipped],
-            "seconds": seconds, "cpu_seconds": cpu_seconds}
+            "seconds": seconds, "cpu_seconds": cpu_seconds, "versions": versions()}
+
+
+def _data_line(report: dict[str, Any]) -> str:
+    data, images = report["data"], report["images"]
+    size = "x".join(str(d) for d in report["input_size"])
+    search = f", searches score policies on {images['search']}" if images.get("search") else ""
+    return (f"data `{data['name']}`: {images['train']} training and {images['held_out']} held-out images at input "
+            f"{size} (channels x height x width); BatchNorm re-estimated on {images['bn_calibration']} training "
+            f"images before each evaluation{search}")
+
+
+def _policy_table(rows: list[dict[str, Any]], extra: str | None = None) -> list[str]:
+    head = f"| {extra} " if extra else ""
+    lines = [f"{head}| policy | budget | top-1 (%) | GBitOPs | size (MB) | compression vs float32 |",
+             ("|---" if extra else "") + "|---|---|---:|---:|---:|---:|"]
+    for p in rows:
+        cell = f"| {p[extra]} " if extra else ""
+        accuracy = "not measured" if p["accuracy"] is None else f"{100 * p['accuracy']:.2f}"
+        lines.append(f"{cell}| {policy_label(p['kind'], p['name'])} | {p['target'] or ''} | {accuracy} | "
+                     f"{p['bitops'] / 1e9:.4g} | {p['size_bytes'] / 1e6:.3f} | {p['compression']:.2f}x |")
+    return lines
 
 
 def _markdown(report: dict[str, Any]) -> str:
-    data = report["data"]
     lines = [f"# mpqfx report: {report['model']['name']}", "",
              f"Recipe `{report['recipe']}` (strategy `{report['strategy']}`, search `{report['search_backend']}`), "
-             f"data `{data['name']}` ({data.get('train_limit') or 'all'} training / {data.get('val_limit') or 'all'} "
-             f"held-out images). Accuracies are top-1 on the held-out split after BatchNorm re-estimation.", "",
-             f"**Float accuracy: {100 * report['float_accuracy']:.2f}%**", "",
-             "| model | target | top-1 (%) | GBitOPs | size (MB) | compression vs float32 |",
-             "|---|---|---:|---:|---:|---:|"]
-    for p in report["policies"]:
-        lines.append(f"| {p['name']} | {p['target'] or ''} | {100 * p['accuracy']:.2f} | {p['bitops'] / 1e9:.4g} | "
-                     f"{p['size_bytes'] / 1e6:.3f} | {p['compression']:.2f}x |")
+             f"{_data_line(report)}. Accuracies are top-1 on the held-out split after BatchNorm re-estimation; "
+             "\"mixed\" rows are the searched mixed-precision policies, each under its budget.", "",
+             f"**Float accuracy: {100 * report['float_accuracy']:.2f}%**", ""]
+    lines += _policy_table(report["policies"])
+    later = report.get("searches", [])
+    if later:
+        lines += ["", "## Later searches", "",
+                  "Policies `mpqfx search` found on the trained supernet after the run (RUN/searches/NAME/), measured "
+                  "like the rows above; the rows above are the ones `mpqfx compress` evaluated and exported.", ""]
+        lines += _policy_table(later, extra="search")
     searched = [p for p in report["policies"] if p["kind"] == "searched"]
     lines += ["", "![BitOPs vs accuracy](pareto.png)", "", "![bits per layer](bits.png)", "",
               "## Per-layer bits (weights/activations)", "",
-              "| layer | kind | MMACs | " + " | ".join(p["name"] for p in searched) + " |",
+              "| layer | kind | MMACs | " + " | ".join(f"mixed {p['target']}" for p in searched) + " |",
               "|---|---|---:|" + "---:|" * len(searched)]
     for layer in report["layers"]:
         bits = " | ".join("/".join(str(b) for b in p["bits"][layer["name"]]) for p in searched)
@@ -60,12 +107,13 @@ def _markdown(report: dict[str, Any]) -> str:
                      f"{layer['macs'] / 1e6:.2f} | {bits} |")
     if report["skipped"]:
         lines += ["", "## Left in float", ""] + [f"- `{s['name']}`: {s['reason']}" for s in report["skipped"]]
-    exports = [(p["name"], p["exports"]) for p in searched if p["exports"]]
+    exports = [(p["target"], p["exports"]) for p in searched if p["exports"]]
     if exports:
         lines += ["", "## Exports", ""] + _exports_table(exports)
     lines += ["", "## Time per phase", "", "Over every process of a resumed run; CPU is the process's, all threads.", "",
               "| phase | wall (s) | CPU (s) |", "|---|---:|---:|"]
     lines += [f"| {k} | {v:.1f} | {report['cpu_seconds'][k]:.1f} |" for k, v in report["seconds"].items()]
+    lines += ["", "Versions: " + ", ".join(f"{name} {v}" for name, v in report["versions"].items()) + "."]
     return "\n".join(lines) + "\n"
 
 
@@ -74,7 +122,7 @@ def _exports_table(exports: list[tuple[str, dict[str, Any]]]) -> list[str]:
     lines = ["The ONNX files measured in onnxruntime (all graph optimizations: the integer kernels a deployment "
              "runs) on the held-out split, beside the supernet at the same policy; agreement is the share of "
              "images whose top-1 class is the same.", "",
-             "| policy | supernet top-1 (%) | ONNX top-1 (%) | top-1 agreement (%) | integer kernels | ONNX (MB) | "
+             "| budget | supernet top-1 (%) | ONNX top-1 (%) | top-1 agreement (%) | integer kernels | ONNX (MB) | "
              "integer safetensors (MB) |", "|---|---:|---:|---:|---:|---:|---:|"]
     for name, e in exports:
         lines.append(f"| {name} | {100 * e['onnx_supernet_accuracy']:.2f} | {100 * e['onnx_accuracy']:.2f} | "
@@ -84,13 +132,18 @@ def _exports_table(exports: list[tuple[str, dict[str, Any]]]) -> list[str]:
     return lines
 
 
-def write_report(run: RunDir, net: Supernet, recipe: Recipe, results: list["PolicyResult"],
-                 seconds: dict[str, float], cpu_seconds: dict[str, float]) -> dict[str, Any]:
-    """Write report.json, report.md, pareto.png and bits.png into the run directory."""
-    report = report_dict(run, net, recipe, results, seconds, cpu_seconds)
-    title = f"{report['model']['name']} ({recipe.name})"
-    pareto_plot(results, run.pareto_png, title)
-    bits_plot(net, results, run.bits_png, title)
+def render_report(run: RunDir, report: dict[str, Any]) -> None:
+    """Write report.json, report.md, pareto.png and bits.png from ``report``."""
+    title = f"{report['model']['name']} ({report['recipe']})"
+    pareto_plot(report, run.pareto_png, title)
+    bits_plot(report, run.bits_png, title)
     atomic_write_text(run.report_json, json.dumps(report, indent=1))
     atomic_write_text(run.report_md, _markdown(report))
+
+
+def write_report(run: RunDir, net: Supernet, recipe: Recipe, results: list["PolicyResult"],
+                 seconds: dict[str, float], cpu_seconds: dict[str, float], images: dict[str, int]) -> dict[str, Any]:
+    """Write report.json, report.md, pareto.png and bits.png into the run directory."""
+    report = report_dict(run, net, recipe, results, seconds, cpu_seconds, images)
+    render_report(run, report)
     return report

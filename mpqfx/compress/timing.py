@@ -28,11 +28,13 @@ class PhaseTimes:
         self.finished = [phase for phase in recorded.get("wall", {}) if phase in KEPT]
         self.spent = {phase: Elapsed(recorded["wall"][phase], recorded["cpu"][phase]) if phase in self.finished
                       else Elapsed() for phase in PHASES}
+        self.current: str | None = None  # the phase running now
 
     @contextmanager
     def phase(self, name: str) -> Iterator[None]:
         """Time the block as part of phase ``name``; record it in run.json once the block completes."""
         start = Elapsed.now()
+        self.current = name
         yield
         self.add(name, Elapsed.now().since(start))
         if name not in self.finished:

@@ -21,21 +21,22 @@ class DataSpec:
     """``fashion-mnist`` (embedded; 1 channel, 10 classes) or an ImageFolder root.
 
     ``train_limit``/``val_limit`` keep the first N images of a split (quick runs);
-    ``image_size`` is the square Fashion-MNIST input size (ImageFolder uses the model's config).
+    ``image_size`` is the square Fashion-MNIST input size (None for ImageFolder, which uses the
+    model's config).
     """
 
     name: str
     root: str | None = None
     train_limit: int | None = None
     val_limit: int | None = None
-    image_size: int = 32
+    image_size: int | None = 32
 
     @classmethod
     def parse(cls, data: str, data_dir: str | None = None, **limits: Any) -> "DataSpec":
         if data == FASHION_MNIST:
             return cls(FASHION_MNIST, str(find_dir(data_dir)), **limits)
         class_names(data)  # fail early on a malformed tree
-        return cls("imagefolder", str(Path(data).resolve()), **limits)
+        return cls("imagefolder", str(Path(data).resolve()), **{**limits, "image_size": None})
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -30,8 +30,8 @@ from mpqfx.quant.lsq import MultiBitLSQ
 from mpqfx.quant.policy import Policy
 from mpqfx.recipe import ClipMode, Recipe
 from mpqfx.supernet import Supernet
-from mpqfx.train.checkpoint import (CheckpointError, as_tuples, fingerprint, load_checkpoint, mismatch,
-                                    recipe_differences, rng_state, save_checkpoint, set_rng_state)
+from mpqfx.train.checkpoint import (CheckpointError, as_tuples, fingerprint, load_latest_checkpoint, mismatch,
+                                    previous_path, recipe_differences, rng_state, save_checkpoint, set_rng_state)
 from mpqfx.train.distributed import init_from_env
 from mpqfx.train.losses import task_loss
 from mpqfx.train.metrics import MetricsLog, progress_bar
@@ -90,7 +90,9 @@ class Trainer:
 
     Every rank draws the same policies (one shared ``random.Random`` seeded from the recipe);
     only rank 0 writes files and shows progress. Exact resume (same final parameters as an
-    uninterrupted run) holds with ``train.workers: 0`` on CPU.
+    uninterrupted run) holds with ``train.workers: 0`` on CPU. Each checkpoint keeps the one
+    before it (``checkpoint.prev.pt``), which a resume falls back to when the latest is damaged;
+    ``log`` receives one line saying where a resume continues.
 
     Example:
         >>> trainer = Trainer(net, train_set, run_dir="runs/demo", progress=False)
@@ -98,7 +100,8 @@ class Trainer:
     """
 
     def __init__(self, net: Supernet, dataset: Dataset, recipe: Recipe | None = None, run_dir: str | Path | None = None,
-                 device: str | torch.device | None = None, teacher: nn.Module | None = None, progress: bool = True):
+                 device: str | torch.device | None = None, teacher: nn.Module | None = None, progress: bool = True,
+                 log: Callable[[str], None] | None = None):
         self.recipe = (recipe or net.recipe).check()
         self.cfg = cfg = self.recipe.train
         self.device = init_from_env(device)
@@ -113,6 +116,7 @@ class Trainer:
         self.checkpoint_path = self.run_dir / CHECKPOINT_NAME if self.run_dir else None
         self.metrics = MetricsLog(self.run_dir / METRICS_NAME if self.run_dir and self.is_main else None)
         self.show_progress = progress and self.is_main
+        self.log = log if log is not None and self.is_main else (lambda message: None)
         self.dataset = dataset
         self.sampler = EpochSampler(len(dataset), cfg.seed, self.rank, self.world)
         self.steps_per_epoch = self.sampler.per_rank // cfg.batch_size
@@ -134,6 +138,7 @@ class Trainer:
         self._build_optimizers()
         self.ema = ModelEmaV3(self.net, decay=cfg.ema_decay) if cfg.ema_decay else None
         self._strategy_ready = False
+        self._saved_step: int | None = None  # the step of the checkpoint this process wrote last
         self.carried = Elapsed()  # time the steps up to the loaded checkpoint took in earlier processes
         self._fit_started: Elapsed | None = None
 
@@ -161,6 +166,12 @@ class Trainer:
             min_lr=cfg.min_lr * scale, warmup_lr=base_lr / 100, step_on_epochs=False,
             updates_per_epoch=self.steps_per_epoch)
         return scheduler
+
+    @property
+    def has_checkpoint(self) -> bool:
+        """Whether the run directory holds a checkpoint to resume (the latest or the one kept before it)."""
+        return self.checkpoint_path is not None and (self.checkpoint_path.is_file()
+                                                     or previous_path(self.checkpoint_path).is_file())
 
     # -- what strategies call --------------------------------------------------------------------
     @property
@@ -229,8 +240,9 @@ class Trainer:
         if resume:
             self._load()
         else:
-            if self.checkpoint_path is not None and self.checkpoint_path.exists():
+            if self.has_checkpoint:
                 raise CheckpointError(f"{str(self.run_dir)!r} already holds a checkpoint; resume it or use another run directory")
+            self.metrics.truncate_after(0)  # records of an earlier start whose checkpoint is gone
             random.seed(cfg.seed)
             np.random.seed(cfg.seed)
             torch.manual_seed(cfg.seed + self.rank)
@@ -328,6 +340,7 @@ class Trainer:
             "strategy": self.strategy.state_dict(),
             "rng": self._rng_states(), "policy_rng": self.rng.getstate(),
             "step": self.global_step, "epoch": self.epoch, "step_in_epoch": self.step_in_epoch,
+            "total_steps": self.total_steps,
             "recipe": self.recipe.to_dict(),
             "fingerprint": fingerprint(self.net.state_dict()),
             "seconds": asdict(self.elapsed()),
@@ -346,20 +359,26 @@ class Trainer:
         if self.checkpoint_path is None:
             return
         state = self.state_dict()
-        if self.is_main:
-            save_checkpoint(self.checkpoint_path, state)
+        if self.is_main:  # a second save at the same step (an epoch end) keeps the earlier step's file
+            save_checkpoint(self.checkpoint_path, state, keep_previous=self._saved_step != self.global_step)
+        self._saved_step = self.global_step
 
     def _load(self) -> None:
         if self.checkpoint_path is None:
             raise CheckpointError("resume needs a run directory")
-        state = load_checkpoint(self.checkpoint_path, map_location=self.device)
+        state, passed_over = load_latest_checkpoint(self.checkpoint_path, map_location=self.device)
+        source = previous_path(self.checkpoint_path) if passed_over else self.checkpoint_path
+        if passed_over:
+            self.log(f"{passed_over}; resuming from the checkpoint before it ({source.name})")
         changed = recipe_differences(self.recipe.to_dict(), state["recipe"])
         if changed:
-            raise CheckpointError(f"checkpoint {str(self.checkpoint_path)!r} was written with a different recipe "
-                                  f"(fields: {', '.join(changed[:6])}{' ...' if len(changed) > 6 else ''})")
+            raise CheckpointError(f"checkpoint {str(source)!r} was written with a different recipe "
+                                  f"(fields: {', '.join(changed[:6])}{' ...' if len(changed) > 6 else ''}); resume "
+                                  "with the recipe it was written with, or train in another run directory")
         problem = mismatch(fingerprint(self.net.state_dict()), state["fingerprint"], "model layers")
         if problem:
-            raise CheckpointError(f"checkpoint {str(self.checkpoint_path)!r} belongs to another model: {problem}")
+            raise CheckpointError(f"checkpoint {str(source)!r} belongs to another model: {problem}; resume with "
+                                  "the model it was written for, or train in another run directory")
         self.net.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         for obj, key in ((self.quant_optimizer, "quant_optimizer"), (self.scheduler, "scheduler"),
@@ -369,8 +388,8 @@ class Trainer:
         self.strategy.load_state_dict(state["strategy"])
         rngs = state["rng"]
         if len(rngs) != self.world:
-            raise CheckpointError(f"checkpoint {str(self.checkpoint_path)!r} was written by {len(rngs)} rank(s), "
-                                  f"this run has {self.world}")
+            raise CheckpointError(f"checkpoint {str(source)!r} was written by {len(rngs)} rank(s), this run has "
+                                  f"{self.world}; resume with {len(rngs)} process(es) in all")
         set_rng_state(rngs[self.rank])
         self.rng.setstate(as_tuples(state["policy_rng"]))
         self.global_step, self.epoch, self.step_in_epoch = state["step"], state["epoch"], state["step_in_epoch"]
@@ -378,6 +397,8 @@ class Trainer:
         self.metrics.truncate_after(self.global_step)
         self._strategy_ready = True
         self._update_schedules()
+        self.log(f"resuming from {source.name} at step {self.global_step} of {self.total_steps} "
+                 f"(epoch {min(self.epoch + 1, self.cfg.epochs)} of {self.cfg.epochs})")
 
 
 def train(net: Supernet, dataset: Dataset, recipe: Recipe | None = None, run_dir: str | Path | None = None,

@@ -37,6 +37,8 @@ def test_bitops_wbits_abits_and_input_size():
     (["bitops", "--model", "resnet181"], "unknown timm model 'resnet181'; close matches: resnet18"),
     (["bitops", "--model", "resnet18", "--input-size", "3,x"], "--input-size: expected H or C,H,W"),
     (["bitops", "--model", "resnet18", "--recipe", "nope"], "no shipped recipe named 'nope'"),
+    (["bitops", "--model", "resnet18", "--recipe", "quikstart"],
+     "no shipped recipe named 'quikstart', did you mean 'quickstart'? (shipped: bitmixer"),
 ])
 def test_bad_input_is_one_line_without_traceback(args, message):
     proc = subprocess.run([sys.executable, "-m", "mpqfx.cli.main", *args], capture_output=True, text=True,

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -11,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 import pytest
+import timm
 import torch
 
 import mpqfx
@@ -22,9 +25,12 @@ from mpqfx.store import load_supernet
 TARGETS = ["uniform:4", "bitops=uniform:5,size=6x"]
 
 
-def mpqfx_cli(*args, env=None):
+UMASK = 0o027  # the run is made under it: files must come out 0o640, not mkstemp's 0o600
+
+
+def mpqfx_cli(*args, env=None, umask=None):
     return subprocess.run([sys.executable, "-m", "mpqfx.cli.main", *map(str, args)], capture_output=True, text=True,
-                          env=env)
+                          env=env, preexec_fn=None if umask is None else (lambda: os.umask(umask)))
 
 
 def one_line_error(proc, message):
@@ -38,7 +44,8 @@ def run(tmp_path_factory, fashion_dir):
     root = tmp_path_factory.mktemp("compress") / "run"
     targets = [a for t in TARGETS for a in ("--target", t)]
     proc = mpqfx_cli("compress", "--model", "test_resnet", "--data-dir", fashion_dir, "--train-images", 128,
-                     "--val-images", 64, "--batch-size", 32, "--out", root, *targets)
+                     "--val-images", 64, "--batch-size", 32, "--out", root, *targets,
+                     env={**os.environ, "COLUMNS": "80"}, umask=UMASK)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return root, proc
 
@@ -56,6 +63,111 @@ def test_run_directory_holds_every_promised_file(run):
     assert str(root) in proc.stdout and "uniform 4/4" in proc.stdout and "report.md" in proc.stdout
     for line in (root / "metrics.jsonl").read_text().splitlines():
         assert "loss" in json.loads(line)
+
+
+def test_every_file_follows_the_umask(run):
+    root, _ = run
+    files = [p for p in root.rglob("*") if p.is_file()]
+    assert len(files) > 20
+    assert {p.relative_to(root).as_posix(): oct(p.stat().st_mode & 0o777) for p in files} == {
+        p.relative_to(root).as_posix(): oct(0o666 & ~UMASK) for p in files}
+    assert {oct(p.stat().st_mode & 0o777) for p in root.rglob("*") if p.is_dir()} == {oct(0o777 & ~UMASK)}
+
+
+def test_the_summary_table_fits_80_columns_without_splitting_names(run):
+    root, proc = run
+    table = proc.stdout[proc.stdout.index(f"\nrun {root}") + 1:]
+    assert max(len(line) for line in table.splitlines()) <= 80
+    rows = [line for line in table.splitlines() if line.startswith("│")]
+    assert [line.split("│")[1].strip() for line in rows if line.split("│")[1].strip()] == [
+        "float", "uniform 8/8", "uniform 4/4", "uniform 3/3", "mixed", "mixed"]
+    budgets = " ".join(line.split("│")[2].strip() for line in rows)
+    assert "uniform:4" in budgets and "bitops=uniform:5, size=6x" in budgets  # a joint budget wraps between terms
+
+
+def test_the_report_states_actual_counts_input_size_and_versions(run):
+    root, _ = run
+    report = json.loads((root / "report.json").read_text())
+    assert report["images"] == {"train": 128, "held_out": 64, "bn_calibration": 128, "search": 128}
+    assert report["input_size"] == [1, 32, 32]
+    assert json.loads((root / "run.json").read_text())["input_size"] == [1, 32, 32]
+    assert report["versions"]["torch"] == torch.__version__ and report["versions"]["timm"] == timm.__version__
+    assert report["versions"]["mpqfx"] == mpqfx.__version__
+    markdown = (root / "report.md").read_text()
+    assert "128 training and 64 held-out images at input 1x32x32" in markdown
+    assert f"torch {torch.__version__}" in markdown
+
+
+def tree_digest(root, skip=("searches",)):
+    """SHA-256 of every file of a run directory, by relative path, outside ``skip``."""
+    return {p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(root.rglob("*"))
+            if p.is_file() and p.relative_to(root).parts[0] not in skip}
+
+
+def test_a_later_search_changes_nothing_the_run_reported_and_the_report_can_add_it(run, tmp_path):
+    root = shutil.copytree(run[0], tmp_path / "run")
+    before = tree_digest(root)
+    report_before = json.loads((root / "report.json").read_text())
+    proc = mpqfx_cli("search", "--run", root, "--target", "uniform:4", "--target", "uniform:3", "--option",
+                     "objective=limpq", "--json")
+    assert proc.returncode == 0, proc.stderr
+    assert tree_digest(root) == before  # report, figures, policies, exports: byte-identical
+    found = json.loads(proc.stdout)
+    folder = root / "searches" / "ilp-objective=limpq"
+    assert [Path(r["policy_file"]) for r in found] == [folder / "uniform-4.yaml", folder / "uniform-3.yaml"]
+    kept = tree_digest(root, skip=())
+    again = mpqfx_cli("search", "--run", root, "--target", "uniform:4", "--option", "objective=limpq")
+    assert again.returncode == 0, again.stderr
+    assert tree_digest(root, skip=()) == kept  # the same policy found again: nothing changes
+
+    net, _ = load_supernet(root)
+    Policy.max(net).save(root / "searches" / "mine" / "uniform-4.yaml")  # what an earlier, other search left
+    kept = tree_digest(root, skip=())
+    conflict = mpqfx_cli("search", "--run", root, "--target", "uniform:3", "--target", "uniform:4", "--name", "mine")
+    one_line_error(conflict, "mine/uniform-4.yaml' already holds a different policy for this target")
+    assert tree_digest(root, skip=()) == kept  # refused before writing anything, uniform-3.yaml included
+    shutil.rmtree(root / "searches" / "mine")
+    one_line_error(mpqfx_cli("search", "--run", root, "--target", "uniform:4", "--out", root / "policies"),
+                   "holds the policies `mpqfx compress` evaluated, reported and exported")
+    assert tree_digest(root) == before
+
+    proc = mpqfx_cli("report", "--run", root, "--json")
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads((root / "report.json").read_text())
+    assert report["policies"] == report_before["policies"]  # the run's own rows stay as they were
+    later = report["searches"]
+    assert [(r["search"], r["target"]) for r in later] == [("ilp-objective=limpq", "uniform:4"),
+                                                           ("ilp-objective=limpq", "uniform:3")]
+    for entry in later:
+        assert 0 <= entry["accuracy"] <= 1
+        assert entry["bitops"] == mpqfx.bitops(net, Policy.load(entry["policy_file"])).total
+    assert [p["kind"] for p in json.loads(proc.stdout)["policies"]][-2:] == ["searched", "searched"]
+    markdown = (root / "report.md").read_text()
+    assert "## Later searches" in markdown and "| ilp-objective=limpq | mixed | uniform:3 |" in markdown
+    for name in ("policies", "export"):
+        assert {k: v for k, v in tree_digest(root).items() if k.startswith(name)} == {
+            k: v for k, v in before.items() if k.startswith(name)}
+
+
+def test_compress_json_prints_only_json_on_stdout(run, tmp_path):
+    root = shutil.copytree(run[0], tmp_path / "run")
+    proc = mpqfx_cli("compress", "--out", root, "--resume", "--json")
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads(proc.stdout)  # progress bars and log lines went to stderr
+    report = json.loads((root / "report.json").read_text())
+    assert summary["run_dir"] == str(root) and summary["images"] == report["images"]
+    assert [(p["name"], p["accuracy"]) for p in summary["policies"]] == [
+        (p["name"], p["accuracy"]) for p in report["policies"]]
+    assert "resuming: the run continues with the evaluation (warm start, supernet training and search are done)" \
+        in " ".join(proc.stderr.split())
+
+
+def test_the_report_is_regenerated_byte_for_byte(run, tmp_path):
+    root = shutil.copytree(run[0], tmp_path / "run")
+    before = tree_digest(root)
+    proc = mpqfx_cli("report", "--run", root)
+    assert proc.returncode == 0, proc.stderr
+    assert tree_digest(root) == before
 
 
 def test_report_lists_float_uniform_and_searched_with_exact_bitops(run):

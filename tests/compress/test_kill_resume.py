@@ -6,6 +6,7 @@ the resume removes)."""
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -19,11 +20,13 @@ from mpqfx.export.onnx_qdq import load_onnx
 from mpqfx.integrity import intact
 from mpqfx.recipe import Recipe
 
-# Runs the CLI with one function wrapped so that the process SIGKILLs itself at a chosen moment:
+# Runs the CLI with one function wrapped so that the process SIGKILLs itself (or sends itself
+# $KILL_SIGNAL) at a chosen moment:
 # KIND=float|supernet: after training step N of that phase; KIND=search: at the N-th ILP search.
 KILLER = """
 import os, signal, sys
 kind, n = sys.argv.pop(1), int(sys.argv.pop(1))
+sig = getattr(signal, os.environ.get("KILL_SIGNAL", "SIGKILL"))
 from mpqfx.search.ilp import IlpSearch
 from mpqfx.train.loop import Trainer
 if kind == "search":
@@ -31,7 +34,7 @@ if kind == "search":
     def run(self, constraints):
         calls[0] += 1
         if calls[0] == n:
-            os.kill(os.getpid(), signal.SIGKILL)
+            os.kill(os.getpid(), sig)
         return real_run(self, constraints)
     IlpSearch.run = run
 else:
@@ -39,7 +42,7 @@ else:
     def update(self):
         real_update(self)
         if (self.recipe.strategy.name == "float") == (kind == "float") and self.global_step == n:
-            os.kill(os.getpid(), signal.SIGKILL)
+            os.kill(os.getpid(), sig)
     Trainer._update_schedules = update
 from mpqfx.cli.main import main
 sys.argv[0] = "mpqfx"
@@ -63,12 +66,13 @@ def tiny_recipe(tmp_path_factory):
     return path
 
 
-def compress(out, recipe, fashion_dir, kill=None, resume=False):
+def compress(out, recipe, fashion_dir, kill=None, resume=False, env=None):
     args = ["--out", str(out), "--resume"] if resume else [
         "--model", "test_resnet", "--recipe", str(recipe), "--data-dir", str(fashion_dir), "--out", str(out),
         *[a for t in TARGETS for a in ("--target", t)]]
     command = [sys.executable, "-c", KILLER, *kill] if kill else [sys.executable, "-m", "mpqfx.cli.main"]
-    return subprocess.run([*command, "compress", *args], capture_output=True, text=True)
+    return subprocess.run([*command, "compress", *args], capture_output=True, text=True,
+                          env=None if env is None else {**os.environ, **env})
 
 
 def assert_every_file_is_whole(root):
@@ -140,3 +144,40 @@ def test_killed_and_resumed_run_equals_an_uninterrupted_one(kill, uninterrupted,
     assert report == expected_report
     assert state.keys() == expected_state.keys()
     assert all(torch.equal(state[k], expected_state[k]) for k in state)
+
+
+def test_ctrl_c_names_the_phase_and_the_command_and_the_resume_says_where_it_continues(
+        uninterrupted, tiny_recipe, fashion_dir, tmp_path):
+    root = tmp_path / "run"
+    proc = compress(root, tiny_recipe, fashion_dir, kill=("supernet", "6"), env={"KILL_SIGNAL": "SIGINT"})
+    assert proc.returncode == 130, proc.stderr[-2000:]
+    command = f"mpqfx compress --out {root} --resume"
+    # checkpoints come at steps 3, 4 (the end of epoch 1) and 6; Ctrl-C arrives before step 6's is written
+    assert proc.stderr.strip() == (f"mpqfx: interrupted during supernet training; `{command}` continues the run "
+                                   "with supernet training at step 4 of 8 (checkpoint.pt)")
+    step = 4
+
+    proc = compress(root, tiny_recipe, fashion_dir, resume=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    out = " ".join(proc.stdout.split())  # rich wraps long lines
+    assert f"resuming: the run continues with supernet training at step {step} of 8 (checkpoint.pt)" in out
+    assert f"supernet training: resuming from checkpoint.pt at step {step} of 8 (epoch 2 of 2)" in out
+    assert outcome(root)[1] == uninterrupted[1]  # the same policies as a run never stopped
+
+
+def test_a_damaged_last_checkpoint_falls_back_and_the_run_ends_the_same(uninterrupted, tiny_recipe, fashion_dir,
+                                                                      tmp_path):
+    root = tmp_path / "run"
+    proc = compress(root, tiny_recipe, fashion_dir, kill=("supernet", "7"))
+    assert proc.returncode == -signal.SIGKILL
+    latest = root / "checkpoint.pt"
+    latest.write_bytes(latest.read_bytes()[:4096])  # the last checkpoint (step 6) cut short
+    proc = compress(root, tiny_recipe, fashion_dir, resume=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    out = " ".join(proc.stdout.split())
+    assert "checkpoint.pt' is corrupt or truncated" in out and "resuming from checkpoint.prev.pt at step 4 of 8" in out
+    steps = [json.loads(line)["step"] for line in (root / "metrics.jsonl").read_text().splitlines()]
+    assert steps == list(range(1, 9))
+    report, policies, state = outcome(root)
+    assert (report, policies) == uninterrupted[:2]
+    assert all(torch.equal(state[k], uninterrupted[2][k]) for k in state)

@@ -107,3 +107,17 @@ def test_float_teacher_distillation_is_taught_by_the_float_model(fashion_dir, tm
     with torch.no_grad():
         assert torch.equal(teacher(x), module(x))
     assert not any(p.requires_grad for p in teacher.parameters())
+
+
+def test_the_report_states_the_images_and_input_size_an_imagefolder_run_actually_used(tmp_path, write_imagefolder):
+    """The recipe's limits (9600 / 2000 images, image_size 32) are not what a 12 / 6-image folder at
+    the model's 160x160 input gives; the report says what was used."""
+    write_imagefolder(tmp_path / "flowers")
+    result = mpqfx.compress("test_resnet", data=str(tmp_path / "flowers"), targets=["uniform:4"], epochs=1,
+                            batch_size=4, out=tmp_path / "run", export=False, progress=False)
+    report = json.loads((result.run_dir / "report.json").read_text())
+    assert report["images"] == {"train": 12, "held_out": 6, "bn_calibration": 12, "search": 12}
+    assert report["input_size"] == [3, 160, 160]  # timm's pretrained_cfg of test_resnet
+    meta = json.loads((result.run_dir / "run.json").read_text())
+    assert meta["input_size"] == [3, 160, 160] and meta["data"]["image_size"] is None
+    assert "12 training and 6 held-out images at input 3x160x160" in (result.run_dir / "report.md").read_text()

@@ -1,5 +1,7 @@
-"""Every block of docs/cookbook.md runs: bash blocks in a shell, python blocks in one shared
-namespace, blocks with a file name written to that file; all in order, in a scratch folder.
+"""Every block of docs/cookbook.md runs: bash blocks in a shell, each python block in a fresh
+namespace (a block that misses an import fails), blocks with a file name written to that file;
+all in order, in a scratch folder. The quick start's table and figures are what the current code
+makes of the report they came from (docs/img/quickstart-report.json, see docs/refresh_quickstart.py).
 
 Tiny settings keep it fast: ``mpqfx compress`` (from the shell through a wrapper first on PATH,
 from Python by wrapping ``mpqfx.compress``) gets ``--train-images 96 --val-images 64 --epochs 1``
@@ -9,20 +11,26 @@ fixture (``MPQFX_DATA_DIR``) and a small ImageFolder tree ``flowers/``.
 
 from __future__ import annotations
 
+import io
+import json
 import os
 import re
 import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
+import matplotlib
 import pytest
 from PIL import Image
+from rich.console import Console
 
+from mpqfx.cli.tables import print_report_summary
+from mpqfx.compress.plots import bits_figure, pareto_figure
 from mpqfx.search.backend import SEARCHES
 from mpqfx.train.strategy import STRATEGIES
 
-COOKBOOK = Path(__file__).resolve().parents[2] / "docs" / "cookbook.md"
+DOCS = Path(__file__).resolve().parents[2] / "docs"
+COOKBOOK = DOCS / "cookbook.md"
 FENCE = re.compile(r"^```(\w+)([^\n]*)\n(.*?)^```", re.S | re.M)
 TINY = {"--train-images": "96", "--val-images": "64", "--epochs": "1"}
 
@@ -44,30 +52,20 @@ def blocks(text: str) -> list[tuple[str, str, str]]:
     return [(lang, info.strip(), body) for lang, info, body in FENCE.findall(text)]
 
 
-def write_flowers(root: Path) -> None:
-    rng = np.random.default_rng(0)
-    for split, count in (("train", 4), ("val", 2)):
-        for index, name in enumerate(("daisy", "rose", "tulip")):
-            folder = root / split / name
-            folder.mkdir(parents=True)
-            for i in range(count):
-                pixels = np.clip(rng.normal(80 * index + 40, 30, (40, 48, 3)), 0, 255).astype(np.uint8)
-                Image.fromarray(pixels).save(folder / f"{i}.png")
-
-
 @pytest.fixture
-def scratch(tmp_path, fashion_dir, monkeypatch):
+def scratch(tmp_path, fashion_dir, monkeypatch, write_imagefolder):
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     (bin_dir / "mpqfx").write_text(WRAPPER)
     (bin_dir / "mpqfx").chmod(0o755)
     work = tmp_path / "work"
     work.mkdir()
-    write_flowers(work / "flowers")
+    write_imagefolder(work / "flowers")
     env = {**os.environ, "PATH": f"{bin_dir}:{Path(sys.executable).parent}:{os.environ['PATH']}",
            "MPQFX_DATA_DIR": str(fashion_dir), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     monkeypatch.setenv("MPQFX_DATA_DIR", str(fashion_dir))
     monkeypatch.chdir(work)
+    monkeypatch.syspath_prepend(str(work))  # python blocks import the files earlier blocks wrote
     return work, env
 
 
@@ -95,7 +93,6 @@ def test_every_block_of_the_cookbook_runs(scratch, monkeypatch):
     tiny_compress(monkeypatch)
     for registry in (STRATEGIES, SEARCHES):  # names the cookbook registers are gone after the test
         monkeypatch.setattr(registry, "_entries", dict(registry._entries))
-    namespace: dict = {"__name__": "cookbook"}
     for number, (lang, target, body) in enumerate(blocks(COOKBOOK.read_text())):
         where = f"block {number} ({lang} {target})".strip()
         if target:
@@ -106,8 +103,46 @@ def test_every_block_of_the_cookbook_runs(scratch, monkeypatch):
             assert proc.returncode == 0, f"{where} failed:\n{body}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
         elif lang == "python":
             try:
-                exec(compile(body, f"cookbook {where}", "exec"), namespace)
+                exec(compile(body, f"cookbook {where}", "exec"), {"__name__": "cookbook"})
             except Exception as exc:
                 raise AssertionError(f"{where} failed:\n{body}") from exc
         else:
             assert lang == "text", f"{where}: unknown block language {lang!r}"
+
+
+def test_a_python_block_that_misses_an_import_fails(scratch, monkeypatch):
+    """What the cookbook test does with a block that relies on an earlier block's names."""
+    text = "```python\nimport json\nvalue = json.dumps(1)\n```\n\n```python\nprint(json.loads(value))\n```\n"
+    monkeypatch.setattr(sys.modules[__name__], "COOKBOOK", scratch[0] / "two-blocks.md")
+    (scratch[0] / "two-blocks.md").write_text(text)
+    with pytest.raises(AssertionError, match="block 1 .* failed"):
+        test_every_block_of_the_cookbook_runs(scratch, monkeypatch)
+
+
+def quickstart_report() -> dict:
+    return json.loads((DOCS / "img" / "quickstart-report.json").read_text())
+
+
+def test_the_quick_start_table_is_what_the_code_prints_for_its_report():
+    report = quickstart_report()
+    out = io.StringIO()
+    print_report_summary(report, Path("runs/quickstart"), Console(file=out, width=80, color_system=None))
+    printed = [line.rstrip() for line in COOKBOOK.read_text().split("<!-- quickstart:begin -->")[1].splitlines()]
+    expected = [line.rstrip() for line in out.getvalue().splitlines()]
+    start = printed.index(expected[0])
+    assert printed[start:start + len(expected)] == expected
+    assert max(len(line) for line in printed) <= 80
+
+
+@pytest.mark.parametrize("name,draw", [("pareto", pareto_figure), ("bits", bits_figure)])
+def test_the_quick_start_figures_are_what_the_code_draws_for_its_report(name, draw, tmp_path):
+    committed = DOCS / "img" / f"quickstart-{name}.png"
+    report = quickstart_report()
+    fig = draw(report, f"{report['model']['name']} ({report['recipe']})")
+    fig.savefig(tmp_path / "now.png", format="png", dpi=120)
+    made_with = Image.open(committed).info.get("Software", "")
+    if matplotlib.__version__ not in made_with:  # another matplotlib draws text a pixel apart
+        assert Image.open(tmp_path / "now.png").size == Image.open(committed).size
+        pytest.skip(f"{committed.name} was drawn by {made_with}, this is matplotlib {matplotlib.__version__}")
+    assert (tmp_path / "now.png").read_bytes() == committed.read_bytes(), (
+        f"{committed} is not what the code draws now: run python docs/refresh_quickstart.py")

@@ -111,13 +111,64 @@ def test_resume_without_a_checkpoint_says_so(make_net, small_recipe, dataset, tm
         Trainer(make_net(recipe), dataset, recipe, run_dir=tmp_path, progress=False).fit(resume=True)
 
 
-def test_truncated_checkpoint_is_detected(make_net, small_recipe, dataset, tmp_path):
+def test_truncated_checkpoint_is_detected_and_the_error_says_what_to_do(make_net, small_recipe, dataset, tmp_path):
     recipe = small_recipe("bitmixer", max_steps=1)
     Trainer(make_net(recipe), dataset, recipe, run_dir=tmp_path, progress=False).fit()
     path = tmp_path / "checkpoint.pt"
+    assert not (tmp_path / "checkpoint.prev.pt").exists()  # one step, one checkpoint
     path.write_bytes(path.read_bytes()[:1000])
-    with pytest.raises(CheckpointError, match="corrupt or truncated"):
+    with pytest.raises(CheckpointError) as info:
         Trainer(make_net(recipe), dataset, recipe, run_dir=tmp_path, progress=False).fit(resume=True)
+    message = str(info.value)
+    assert "checkpoint.pt' is corrupt or truncated (RuntimeError: PytorchStreamReader failed" in message
+    assert message.endswith("no earlier checkpoint is kept. Delete it "
+                            f"({str(path)!r}) to train this phase again from step 0, then resume")
+
+
+def _steps(run_dir) -> list[int]:
+    return [json.loads(line)["step"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_a_damaged_checkpoint_falls_back_to_the_one_before_it(make_net, small_recipe, dataset, tmp_path):
+    recipe = small_recipe("oneshot", STRATEGY_OPTIONS["oneshot"], max_steps=10, checkpoint_every=4)
+    whole = make_net(recipe)
+    Trainer(whole, dataset, recipe, run_dir=tmp_path / "whole", progress=False).fit()
+    cut = tmp_path / "cut"
+    Trainer(make_net(recipe), dataset, recipe, run_dir=cut, progress=False).fit(stop_after=9)  # checkpoints at 4, 8
+    assert torch.load(cut / "checkpoint.prev.pt", weights_only=True)["step"] == 4
+    latest = cut / "checkpoint.pt"
+    latest.write_bytes(latest.read_bytes()[:len(latest.read_bytes()) // 2])
+    lines = []
+    resumed = make_net(recipe)
+    Trainer(resumed, dataset, recipe, run_dir=cut, progress=False, log=lines.append).fit(resume=True)
+    assert len(lines) == 2
+    assert "checkpoint.pt' is corrupt or truncated" in lines[0] and lines[0].endswith(
+        "resuming from the checkpoint before it (checkpoint.prev.pt)")
+    assert lines[1] == "resuming from checkpoint.prev.pt at step 4 of 10 (epoch 1 of 2)"
+    expected, got = _params(whole), _params(resumed)
+    assert all(torch.equal(expected[k], got[k]) for k in expected)
+    assert _steps(cut) == list(range(1, 11))  # steps 5-9 logged again once, not twice
+
+
+def test_both_checkpoints_damaged_says_what_to_do(make_net, small_recipe, dataset, tmp_path):
+    recipe = small_recipe("bitmixer", max_steps=4, checkpoint_every=2)
+    Trainer(make_net(recipe), dataset, recipe, run_dir=tmp_path, progress=False).fit(stop_after=3)
+    for name in ("checkpoint.pt", "checkpoint.prev.pt"):
+        (tmp_path / name).write_bytes(b"not a zip")
+    with pytest.raises(CheckpointError) as info:
+        Trainer(make_net(recipe), dataset, recipe, run_dir=tmp_path, progress=False).fit(resume=True)
+    message = str(info.value)
+    assert "checkpoint.pt' is corrupt or truncated" in message and "the earlier checkpoint" in message
+    assert message.endswith("Delete both to train this phase again from step 0, then resume")
+
+
+def test_a_fresh_start_after_a_deleted_checkpoint_does_not_repeat_metrics(make_net, small_recipe, dataset, tmp_path):
+    recipe = small_recipe("bitmixer", max_steps=3)
+    Trainer(make_net(recipe), dataset, recipe, run_dir=tmp_path, progress=False).fit(stop_after=2)
+    assert _steps(tmp_path) == [1, 2]
+    (tmp_path / "checkpoint.pt").unlink(missing_ok=True)  # what a user does with a corrupt only checkpoint
+    Trainer(make_net(recipe), dataset, recipe, run_dir=tmp_path, progress=False).fit()
+    assert _steps(tmp_path) == [1, 2, 3]
 
 
 @pytest.mark.parametrize("text,problems", [
