@@ -46,8 +46,12 @@ def prepare(model: nn.Module | str, recipe: Recipe | str | Path = "default",
             model_spec: ModelSpec | None = None) -> Supernet:
     """Turn a timm model (or any traceable ``nn.Module``) into a weight-shared mixed-precision supernet.
 
-    Every ``nn.Conv2d``/``nn.Linear`` call site becomes a multi-bit layer (one latent weight, one
-    LSQ step per candidate bit for weights and for its input), BatchNorms after quantized convs
+    Every conv/linear call site becomes a multi-bit layer (one latent weight, one LSQ step per
+    candidate bit for weights and for its input): ``nn.Conv1d/2d/3d``, ``nn.Linear``, timm's
+    ``Conv2dSame`` and weight-standardized convs (their standardized weight is quantized), and
+    ``F.linear``/``F.conv*`` calls on such a module's weight (the call's bias kept). Defaulted
+    forward arguments are traced at their defaults unless ``graph.traced_args`` names them;
+    weights left in float are listed in ``Supernet.skipped``. BatchNorms after quantized convs
     become Transitional BatchNorms (recipe ``quant.bn``), and each layer's allowed bit-widths
     follow the recipe (first/last fixed, depthwise without 2 bits, overrides by name pattern).
     The supernet starts in bypass mode, where it computes exactly what ``model`` computes.

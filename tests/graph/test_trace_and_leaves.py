@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 import mpqfx
@@ -118,16 +119,28 @@ class MaskedModel(nn.Module):
         return x if pre_logits else self.head(x)
 
 
-def test_defaulted_forward_arguments_are_pinned():
+def test_defaulted_forward_arguments_are_pinned(all_bits_recipe, at_every_bit, assert_gradients_reach_latent_weights):
     torch.manual_seed(0)
     model = MaskedModel().eval()
     x = torch.randn(2, 3, 6, 6)
-    net = mpqfx.prepare(model, example_input=x[:1]).eval()
+    net = mpqfx.prepare(model, all_bits_recipe, example_input=x[:1]).eval()
     assert [l.name for l in net.layers] == ["stem", "head"] and net.coverage() == 1.0  # the head is kept
     with torch.no_grad():
         torch.testing.assert_close(net(x), model(x), rtol=0, atol=0)
         with pytest.raises(AssertionError, match="mask has been specialized to have value None"):
             net(x, torch.ones(2, 6, 6))
+
+    for name, fn in (("stem", lambda m, q_x, q_w: F.conv2d(q_x, q_w, m.bias, padding=1)),
+                     ("head", lambda m, q_x, q_w: F.linear(q_x, q_w, m.bias))):
+        layer, module = getattr(model, name), net.layer_modules()[name]
+        for bits, inp, out in at_every_bit(net, name, x):
+            expected = fn(layer, module.act_quant(inp, bits.a), module.weight_quant(layer.weight, bits.w))
+            torch.testing.assert_close(out, expected, rtol=0, atol=1e-5, msg=f"{name} at {bits}")
+    macs = {"stem": 6 * 6 * 8 * 3 * 9, "head": 8 * 4}  # output pixels x out x in x 3 x 3; in x out
+    assert {l.name: l.macs for l in net.layers} == macs
+    policy = Policy({"stem": (3, 5), "head": (2, 6)})
+    assert mpqfx.bitops(net, policy).total == 6 * 6 * 8 * 3 * 9 * 3 * 5 + 8 * 4 * 2 * 6
+    assert_gradients_reach_latent_weights(net, x)
 
 
 def test_failure_in_the_example_forward_names_op_and_recipe_keys():

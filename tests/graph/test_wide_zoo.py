@@ -5,7 +5,9 @@ The sample is at least 10% of ``timm.list_models()``, drawn from the models unde
 parameters. Results are kept in pytest's cache under a fingerprint of the mpqfx sources, the
 checker and the torch/timm versions, so an interrupted run resumes where it stopped and any
 code change starts over. ``MPQFX_ZOO_WORKERS`` (default 1) runs that many checks at once,
-``MPQFX_ZOO_TIMEOUT`` (default 1800 s) bounds each.
+``MPQFX_ZOO_TIMEOUT`` (default 1800 s) bounds each, ``MPQFX_ZOO_THREADS`` (default 2) is each
+check's torch thread count. The doc is rewritten after every model, marked partial until the
+whole sample has run.
 """
 
 from __future__ import annotations
@@ -21,7 +23,8 @@ import subprocess
 import sys
 import time
 from collections import defaultdict
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from functools import lru_cache
 from pathlib import Path
 
 import pytest
@@ -97,18 +100,21 @@ def run_check(name: str, timeout: float) -> dict:
     return json.loads(lines[-1])
 
 
+@lru_cache(maxsize=1)
 def families() -> dict[str, str]:
     """Model name -> the timm module that defines it (its family)."""
     return {m: module for module in timm.list_modules() for m in timm.list_models(module=module)}
 
 
-def write_doc(results: list[dict], params: dict[str, int], uncreatable: dict[str, str], pool: int,
-              wall_s: float) -> None:
+def write_doc(results: list[dict], planned: int, params: dict[str, int], uncreatable: dict[str, str], pool: int,
+              wall_s: float, settings: str) -> None:
     family_of = families()
     passed = [r for r in results if r["ok"]]
+    partial = len(results) < planned
     by_family: dict[str, list[dict]] = defaultdict(list)
     for r in results:
         by_family[family_of.get(r["model"], "?")].append(r)
+    cores = len(os.sched_getaffinity(0))
     cpu = next((l.split(":", 1)[1].strip() for l in Path("/proc/cpuinfo").read_text().splitlines()
                 if l.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else platform.processor()
     big = sorted(n for n, p in params.items() if p >= MAX_PARAMS)
@@ -118,18 +124,20 @@ def write_doc(results: list[dict], params: dict[str, int], uncreatable: dict[str
         "Written by `make test-slow` (tests/graph/test_wide_zoo.py, each model checked by",
         "tests/graph/zoo_check.py in its own process); do not edit by hand.",
         "",
-        f"- date: {datetime.date.today().isoformat()}; machine: {cpu}, {os.cpu_count()} cores "
+        *([f"**Partial sample: {len(results)} of the {planned} planned models have run.**", ""] if partial else []),
+        f"- date: {datetime.date.today().isoformat()}; machine: {cpu}, {cores} cores "
         f"(load average at the end {os.getloadavg()[0]:.1f}); torch {torch.__version__}, timm {timm.__version__}",
-        f"- sample: {len(results)} models = {len(results) / pool:.1%} of `timm.list_models()` ({pool} names), "
+        f"- run with: {settings}",
+        f"- sample: {planned} models = {planned / pool:.1%} of `timm.list_models()` ({pool} names), "
         f"drawn with `random.Random({SEED}).shuffle` over the sorted names, keeping models under "
         f"{MAX_PARAMS // 1_000_000}M parameters ({len(big)} drawn models at or above were passed over"
         f"{'' if not uncreatable else f', {len(uncreatable)} could not be created'})",
         f"- checks per model: `mpqfx.prepare` at the model's default input size (constant parameters "
         "perturbed first), bypass output within 1e-4 of the output range of the float model, >= 99% "
         "of conv/linear weights quantized, finite uniform 4/4 output",
-        f"- result: **{len(passed)} of {len(results)} pass ({len(passed) / len(results):.1%})**; "
+        f"- result{' so far' if partial else ''}: **{len(passed)} of {len(results)} pass ({len(passed) / len(results):.1%})**; "
         f"checks took {sum(r.get('time_s', 0) for r in results) / 60:.0f} min of process time "
-        f"({wall_s / 60:.0f} min wall in the last session)",
+        f"({wall_s / 60:.0f} min of wall time)",
         "",
         "## Per family",
         "",
@@ -158,17 +166,29 @@ def test_random_timm_sample(request):
     assert len(sample) >= FRACTION * pool
     key = f"mpqfx/wide-zoo/results-{fingerprint()}"
     done: dict[str, dict] = cache.get(key, {})
+    wall_before: float = cache.get(f"{key}-wall-s", 0.0)  # of the sessions before this one
     todo = [n for n in sample if n not in done]
     workers = int(os.environ.get("MPQFX_ZOO_WORKERS", "1"))
     timeout = float(os.environ.get("MPQFX_ZOO_TIMEOUT", "1800"))
+    settings = (f"`MPQFX_ZOO_WORKERS={workers} MPQFX_ZOO_THREADS={os.environ.get('MPQFX_ZOO_THREADS', '2')} "
+                f"MPQFX_ZOO_TIMEOUT={timeout:.0f} python -m pytest -m slow tests/graph/test_wide_zoo.py` "
+                f"(one process per model, killed after {timeout:.0f} s)")
     start = time.perf_counter()
+
+    def record() -> None:
+        wall = wall_before + time.perf_counter() - start
+        cache.set(f"{key}-wall-s", wall)
+        write_doc([done[n] for n in sample if n in done], len(sample), params, uncreatable, pool, wall, settings)
+
     with ThreadPoolExecutor(workers) as pool_:
-        for result in pool_.map(lambda n: run_check(n, timeout), todo):
+        for future in as_completed([pool_.submit(run_check, n, timeout) for n in todo]):
+            result = future.result()
             done[result["model"]] = result
             cache.set(key, done)
+            record()
             print(f"[{len(done)}/{len(sample)}] {result['model']}: "
                   f"{'ok' if result['ok'] else result['reason'][:160]} ({result.get('time_s', '?')} s)", flush=True)
+    record()
     results = [done[n] for n in sample]
-    write_doc(results, params, uncreatable, pool, time.perf_counter() - start)
     failed = [f"{r['model']}: {r['reason']}" for r in results if not r["ok"]]
     assert len(failed) <= (1 - GOAL) * len(results), "\n".join(failed)
