@@ -9,6 +9,7 @@ and the figures there are what the current code makes of that report.json.
 
     python docs/refresh_quickstart.py                      # ~6-15 min on 2 CPU cores
     python docs/refresh_quickstart.py --run runs/quickstart --log demo.log
+    python docs/refresh_quickstart.py --figures-only         # redraw docs/img/ from its report.json
 """
 
 from __future__ import annotations
@@ -95,7 +96,13 @@ def main() -> None:
     parser.add_argument("--run", type=Path, help="a quick-start run directory already made (with --log)")
     parser.add_argument("--log", type=Path, help="what that run printed (stdout, at 80 columns)")
     parser.add_argument("--seconds", type=float, default=0.0, help="how long that run took")
+    parser.add_argument("--figures-only", action="store_true",
+                        help="only redraw the figures from docs/img/quickstart-report.json (after a change to the plots)")
     args = parser.parse_args()
+    if args.figures_only:
+        render_figures(json.loads(REPORT.read_text(encoding="utf-8")))
+        print(f"updated {', '.join(str(p) for p in FIGURES.values())}")
+        return
     with tempfile.TemporaryDirectory() as scratch:
         if args.run:
             run, printed, seconds, load = args.run, args.log.read_text(encoding="utf-8"), args.seconds, None

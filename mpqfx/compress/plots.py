@@ -8,6 +8,7 @@ the axes; legends sit outside the axes; the bits axis names the layers.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
@@ -16,16 +17,19 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.ticker import FormatStrFormatter, LogLocator, NullFormatter  # noqa: E402
 from matplotlib.transforms import Bbox  # noqa: E402
 
 from mpqfx.io import atomic_open  # noqa: E402
 
 # label offsets (points, to the label's nearest corner) tried in order around a point: right, left,
-# above, below, then further out
+# above, below, above or below reaching over the point (slid into the axes where they stick out), then
+# further out (with a leader line)
 _OFFSETS = [(7, 3, "left"), (7, -3, "left"), (-7, 3, "right"), (-7, -3, "right"), (0, 8, "center"),
-            (0, -8, "center"), (12, 12, "left"), (-12, 12, "right"), (12, -12, "left"), (-12, -12, "right"),
-            (0, 20, "center"), (0, -20, "center"), (0, 32, "center"), (0, -32, "center")]
+            (0, -8, "center"), (24, 8, "right"), (-24, 8, "left"), (24, -8, "right"), (-24, -8, "left"),
+            (12, 12, "left"), (-12, 12, "right"), (12, -12, "left"), (-12, -12, "right"),
+            *[(dx, dy, ha) for dy in (20, -20, 32, -32) for dx, ha in ((0, "center"), (24, "right"), (-24, "left"))]]
 LAYER_LABEL_PT = 6.5  # font size of the layer names on the bits axis
 
 
@@ -53,6 +57,8 @@ def _place_labels(ax, points: Iterable[tuple[float, float, str, str]], lines_y: 
     polyline ``path``; the last offset tried when none is free."""
     fig = ax.figure
     fig.canvas.draw()  # fix the layout, so that display coordinates are final
+    ax.set_xlim(ax.get_xlim())  # and the limits: no leader line may rescale the axes
+    ax.set_ylim(ax.get_ylim())
     renderer = fig.canvas.get_renderer()
     area = ax.get_window_extent(renderer)
     points = list(points)
@@ -68,12 +74,20 @@ def _place_labels(ax, points: Iterable[tuple[float, float, str, str]], lines_y: 
         taken += [Bbox.from_extents(x - 2, y - 2, x + 2, y + 2)
                   for x, y in ((x0 + (x1 - x0) * t / steps, y0 + (y1 - y0) * t / steps) for t in range(steps + 1))]
     placed = []
+
+    def px_of(x, y):
+        return ax.transData.transform((x, y))[0]
+
     for x, y, text, color in points:
         best = None
         for rank, (dx, dy, ha) in enumerate(_OFFSETS):
             label = ax.annotate(text, (x, y), textcoords="offset points", xytext=(dx, dy), ha=ha,
                                 va="bottom" if dy > 0 else "top", fontsize=8, color=color)
             box = label.get_window_extent(renderer)
+            shift = max(area.x0 - box.x0, 0) or min(area.x1 - box.x1, 0)
+            if abs(dy) >= 8 and shift and box.x0 + shift <= px_of(x, y) <= box.x1 + shift:
+                label.xyann = (dx + shift * 72 / fig.dpi, dy)  # above or below: slid into the axes, still over the point
+                box = label.get_window_extent(renderer)
             inside = area.x0 <= box.x0 and box.x1 <= area.x1 and area.y0 <= box.y0 and box.y1 <= area.y1
             score = (not inside, sum(box.overlaps(other) for other in taken), rank)
             if best is None or score < best[0]:
@@ -86,7 +100,21 @@ def _place_labels(ax, points: Iterable[tuple[float, float, str, str]], lines_y: 
                 break
         taken.append(best[2])  # free, or else inside the axes with the fewest overlaps
         placed.append(best[1])
+        _leader(ax, (x, y), best[2], color, 2 * half)
     return placed
+
+
+def _leader(ax, xy: tuple[float, float], box: Bbox, color: str, near: float) -> None:
+    """A thin line from the point ``xy`` to its label ``box`` (display units) when the label sits
+    further than ``near`` from it, so that a label pushed out by its neighbours still names its point."""
+    px, py = ax.transData.transform(xy)
+    tx, ty = min(max(px, box.x0), box.x1), min(max(py, box.y0), box.y1)  # the box's point nearest the point
+    distance = math.hypot(tx - px, ty - py)
+    if distance <= near:
+        return
+    start = (px + (tx - px) * near / 2 / distance, py + (ty - py) * near / 2 / distance)  # from the marker's edge
+    (x0, y0), (x1, y1) = ax.transData.inverted().transform([start, (tx, ty)])
+    ax.add_line(Line2D([x0, x1], [y0, y1], color=color, linewidth=0.6, zorder=1, gid="leader"))
 
 
 def pareto_figure(report: dict[str, Any], title: str) -> Figure:
@@ -160,7 +188,7 @@ def bits_figure(report: dict[str, Any], title: str) -> Figure:
     bottom.set_xlim(-0.7, len(layers) - 0.3)
     step = _label_step(len(layers), width)
     bottom.set_xticks(list(index)[::step], layers[::step], rotation=90, fontsize=LAYER_LABEL_PT)
-    bottom.set_xlabel("layer (execution order)" + (f", every {step}th named" if step > 1 else ""))
+    bottom.set_xlabel("layer (execution order)" + (f", every {_ordinal(step)} named" if step > 1 else ""))
     if searched:
         fig.legend(*axes[0, 0].get_legend_handles_labels(), loc="outside upper right", ncols=2, fontsize=8,
                    frameon=False)
@@ -179,6 +207,12 @@ def _label_step(count: int, width_in: float) -> int:
     while per_layer_pt * step < 1.6 * LAYER_LABEL_PT:
         step += 1
     return step
+
+
+def _ordinal(n: int) -> str:
+    """2nd, 3rd, 4th, 11th, 21st."""
+    suffix = "th" if 10 <= n % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
+    return f"{n}{suffix}"
 
 
 def _percent(accuracy: float | None) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
@@ -25,6 +26,19 @@ def test_bitops_prints_table_and_totals():
     assert result.exit_code == 0, result.output
     assert "layer1.0.conv1" in result.output and "fc" in result.output
     assert "34.71 GBitOPs" in result.output
+
+
+def test_bitops_table_fits_80_columns_with_whole_layer_names_and_json_has_the_same_numbers():
+    result = CliRunner().invoke(cli, ["bitops", "--model", "mobilenetv3_small_100", "--bits", "4"], env={"COLUMNS": "80"})
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert max(len(line) for line in lines) <= 80
+    names = [line.split("│")[1].strip() for line in lines if line.startswith("│")]
+    assert "blocks.0.0.se.conv_reduce" in names  # the longest names, each on one row
+    data = json.loads(run("bitops", "--model", "mobilenetv3_small_100", "--bits", "4", "--json").output)
+    assert [layer["name"] for layer in data["layers"]] == names
+    assert sum(layer["bitops"] for layer in data["layers"]) == data["bitops"]
+    assert f"{data['bitops'] / 1e9:.2f} GBitOPs" in result.output
 
 
 def test_bitops_wbits_abits_and_input_size():

@@ -116,9 +116,13 @@ def test_a_later_search_changes_nothing_the_run_reported_and_the_report_can_add_
     folder = root / "searches" / "ilp-objective=limpq"
     assert [Path(r["policy_file"]) for r in found] == [folder / "uniform-4.yaml", folder / "uniform-3.yaml"]
     kept = tree_digest(root, skip=())
-    again = mpqfx_cli("search", "--run", root, "--target", "uniform:4", "--option", "objective=limpq")
+    again = mpqfx_cli("search", "--run", root, "--target", "uniform:4", "--option", "objective=limpq",
+                      env={**os.environ, "COLUMNS": "80"})
     assert again.returncode == 0, again.stderr
     assert tree_digest(root, skip=()) == kept  # the same policy found again: nothing changes
+    assert max(len(line) for line in again.stdout.splitlines()) <= 80
+    cells = [line.split("│")[1].strip() for line in again.stdout.splitlines() if line.startswith("│")]
+    assert cells == ["uniform:4", "uniform-4.yaml"]  # budget and file name each whole, in the one cell
 
     net, _ = load_supernet(root)
     Policy.max(net).save(root / "searches" / "mine" / "uniform-4.yaml")  # what an earlier, other search left

@@ -4,6 +4,7 @@ labelled, no label clipped or overlapping another, legends off the data, layer n
 from __future__ import annotations
 
 import itertools
+import math
 
 import pytest
 from matplotlib.text import Text
@@ -100,4 +101,28 @@ def test_many_layers_get_a_readable_subset_of_names(report):
     step = many.index(labels[1].get_text())
     assert 1 < step < 10 and [t.get_text() for t in labels] == many[::step]
     assert not any(a.overlaps(b) for a, b in itertools.combinations(boxes(fig, labels), 2))
-    assert f"every {step}th named" in fig.axes[-1].get_xlabel()
+    assert f"every {step}{'rd' if step == 3 else 'nd' if step == 2 else 'th'} named" in fig.axes[-1].get_xlabel()
+
+
+def test_a_label_pushed_away_from_its_point_is_joined_to_it_by_a_line(report):
+    """The uniform:3 star sits just above the uniform 3/3 ring near the left edge: its label cannot go beside
+    it, so it goes above, and a leader line in its colour runs from the star to the label."""
+    fig = pareto_figure(report, "efficientnet_lite0 (quickstart)")
+    fig.canvas.draw()
+    ax = fig.axes[0]
+    near = 12 * fig.dpi / 72  # a marker's width: a label closer than that needs no line
+    leaders = [line for line in ax.lines if line.get_gid() == "leader"]
+    joined = 0
+    for label, box in zip(ax.texts, boxes(fig, ax.texts)):
+        px, py = ax.transData.transform(label.xy)
+        gap = math.hypot(min(max(px, box.x0), box.x1) - px, min(max(py, box.y0), box.y1) - py)
+        if gap <= near:
+            continue
+        ends = [ax.transData.transform(xy) for line in leaders for xy in zip(*line.get_data())
+                if line.get_color() == label.get_color()]
+        assert any(math.hypot(x - px, y - py) <= near for x, y in ends), label.get_text()
+        assert any(box.x0 - 1 <= x <= box.x1 + 1 and box.y0 - 1 <= y <= box.y1 + 1 for x, y in ends), label.get_text()
+        joined += 1
+    assert joined == len(leaders) == 1
+    star = next(t for t in ax.texts if t.get_text() == "mixed, budget uniform:3")
+    assert star.get_window_extent().y0 > ax.transData.transform(star.xy)[1]  # above its star, not by the ring

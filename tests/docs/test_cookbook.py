@@ -58,6 +58,9 @@ def scratch(tmp_path, fashion_dir, monkeypatch, write_imagefolder):
     bin_dir.mkdir()
     (bin_dir / "mpqfx").write_text(WRAPPER)
     (bin_dir / "mpqfx").chmod(0o755)
+    # torchrun as its console script is, on this interpreter (a venv over a system torch has none of its own)
+    (bin_dir / "torchrun").write_text(f"#!{sys.executable}\nfrom torch.distributed.run import main\nmain()\n")
+    (bin_dir / "torchrun").chmod(0o755)
     work = tmp_path / "work"
     work.mkdir()
     write_imagefolder(work / "flowers")
@@ -145,4 +148,4 @@ def test_the_quick_start_figures_are_what_the_code_draws_for_its_report(name, dr
         assert Image.open(tmp_path / "now.png").size == Image.open(committed).size
         pytest.skip(f"{committed.name} was drawn by {made_with}, this is matplotlib {matplotlib.__version__}")
     assert (tmp_path / "now.png").read_bytes() == committed.read_bytes(), (
-        f"{committed} is not what the code draws now: run python docs/refresh_quickstart.py")
+        f"{committed} is not what the code draws now: run python docs/refresh_quickstart.py --figures-only")
