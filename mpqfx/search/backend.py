@@ -10,19 +10,14 @@ import torch
 
 from mpqfx.errors import MpqfxError
 from mpqfx.quant.policy import Policy
-from mpqfx.registry import Registry
+from mpqfx.registry import SEARCHES
+from mpqfx.search.options import NoSearchOptions
 from mpqfx.search.constraints import Constraints
 from mpqfx.supernet import Supernet
 
-SEARCHES: "Registry[type[SearchBackend]]" = Registry("search backend")
 register_search = SEARCHES.register
 
 Batch = tuple[torch.Tensor, torch.Tensor]
-
-
-@dataclass(frozen=True)
-class NoSearchOptions:
-    """Options of a backend that has none."""
 
 
 @dataclass

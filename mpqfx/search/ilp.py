@@ -39,6 +39,7 @@ from mpqfx.graph.layer_info import LayerInfo
 from mpqfx.quant.policy import Policy, layer_table
 from mpqfx.search.backend import SearchBackend, SearchError, SearchResult, register_search
 from mpqfx.search.constraints import Constraints
+from mpqfx.search.options import DATA_OBJECTIVES, IlpOptions
 from mpqfx.search.sensitivity import cached_sensitivities
 
 Pair = tuple[int, int]
@@ -110,37 +111,6 @@ def solve_ilp(layers: Sequence[LayerInfo], coefficients: Coefficients, constrain
     return IlpSolution(Policy(chosen), float(pulp.value(prob.objective) or 0.0), status, seconds)
 
 
-OBJECTIVES = ("limpq", "hessian", "sensitivity", "costs")
-DATA_OBJECTIVES = ("hessian", "sensitivity")  # evaluate the supernet on data (hessian: unless traces are given)
-
-
-@dataclass(frozen=True)
-class IlpOptions:
-    objective: str = "limpq"  # limpq: LIMPQ Eq. 4; hessian: Double Rounding Alg. 2; sensitivity: measured; costs: user-given
-    alpha: float = 1.0  # LIMPQ Eq. 4: weight of the weight indicators against the activation ones
-    pareto: bool = False
-    pareto_points: int = 8  # budgets in the sweep from the smallest reachable value to the target
-    alg2_variants: bool = False  # also pin each layer to each lower bit (Alg. 2 lines 5-16)
-    floors: bool = False  # also solve with bits floored at each candidate; return the lowest measured loss
-    split_floors: bool = False  # with floors (ignored without): floor weights and activations separately
-    time_limit: float = 60.0
-
-    @property
-    def verifies(self) -> bool:
-        """Whether the floored optima are evaluated on data (``floors``; a Pareto sweep returns its front instead)."""
-        return self.floors and not self.pareto
-
-    def problems(self) -> list[str]:
-        found = []
-        if self.objective not in OBJECTIVES:
-            found.append(f"objective: {self.objective!r} is not allowed; expected one of {', '.join(OBJECTIVES)}")
-        if self.alpha < 0:
-            found.append(f"alpha: must be >= 0, got {self.alpha}")
-        if self.pareto_points < 2:
-            found.append(f"pareto_points: must be >= 2, got {self.pareto_points}")
-        if not self.time_limit > 0:
-            found.append(f"time_limit: must be > 0, got {self.time_limit}")
-        return found
 
 
 def limpq_coefficients(layers: Sequence[LayerInfo], indicators, alpha: float) -> dict[str, dict[Pair, float]]:
