@@ -81,7 +81,10 @@ class GreedySearch(SearchBackend):
             candidates = [(name, p) for name, p in self.moves(policy) if p not in visited]
             if not candidates:
                 raise SearchError(f"greedy search ran out of unvisited moves before meeting {constraints.describe()}")
-            losses = [self._loss(p, name, incremental) for name, p in candidates]
+            losses = []
+            for name, p in candidates:  # the total grows by one iteration's candidates at a time
+                self.report("greedy candidates", evaluations + len(losses), evaluations + len(candidates))
+                losses.append(self._loss(p, name, incremental))
             costs = [_budget_cost(constraints, constraints.measure(self.net, p)) for _, p in candidates]
             scores = [l + o.lam * c for l, c in zip(_normalise(losses), _normalise(costs))]  # Eq. 9
             policy = candidates[min(range(len(scores)), key=scores.__getitem__)][1]

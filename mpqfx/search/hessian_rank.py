@@ -18,7 +18,8 @@ from mpqfx.quant.policy import Policy
 from mpqfx.search.backend import SearchBackend, SearchResult, register_search
 from mpqfx.search.constraints import Constraints
 from mpqfx.search.options import HessianOptions
-from mpqfx.search.ilp import SolverError, fixed_costs, pairs, solve_ilp
+from mpqfx.search.ilp import fixed_costs
+from mpqfx.search.solver import SolverError, pairs, solve_ilp
 
 
 @register_search("hessian")
@@ -54,6 +55,7 @@ class HessianSearch(SearchBackend):
             ranked.append(sol.policy)
         scored = []
         for policy in ranked:
+            self.report("top-k policies", len(scored), len(ranked))
             with recalibrated_bn(self.net, policy, self.context.calibration[: o.recalibrate_batches]):
                 result = evaluate(self.net, policy, batches)
             scored.append((-result.accuracy, result.loss, len(scored), policy))

@@ -16,12 +16,12 @@ import torch
 from mpqfx.graph.layer_info import Role
 from mpqfx.io import atomic_write_text
 from mpqfx.quant.policy import Policy
+from mpqfx.search.indicators import FORMAT as INDICATORS_FORMAT
 from mpqfx.supernet import Supernet
 from mpqfx.train.options import LimpqOptions
 from mpqfx.train.strategy import Strategy, register_strategy
 
 INDICATORS_NAME = "indicators.json"
-INDICATORS_FORMAT = "mpqfx.indicators/1"
 
 
 def importance_indicators(net: Supernet) -> dict[str, dict[str, dict[int, float]]]:
@@ -37,11 +37,6 @@ def save_indicators(path: Path, indicators: dict[str, dict[str, dict[int, float]
     data = {"format": INDICATORS_FORMAT,
             "layers": {n: {k: {str(b): s for b, s in v.items()} for k, v in kinds.items()} for n, kinds in indicators.items()}}
     atomic_write_text(path, json.dumps(data, indent=1))
-
-
-def load_indicators(path: Path) -> dict[str, dict[str, dict[int, float]]]:
-    data = json.loads(Path(path).read_text(encoding="utf-8"))
-    return {n: {k: {int(b): float(s) for b, s in v.items()} for k, v in kinds.items()} for n, kinds in data["layers"].items()}
 
 
 @register_strategy("limpq")
