@@ -18,6 +18,7 @@ DataParallel's ``module.`` prefix) is read as well, from a ``.pkl`` file or as a
 
 from __future__ import annotations
 
+import collections
 import difflib
 import io
 import json
@@ -44,9 +45,12 @@ class IndicatorError(MpqfxError, ValueError):
 
 
 class _PlainUnpickler(pickle.Unpickler):
-    """Reads dicts, lists, strings and numbers only: a pickle naming any class or function is refused."""
+    """Reads dicts (also OrderedDicts), lists, strings and numbers only: a pickle naming any other
+    class or function is refused, so that reading someone's indicators runs none of their code."""
 
     def find_class(self, module: str, name: str) -> Any:
+        if (module, name) == ("collections", "OrderedDict"):
+            return collections.OrderedDict
         raise IndicatorError(f"the pickle refers to {module}.{name}; only plain dicts, lists, strings and numbers "
                              "are read (LIMPQ's layout)")
 
