@@ -3,7 +3,7 @@ layer, BitOPs <= uniform 4/4; and resnet50 under LIMPQ's own two constraints, Bi
 12.2x smaller model, alpha 2) and the greedy search on efficientnet_lite0 with a 512-image evaluation set, with and
 without reusing the activations upstream of the changed layer (same policy, ratio of wall times).
 
-Usage: python benchmarks/bench_search.py [--images 512] [--image-size 32] [--greedy-target 0.98]
+Usage: python benchmarks/bench_search.py [--images 512] [--image-size 32] [--greedy-target 0.98] [--no-greedy]
 """
 
 from __future__ import annotations
@@ -85,10 +85,12 @@ def main() -> None:
     parser.add_argument("--image-size", type=int, default=32)
     parser.add_argument("--greedy-target", type=float, default=0.98, help="BitOPs budget as a fraction of max")
     parser.add_argument("--ilp-models", nargs="*", default=["resnet18", "resnet50"])
+    parser.add_argument("--no-greedy", action="store_true", help="only the ILP timings (the greedy part takes minutes)")
     args = parser.parse_args()
     bench_ilp(args.ilp_models)
-    print()
-    bench_greedy(args.images, args.image_size, args.greedy_target)
+    if not args.no_greedy:
+        print()
+        bench_greedy(args.images, args.image_size, args.greedy_target)
 
 
 if __name__ == "__main__":
