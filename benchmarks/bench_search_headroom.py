@@ -4,7 +4,8 @@ LIMPQ optimum (Eq. 4) for several alphas (the weight of the weight indicators), 
 Each distinct policy is scored as the ``ilp`` backend scores its floored candidates (loss on the
 run's search images after BatchNorm re-estimation) and measured on the held-out split as
 ``compress`` reports policies. The best held-out accuracy among them bounds what any rule that
-picks from these candidates can reach.
+picks from these candidates can reach. The uniform policies the search is compared with
+(mpqfx/search/candidates.py) are listed too, with alpha "uniform".
 
 Usage: python benchmarks/bench_search_headroom.py runs/bench/ab-base/efficientnet_lite0 --target uniform:3
 """
@@ -23,8 +24,9 @@ from mpqfx.data.spec import DataSpec  # noqa: E402
 from mpqfx.models import create_model  # noqa: E402
 from mpqfx.rundir import RunDir, search_data  # noqa: E402
 from mpqfx.search.constraints import constraints_from  # noqa: E402
-from mpqfx.search.ilp import (SolverError, candidate_loss, fixed_costs, floor_pairs, floored_layer,  # noqa: E402
-                              limpq_coefficients, solve_ilp)
+from mpqfx.search.candidates import Meter, uniform_baselines  # noqa: E402
+from mpqfx.search.ilp import fixed_costs, floor_pairs, floored_layer, limpq_coefficients  # noqa: E402
+from mpqfx.search.solver import SolverError, solve_ilp  # noqa: E402
 from mpqfx.store import load_supernet  # noqa: E402
 from mpqfx.train.limpq import importance_indicators  # noqa: E402
 
@@ -66,6 +68,10 @@ def main() -> None:
     batches, calibration = search_data(args.run, net)
     constraints = constraints_from(args.target, net)
     found = candidates(net, extras.get("indicators") or importance_indicators(net), constraints, args.alphas, args.top_k)
+    for name, policy in uniform_baselines(net, constraints):
+        w, a = name.split()[1].split("/")
+        found.setdefault(policy, []).append(("uniform", int(w), int(a), 0))
+    meter = Meter(net, batches, calibration)
     print(header(f"{model['name']}: ILP candidates at {args.target} ({args.run})"))
     print(f"{len(found)} distinct candidates\n")
     print("| alpha | weight floor | activation floor | rank | GBitOPs | search loss | held-out top-1 |\n"
@@ -73,7 +79,7 @@ def main() -> None:
     rows = []
     for policy, ways in found.items():
         alpha, w_floor, a_floor, rank = ways[0]
-        search_loss = candidate_loss(net, policy, batches, calibration)
+        search_loss = meter.measure([policy])[policy].loss
         held_out = evaluator.measure(net, "candidate", "headroom", policy)
         rows.append({"alpha": alpha, "w_floor": w_floor, "a_floor": a_floor, "rank": rank,
                      "bitops": held_out.bitops, "search_loss": search_loss, "accuracy": held_out.accuracy,

@@ -16,11 +16,13 @@ import click
 @click.option("--data-dir", default=None, help="Folder with the Fashion-MNIST IDX files (default: $MPQFX_DATA_DIR, "
               "then /usr/share/datasets/fashion-mnist).")
 @click.option("--target", "targets", multiple=True, help="Budget (repeatable): 4.5G, uniform:4, size=8x, avg=3.5, ... "
-              "[default: uniform:4 and uniform:3]")
+              "[default: uniform:4 and uniform:3, where candidate bit-widths]")
 @click.option("--epochs", type=click.IntRange(1), default=None, help="Supernet epochs (default: the recipe's).")
 @click.option("--batch-size", type=click.IntRange(1), default=None, help="Training batch size (default: the recipe's).")
 @click.option("--train-images", type=click.IntRange(1), default=None, help="Use the first N training images.")
 @click.option("--val-images", type=click.IntRange(1), default=None, help="Use the first N held-out images.")
+@click.option("--search-images", type=click.IntRange(0), default=None,
+              help="Training images the search measures candidate policies on (default: the recipe's).")
 @click.option("--out", type=click.Path(path_type=Path), default=None,
               help="Run directory [default: runs/<model>-<recipe>-<timestamp>].")
 @click.option("--checkpoint", type=click.Path(path_type=Path), default=None, help="Local float weights (state dict).")
@@ -33,8 +35,8 @@ import click
               help="Print the summary as JSON on stdout (for scripts); progress and log lines go to stderr.")
 def compress_command(model_name: str | None, recipe: str, data: str, data_dir: str | None, targets: tuple[str, ...],
                      epochs: int | None, batch_size: int | None, train_images: int | None, val_images: int | None,
-                     out: Path | None, checkpoint: Path | None, pretrained: bool, device: str | None, resume: bool,
-                     seed: int | None, no_export: bool, as_json: bool) -> None:
+                     search_images: int | None, out: Path | None, checkpoint: Path | None, pretrained: bool,
+                     device: str | None, resume: bool, seed: int | None, no_export: bool, as_json: bool) -> None:
     """Train a supernet once, search every --target, evaluate, report and export."""
     import rich
     from rich.console import Console
@@ -51,7 +53,8 @@ def compress_command(model_name: str | None, recipe: str, data: str, data_dir: s
     console = Console(stderr=as_json)  # else progress on stdout: stderr is left to the one-line error, if any
     result = compress(model_name, recipe, data, targets, epochs=epochs, batch_size=batch_size, out=out,
                       checkpoint=checkpoint, pretrained=pretrained, device=device, resume=resume, seed=seed,
-                      data_dir=data_dir, train_images=train_images, val_images=val_images, export=not no_export,
+                      data_dir=data_dir, train_images=train_images, val_images=val_images,
+                      search_images=search_images, export=not no_export,
                       log=lambda message: console.print(f"[dim]mpqfx:[/dim] {message}"))
     report = json.loads((result.run_dir / "report.json").read_text(encoding="utf-8"))
     print_report_summary(report, result.run_dir, as_json=as_json)

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
-import torch
+from typing import TYPE_CHECKING
+
 import yaml
 
 from mpqfx.errors import MpqfxError
+
+if TYPE_CHECKING:
+    import torch
 
 
 def parse_input_size(text: str | None, default: torch.Tensor) -> torch.Tensor:
@@ -20,6 +24,8 @@ def parse_input_size(text: str | None, default: torch.Tensor) -> torch.Tensor:
         dims = [default.shape[1], dims[0], dims[0]]
     if len(dims) != 3 or min(dims) < 1:
         raise MpqfxError(f"--input-size: expected H or C,H,W of positive integers, got {text!r}")
+    import torch  # here, not at the top: `mpqfx --help` must not import torch
+
     return torch.randn(1, *dims, generator=torch.Generator().manual_seed(0))
 
 

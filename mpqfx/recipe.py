@@ -17,6 +17,7 @@ import yaml
 
 from mpqfx.config import check_all, from_mapping, to_mapping
 from mpqfx.errors import RecipeError, closest, did_you_mean
+from mpqfx.registry import SEARCHES, STRATEGIES, Registry
 
 MIN_BITS, MAX_BITS = 1, 8
 DEFAULT_RECIPE = "oneshot"  # what the name "default" loads
@@ -287,19 +288,17 @@ class Recipe:
 
     def _resolve_strategy(self, problems: list[str]) -> "Recipe":
         """Convert the strategy's and the search backend's options to their typed dataclasses."""
-        from mpqfx.search import SEARCHES  # the registries import recipes: late imports avoid a cycle
-        from mpqfx.train import STRATEGIES
-
         resolved = self
         strategy = _resolve_options(self.strategy.name, self.strategy.options, STRATEGIES, "strategy.name",
                                     "strategy.options", problems)
         if strategy is not None:
-            resolved = dataclasses.replace(resolved, strategy=StrategySpec(self.strategy.name, strategy[1]))
-            problems += strategy[0].recipe_problems(resolved)  # cross-field needs, e.g. a weight quantizer
+            resolved = dataclasses.replace(resolved, strategy=StrategySpec(self.strategy.name, strategy))
+            check = getattr(strategy, "recipe_problems", None)  # cross-field needs, e.g. a weight quantizer
+            problems += check(resolved) if check is not None else []
         search = _resolve_options(self.search.backend, self.search.options, SEARCHES, "search.backend",
                                   "search.options", problems)
         if search is not None:
-            resolved = dataclasses.replace(resolved, search=SearchSpec(self.search.backend, search[1]))
+            resolved = dataclasses.replace(resolved, search=SearchSpec(self.search.backend, search))
         return resolved
 
     @classmethod
@@ -356,20 +355,21 @@ class Recipe:
         return dataclasses.replace(self, **changes).check()
 
 
-def _resolve_options(name: str, options: Any, registry, name_path: str, options_path: str,
-                     problems: list[str]) -> tuple[Any, Any] | None:
-    """(registered class, its options dataclass built from ``options``), or None with a problem noted."""
+def _resolve_options(name: str, options: Any, registry: Registry, name_path: str, options_path: str,
+                     problems: list[str]) -> Any:
+    """The registered entry's options dataclass built from ``options``, or None with a problem noted.
+    Only the options' module is imported, not the strategy's or backend's own."""
     if name not in registry:
         problems.append(f"{name_path}: unknown {registry.kind} {name!r}{did_you_mean(name, registry.names())}; "
                         f"registered: {', '.join(registry.names())}")
         return None
-    entry = registry.get(name)
+    options_cls = registry.options_cls(name)
     if dataclasses.is_dataclass(options):
-        if not isinstance(options, entry.options_cls):
-            problems.append(f"{options_path}: expected {entry.options_cls.__name__} for {registry.kind} {name!r}")
+        if not isinstance(options, options_cls):
+            problems.append(f"{options_path}: expected {options_cls.__name__} for {registry.kind} {name!r}")
             return None
-        return entry, options
-    return entry, from_mapping(entry.options_cls, options, options_path, problems) or entry.options_cls()
+        return options
+    return from_mapping(options_cls, options, options_path, problems) or options_cls()
 
 
 def shipped_recipes() -> dict[str, str]:

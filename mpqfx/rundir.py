@@ -22,7 +22,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from mpqfx.data.spec import DataSpec, fixed_batches
+from mpqfx.data.spec import DataSpec, fixed_batches, fixed_indices
 from mpqfx.errors import MpqfxError
 from mpqfx.io import atomic_write_text
 from mpqfx.models import create_model
@@ -106,16 +106,23 @@ def policy_filename(target: str) -> str:
     return f"{stem or 'policy'}.yaml"
 
 
-def search_data(run_dir: str | Path, net: Supernet) -> tuple[list, list]:
-    """(evaluation batches, BatchNorm calibration batches) for searches that evaluate the supernet,
-    rebuilt from the run's data spec; empty lists for runs that record no data."""
+def search_data(run_dir: str | Path, net: Supernet, search_images: int | None = None) -> tuple[list, list]:
+    """(search batches, BatchNorm calibration batches) for searches that evaluate the supernet,
+    rebuilt from the run's data spec; empty lists for runs that record no data.
+
+    The calibration images are the ones ``compress`` re-estimates BatchNorm on before it reports
+    a policy (seed 2); the ``search_images`` (default: the recipe's ``evaluate.search_images``)
+    are drawn from the other training images (seed 1), unless the split is too small for both.
+    """
     run = RunDir(run_dir)
     if not run.run_json.is_file():
         return [], []
     spec = DataSpec.from_dict(run.meta()["data"])
     evaluate = net.recipe.evaluate
+    count = evaluate.search_images if search_images is None else search_images
     model = create_model(net.model_spec.name, **net.model_spec.kwargs) if net.model_spec else None
     train = spec.split("train", model, train=False)
-    batches = fixed_batches(train, evaluate.search_images, evaluate.batch_size, seed=1)
     calibration = fixed_batches(train, evaluate.bn_images, evaluate.batch_size, seed=2) if evaluate.bn_images else []
+    used = fixed_indices(len(train), evaluate.bn_images, seed=2) if evaluate.bn_images else []
+    batches = fixed_batches(train, count, evaluate.batch_size, seed=1, exclude=used) if count else []
     return batches, calibration

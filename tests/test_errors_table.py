@@ -4,6 +4,7 @@ with a non-zero exit code and no traceback."""
 
 from __future__ import annotations
 
+import json
 import re
 import shlex
 import shutil
@@ -87,6 +88,11 @@ def scratch(tmp_path_factory, fashion_dir):
     data = bytearray((run / "export" / "uniform-4.safetensors").read_bytes())
     data[-100] ^= 0xFF
     (root / "flipped.safetensors").write_bytes(bytes(data))
+    layers = mpqfx.prepare(timm.create_model("test_resnet"), example_input=torch.randn(1, 3, 32, 32)).layers
+    scores = {l.name: {"w": {b: 1.0 / b for b in l.w_bits}, "a": {b: 1.0 / b for b in l.a_bits}} for l in layers}
+    (root / "partial-indicators.json").write_text(json.dumps({"layers": dict(list(scores.items())[2:])}))
+    scores[layers[1].name]["w"][3] = "high"
+    (root / "bad-score-indicators.yaml").write_text(yaml.safe_dump({"format": "mpqfx.indicators/1", "layers": scores}))
     (root / "empty-dir").mkdir()
     (root / "a-file").write_text("a file, not a folder")
     (root / "classless" / "train").mkdir(parents=True)

@@ -32,8 +32,10 @@ from mpqfx.prepare import prepare
 from mpqfx.quant.policy import Policy
 from mpqfx.recipe import Recipe, WeightQuantizer
 from mpqfx.rundir import RunDir, policy_filename, search_data
-from mpqfx.search.constraints import parse_target
-from mpqfx.search.run import search_many, uses_data
+from mpqfx.search.constraints import candidate_bits, parse_target
+from mpqfx.search.candidates import describe_selection
+from mpqfx.search.progress import SearchProgress
+from mpqfx.search.run import search_many
 from mpqfx.store import load_supernet, save_supernet
 from mpqfx.supernet import ModelSpec, Supernet
 from mpqfx.train.checkpoint import CheckpointError
@@ -41,7 +43,7 @@ from mpqfx.train.loop import Trainer
 from mpqfx.train.metrics import phase_bar
 
 DEFAULT_RECIPE = "quickstart"
-DEFAULT_TARGETS = ("uniform:4", "uniform:3")
+DEFAULT_TARGETS = ("uniform:4", "uniform:3")  # those of them whose bit-widths are candidates of the recipe
 
 Log = Callable[[str], None]
 
@@ -72,6 +74,9 @@ def _resolve_recipe(recipe: Recipe | str | Path, overrides: dict[str, Any]) -> R
         recipe = dataclasses.replace(recipe, train=dataclasses.replace(recipe.train, **train))
     if data:
         recipe = dataclasses.replace(recipe, data=dataclasses.replace(recipe.data, **data))
+    if overrides.get("search_images") is not None:
+        recipe = dataclasses.replace(recipe, evaluate=dataclasses.replace(recipe.evaluate,
+                                                                          search_images=overrides["search_images"]))
     return recipe.check()
 
 
@@ -98,10 +103,11 @@ def _run_dir(out: str | Path | None, model_name: str, recipe_name: str, resume: 
 
 
 def compress(model: str | nn.Module | None, recipe: Recipe | str | Path = DEFAULT_RECIPE, data: str = "fashion-mnist",
-             targets: Sequence[str] = DEFAULT_TARGETS, *, epochs: int | None = None, batch_size: int | None = None,
+             targets: Sequence[str] = (), *, epochs: int | None = None, batch_size: int | None = None,
              out: str | Path | None = None, checkpoint: str | Path | None = None, pretrained: bool = False,
              device: str | None = None, resume: bool = False, seed: int | None = None, data_dir: str | None = None,
-             train_images: int | None = None, val_images: int | None = None, export: bool = True,
+             train_images: int | None = None, val_images: int | None = None, search_images: int | None = None,
+             export: bool = True,
              progress: bool = True, log: Log | None = None) -> CompressResult:
     """Compress a timm model: float warm start, supernet training, one search per target,
     evaluation, report and export, all in one run directory.
@@ -112,8 +118,10 @@ def compress(model: str | nn.Module | None, recipe: Recipe | str | Path = DEFAUL
             reads it from its run directory.
         recipe: a shipped recipe name (``mpqfx recipes``), a YAML path or a :class:`Recipe`.
         data: ``"fashion-mnist"`` (embedded) or the root of an ImageFolder tree (train/, val/).
-        targets: budgets, e.g. ``"uniform:4"``, ``"4.5G"``, ``"size=8x"``, ``"avg=3.5"``.
-        epochs, batch_size, seed, train_images, val_images: override the recipe's values.
+        targets: budgets, e.g. ``"uniform:4"``, ``"4.5G"``, ``"size=8x"``, ``"avg=3.5"``; default:
+            ``uniform:4`` and ``uniform:3`` where those are candidate bit-widths.
+        epochs, batch_size, seed, train_images, val_images, search_images: override the recipe's values
+            (``search_images``: the training images candidate policies are measured on in the search).
         out: the run directory (default ``runs/<model>-<recipe>-<timestamp>``).
         checkpoint / pretrained: float weights from a local file / timm's hub (skips the float phase).
         resume: continue the run in ``out`` from its last completed phase or checkpoint, with the
@@ -126,11 +134,12 @@ def compress(model: str | nn.Module | None, recipe: Recipe | str | Path = DEFAUL
     """
     log = log or (lambda message: None)
     module = model if isinstance(model, nn.Module) else None
-    overrides = dict(epochs=epochs, batch_size=batch_size, seed=seed, train_images=train_images, val_images=val_images)
+    overrides = dict(epochs=epochs, batch_size=batch_size, seed=seed, train_images=train_images, val_images=val_images,
+                     search_images=search_images)
     if resume:
         if any(v is not None for v in overrides.values()):
             raise MpqfxError("--resume continues with the run's own settings; drop --epochs/--batch-size/--seed/"
-                             "--train-images/--val-images")
+                             "--train-images/--val-images/--search-images")
         run = _run_dir(out, "", "", resume=True)
         run.remove_temp_files()
         meta = run.meta()
@@ -145,7 +154,7 @@ def compress(model: str | nn.Module | None, recipe: Recipe | str | Path = DEFAUL
         spec = DataSpec.parse(data, data_dir, train_limit=recipe_obj.data.train_images,
                               val_limit=recipe_obj.data.val_images, image_size=recipe_obj.data.image_size)
         model_spec = timm_spec_of(module, spec.model_kwargs()) if module is not None else ModelSpec(model, spec.model_kwargs())
-        targets = list(targets) or list(DEFAULT_TARGETS)
+        targets = list(targets)
         source = _weights_source(module, pretrained, checkpoint)
     torch.manual_seed(recipe_obj.train.seed)
     have_float = resume and run.float_weights.is_file()
@@ -159,6 +168,9 @@ def compress(model: str | nn.Module | None, recipe: Recipe | str | Path = DEFAUL
                                          checkpoint if source == "checkpoint" and not have_float else None)
     example = torch.randn(1, *spec.input_size(float_model), generator=torch.Generator().manual_seed(0))
     net = prepare(float_model, recipe_obj, example_input=example, inplace=True, model_spec=model_spec)
+    if not targets:
+        w_bits, a_bits = candidate_bits(net)
+        targets = [t for t in DEFAULT_TARGETS if int(t[-1]) in w_bits and int(t[-1]) in a_bits] or [f"uniform:{max(w_bits)}"]
     for target in targets:  # a malformed or infeasible target fails before anything is written
         parse_target(target, net).check_feasible(net)
     if not resume:
@@ -204,7 +216,7 @@ def compress(model: str | nn.Module | None, recipe: Recipe | str | Path = DEFAUL
 
 def _image_counts(net: Supernet, train_set, evaluator: PolicyEvaluator) -> dict[str, int]:
     """How many images each use of the data actually got (a limit above a split's size gives the split)."""
-    search = min(net.recipe.evaluate.search_images, len(train_set)) if uses_data(net) else 0  # rundir.search_data
+    search = min(net.recipe.evaluate.search_images, len(train_set))  # what rundir.search_data draws
     return {"train": len(train_set), "held_out": evaluator.val_images, "search": search,
             "bn_calibration": sum(len(labels) for _, labels in evaluator.calibration)}
 
@@ -267,36 +279,40 @@ def _train_supernet(net: Supernet, train_set, recipe: Recipe, run: RunDir, devic
 
 
 def _search(net: Supernet, targets: list[str], recipe: Recipe, run: RunDir, extras: dict[str, Any], progress: bool,
-            log: Log) -> list[tuple[str, Policy, Path]]:
+            log: Log) -> list[tuple[str, Policy, Path, str | None]]:
     """One policy per target, written to policies/; a resumed run keeps the policies it already found.
-    The searches share one backend instance (search_many), so budget-independent statistics are computed once."""
+    The searches share one backend instance (search_many), so budget-independent statistics are computed once.
+    Each comes with the line saying which candidate won on the search images (None when read back)."""
     paths = {target: run.policies / policy_filename(target) for target in targets}
     missing = [target for target in targets if not paths[target].is_file()]
     found: dict[str, Policy] = {t: Policy.load(paths[t]).validate(net.layers) for t in targets if t not in missing}
-    with phase_bar(progress) as bar:
-        task = bar.add_task(f"search ({recipe.search.backend})", total=len(targets), completed=len(found))
-        if missing:
-            batches, calibration = search_data(run.root, net) if uses_data(net) else ([], [])
-            results = search_many(net, missing, data=batches, calibration=calibration, indicators=extras.get("indicators"),
-                                  traces=extras.get("traces"), cache_dir=run.root)
-            for target, result in zip(missing, results):  # each policy is saved as soon as it is found
+    chosen: dict[str, str | None] = dict.fromkeys(targets)
+    if missing:
+        batches, calibration = search_data(run.root, net)
+        with SearchProgress(progress) as bar:
+            results = search_many(net, missing, data=batches, calibration=calibration, traces=extras.get("traces"),
+                                  cache_dir=run.root, report=bar)
+            for target in missing:  # each policy is saved as soon as it is found
+                bar.target = target
+                result = next(results)
                 result.policy.save(paths[target])
-                found[target] = result.policy
-                log(f"search {target} ({recipe.search.backend}, {result.seconds:.1f} s): {paths[target].name}")
-                bar.update(task, advance=1)
-    return [(target, found[target], paths[target]) for target in targets]
+                found[target], chosen[target] = result.policy, describe_selection(result.details)
+                log(f"search {target} ({recipe.search.backend}, {result.seconds:.1f} s): {paths[target].name}; "
+                    f"{chosen[target]}")
+    return [(target, found[target], paths[target], chosen[target]) for target in targets]
 
 
 def _evaluate(net: Supernet, evaluator: PolicyEvaluator, recipe: Recipe, searched, progress: bool,
               log: Log) -> list[PolicyResult]:
-    jobs = [(name, "uniform", p, None, None) for name, p in uniform_policies(net, recipe.evaluate.uniform_bits)]
-    jobs += [(f"searched {t}", "searched", p, t, path) for t, p, path in searched]
+    jobs: list[tuple] = [(name, "uniform", p, None, None) for name, p in uniform_policies(net, recipe.evaluate.uniform_bits)]
+    jobs += [(f"searched {t}", "searched", p, t, path, chosen) for t, p, path, chosen in searched]
     results = []
     with phase_bar(progress) as bar:
         task = bar.add_task("evaluation", total=len(jobs))
-        for name, kind, policy, target, path in jobs:
+        for name, kind, policy, target, path, *chosen in jobs:
             result = evaluator.measure(net, name, kind, policy)
             result.target, result.policy_file = target, str(path) if path else None
+            result.selection = chosen[0] if chosen else None
             results.append(result)
             log(f"{name}: top-1 {result.accuracy:.2%} on {evaluator.val_images} held-out images")
             bar.update(task, advance=1)

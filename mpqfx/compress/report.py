@@ -29,7 +29,7 @@ VERSIONED = ("mpqfx", "torch", "timm", "onnx", "onnxruntime")
 def _row(r: "PolicyResult") -> dict[str, Any]:
     return {"name": r.name, "kind": r.kind, "target": r.target, "accuracy": r.accuracy, "loss": r.loss,
             "bitops": r.bitops, "size_bits": r.size_bits, "size_bytes": r.size_bits / 8, "compression": r.compression,
-            "policy_file": r.policy_file, "exports": r.exports,
+            "policy_file": r.policy_file, "exports": r.exports, "selection": r.selection,
             "bits": None if r.policy is None else {k: [b.w, b.a] for k, b in r.policy.items()}}
 
 
@@ -97,6 +97,10 @@ def _markdown(report: dict[str, Any]) -> str:
                   "like the rows above; the rows above are the ones `mpqfx compress` evaluated and exported.", ""]
         lines += _policy_table(later, extra="search")
     searched = [p for p in report["policies"] if p["kind"] == "searched"]
+    chosen = [f"- {p['target']}: {p['selection']}" for p in searched if p.get("selection")]
+    if chosen:
+        lines += ["", "Each search kept the candidate with the lowest loss on its search images, the uniform "
+                  "policies that meet the budget included:", ""] + chosen
     lines += ["", "![BitOPs vs accuracy](pareto.png)", "", "![bits per layer](bits.png)", "",
               "## Per-layer bits (weights/activations)", "",
               "| layer | kind | MMACs | " + " | ".join(f"mixed {p['target']}" for p in searched) + " |",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 from torch import nn
@@ -66,10 +66,20 @@ class DataSpec:
         return Subset(dataset, range(min(limit, len(dataset)))) if limit is not None else dataset
 
 
-def fixed_batches(dataset: Dataset, count: int, batch_size: int, seed: int = 0) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """``count`` images drawn once (seeded) from ``dataset``, as a list of batches."""
+def fixed_indices(size: int, count: int, seed: int, exclude: Sequence[int] = ()) -> list[int]:
+    """``count`` indices of ``range(size)`` drawn once (seeded), skipping ``exclude`` while enough others remain."""
+    order = torch.randperm(size, generator=torch.Generator().manual_seed(seed)).tolist()
+    skip = set(exclude)
+    kept = [i for i in order if i not in skip]
+    return (kept if len(kept) >= count else order)[:count]
+
+
+def fixed_batches(dataset: Dataset, count: int, batch_size: int, seed: int = 0,
+                  exclude: Sequence[int] = ()) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """``count`` images drawn once (seeded) from ``dataset``, as a list of batches; images at the
+    indices ``exclude`` are not drawn unless the data set is too small to leave them out."""
     if len(dataset) == 0:
         raise DataError("the data set is empty")
-    order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))[:count].tolist()
+    order = fixed_indices(len(dataset), count, seed, exclude)
     loader = torch.utils.data.DataLoader(Subset(dataset, order), batch_size=batch_size, shuffle=False)
     return [(x, y) for x, y in loader]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Mapping, Sequence
@@ -10,19 +11,15 @@ import torch
 
 from mpqfx.errors import MpqfxError
 from mpqfx.quant.policy import Policy
-from mpqfx.registry import Registry
+from mpqfx.registry import SEARCHES
+from mpqfx.search.candidates import Meter, Report
+from mpqfx.search.options import NoSearchOptions
 from mpqfx.search.constraints import Constraints
 from mpqfx.supernet import Supernet
 
-SEARCHES: "Registry[type[SearchBackend]]" = Registry("search backend")
 register_search = SEARCHES.register
 
 Batch = tuple[torch.Tensor, torch.Tensor]
-
-
-@dataclass(frozen=True)
-class NoSearchOptions:
-    """Options of a backend that has none."""
 
 
 @dataclass
@@ -31,10 +28,11 @@ class SearchContext:
 
     batches: Sequence[Batch] = ()  # fixed evaluation set (greedy, hessian)
     calibration: Sequence[Batch] = ()  # training batches for BatchNorm re-estimation
-    indicators: Mapping[str, Mapping[str, Mapping[int, float]]] | None = None  # LIMPQ {layer: {w|a: {bits: step}}}
+    indicators: str | Path | Mapping[str, Any] | None = None  # a file or mapping (mpqfx/search/indicators.py)
     traces: Mapping[str, float] | None = None  # Hessian traces per layer (Double Rounding)
     costs: Mapping[str, Any] | None = None  # user-given per-layer costs
     cache_dir: Path | None = None  # where budget-independent statistics may be kept (a run directory)
+    report: Report | None = None  # progress of measurements: report(what, done, total)
 
 
 @dataclass
@@ -81,6 +79,16 @@ class SearchBackend:
 
     def run(self, constraints: Constraints) -> SearchResult:
         raise NotImplementedError
+
+    @functools.cached_property
+    def meter(self) -> Meter:
+        """Measures candidate policies on the search images, once each (shared by every budget searched)."""
+        return Meter(self.net, self.context.batches, self.context.calibration, self.context.report)
+
+    def report(self, what: str, done: int, total: int) -> None:
+        """Progress of a measurement loop (``what``: e.g. "sensitivities"), shown by the caller's bar."""
+        if self.context.report is not None:
+            self.context.report(what, done, total)
 
     def result(self, policy: Policy, constraints: Constraints, policies: Sequence[Policy] | None = None,
                **details: Any) -> SearchResult:

@@ -50,10 +50,19 @@ class Constraints:
                 "avg_w_bits": policy.mean_bits("w"), "avg_a_bits": policy.mean_bits("a")}
 
     def satisfied_by(self, net_or_layers: Layers, policy: Policy, slack: float = 1e-9) -> bool:
+        return not self.violations(net_or_layers, policy, slack=slack)
+
+    def violations(self, net_or_layers: Layers, policy: Policy, fixed_bitops: float = 0.0,
+                   fixed_size_bits: float = 0.0, slack: float = 1e-9) -> list[str]:
+        """Every bound ``policy`` breaks, with both values ("BitOPs 4.6G > 4.5G"); ``fixed_*`` are
+        added to the measured totals (the parts outside ``net_or_layers``, as the ILP counts them)."""
         m = self.measure(net_or_layers, policy)
-        checks = [(self.bitops, m["bitops"]), (self.size_bits, m["size_bits"]),
-                  (self.avg_bits, m["avg_w_bits"]), (self.avg_bits, m["avg_a_bits"])]
-        return all(limit is None or value <= limit * (1 + slack) for limit, value in checks)
+        checks = [("BitOPs", self.bitops, m["bitops"] + fixed_bitops, format_count),
+                  ("size", self.size_bits, m["size_bits"] + fixed_size_bits, format_size),
+                  ("mean weight bits", self.avg_bits, m["avg_w_bits"], "{:.4g}".format),
+                  ("mean activation bits", self.avg_bits, m["avg_a_bits"], "{:.4g}".format)]
+        return [f"{what} {fmt(value)} > {fmt(limit)}" for what, limit, value, fmt in checks
+                if limit is not None and value > limit * (1 + slack)]
 
     def check_feasible(self, net_or_layers: Layers) -> None:
         """Raise InfeasibleBudgetError naming the smallest reachable value of the first budget that is too tight."""
@@ -106,15 +115,30 @@ def format_size(bits: float) -> str:
     return f"{bits / 8:.3g}B"
 
 
+def candidate_bits(net_or_layers: Layers) -> tuple[list[int], list[int]]:
+    """The weight and the activation bit-widths the searchable layers may take (every layer's when
+    the rules fix them all), ascending."""
+    table = list(layer_table(net_or_layers))
+    searchable = [l for l in table if l.role.value == "normal"] or table
+    return sorted({b for l in searchable for b in l.w_bits}), sorted({b for l in searchable for b in l.a_bits})
+
+
 _NUMBER = r"(\d+(?:\.\d*)?(?:[eE][+-]?\d+)?)"
 
 
 def _uniform(text: str, table: list[LayerInfo]) -> Policy | None:
+    """The uniform policy ``uniform:W`` or ``uniform:W/A`` names; its bit-widths must be candidates
+    of the searchable layers (first/last and depthwise layers take their nearest allowed bits)."""
     m = re.fullmatch(r"uniform:(\d+)(?:/(\d+))?", text)
     if not m:
         return None
     w = int(m.group(1))
-    return Policy.uniform(table, w, int(m.group(2)) if m.group(2) else w)
+    a = int(m.group(2)) if m.group(2) else w
+    for bits, candidates, kind in zip((w, a), candidate_bits(table), ("weight", "activation")):
+        if bits not in candidates:
+            raise TargetError(f"target {text!r}: {bits} is not a candidate {kind} bit-width "
+                              f"(candidates: {', '.join(map(str, candidates))})")
+    return Policy.uniform(table, w, a)
 
 
 def parse_target(text: str, net_or_layers: Layers) -> Constraints:

@@ -15,32 +15,13 @@ that many training batches (slower: no reuse).
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 
 from mpqfx.evaluate import IncrementalEvaluator, evaluate, recalibrated_bn
 from mpqfx.graph.layer_info import Role
 from mpqfx.quant.policy import Policy
 from mpqfx.search.backend import SearchBackend, SearchError, SearchResult, register_search
 from mpqfx.search.constraints import Constraints
-
-
-@dataclass(frozen=True)
-class GreedyOptions:
-    lam: float = 1.5  # lambda of Eq. 9 (RFQ's supplementary uses 1.5)
-    start: str = "max"  # "max" or "uniform:<bits>"
-    reuse_activations: bool = True  # recompute only downstream of the changed layer
-    recalibrate_batches: int = 0  # re-estimate BN per candidate on this many training batches
-    max_iterations: int = 0  # 0: twice the number of one-bit steps from max to min
-
-    def problems(self) -> list[str]:
-        found = []
-        if self.lam < 0:
-            found.append(f"lam: must be >= 0, got {self.lam}")
-        if self.start != "max" and not self.start.startswith("uniform:"):
-            found.append(f"start: expected 'max' or 'uniform:<bits>', got {self.start!r}")
-        if self.recalibrate_batches < 0 or self.max_iterations < 0:
-            found.append("recalibrate_batches and max_iterations: must be >= 0")
-        return found
+from mpqfx.search.options import GreedyOptions
 
 
 def _normalise(values: list[float]) -> list[float]:
@@ -100,7 +81,10 @@ class GreedySearch(SearchBackend):
             candidates = [(name, p) for name, p in self.moves(policy) if p not in visited]
             if not candidates:
                 raise SearchError(f"greedy search ran out of unvisited moves before meeting {constraints.describe()}")
-            losses = [self._loss(p, name, incremental) for name, p in candidates]
+            losses = []
+            for name, p in candidates:  # the total grows by one iteration's candidates at a time
+                self.report("greedy candidates", evaluations + len(losses), evaluations + len(candidates))
+                losses.append(self._loss(p, name, incremental))
             costs = [_budget_cost(constraints, constraints.measure(self.net, p)) for _, p in candidates]
             scores = [l + o.lam * c for l, c in zip(_normalise(losses), _normalise(costs))]  # Eq. 9
             policy = candidates[min(range(len(scores)), key=scores.__getitem__)][1]

@@ -11,30 +11,15 @@ from __future__ import annotations
 
 import functools
 import time
-from dataclasses import dataclass
 
 from mpqfx.evaluate import evaluate, recalibrated_bn
 from mpqfx.hessian import top_eigenvalues
 from mpqfx.quant.policy import Policy
 from mpqfx.search.backend import SearchBackend, SearchResult, register_search
 from mpqfx.search.constraints import Constraints
-from mpqfx.search.ilp import SolverError, fixed_costs, pairs, solve_ilp
-
-
-@dataclass(frozen=True)
-class HessianOptions:
-    top_k: int = 5
-    power_iters: int = 20
-    tol: float = 1e-3
-    recalibrate_batches: int = 0  # re-estimate BN on this many training batches before each evaluation
-
-    def problems(self) -> list[str]:
-        found = []
-        if self.top_k < 1:
-            found.append(f"top_k: must be >= 1, got {self.top_k}")
-        if self.power_iters < 1:
-            found.append(f"power_iters: must be >= 1, got {self.power_iters}")
-        return found
+from mpqfx.search.options import HessianOptions
+from mpqfx.search.ilp import fixed_costs
+from mpqfx.search.solver import SolverError, pairs, solve_ilp
 
 
 @register_search("hessian")
@@ -70,6 +55,7 @@ class HessianSearch(SearchBackend):
             ranked.append(sol.policy)
         scored = []
         for policy in ranked:
+            self.report("top-k policies", len(scored), len(ranked))
             with recalibrated_bn(self.net, policy, self.context.calibration[: o.recalibrate_batches]):
                 result = evaluate(self.net, policy, batches)
             scored.append((-result.accuracy, result.loss, len(scored), policy))

@@ -1,22 +1,23 @@
 """``ilp``: one binary variable per (layer, (w_bits, a_bits)), exactly one per layer (LIMPQ Eq. 4).
 
-Objectives: LIMPQ's indicators (Eq. 4: sum of s_a + alpha * s_w), Hessian-trace weighted bits
-(Double Rounding Alg. 2), measured per-layer loss increases (mpqfx/search/sensitivity.py) or
-user-given per-layer costs; constraints: BitOPs, size, average bits.
-Solved with PuLP's bundled CBC; any status but Optimal is an error. Every constraint has integer
-coefficients, so right-hand sides are floored and CBC's preprocessing is off: the bundled CBC
-2.10.3 otherwise declared a wrong point optimal on 3 of 400 random instances (brute-force check). ``pareto=True`` sweeps the
-budget from the smallest reachable value to the target and keeps the distinct non-dominated
-optima (Alg. 2's iterative scheme, with its per-layer forcing when ``alg2_variants`` is on).
+Objectives: LIMPQ's indicators (Eq. 4: sum of s_a + alpha * s_w; the supernet's learned steps, or
+external ones, mpqfx/search/indicators.py), Hessian-trace weighted bits (Double Rounding Alg. 2),
+measured per-layer loss increases (mpqfx/search/sensitivity.py) or user-given per-layer costs;
+constraints: BitOPs, size, average bits. Solved exactly and validated (mpqfx/search/solver.py).
+``pareto=True`` sweeps the budget from the smallest reachable value to the target and keeps the
+distinct non-dominated optima (Alg. 2's iterative scheme, with its per-layer forcing when
+``alg2_variants`` is on).
 
 An additive objective misjudges policies that lower many layers at once (their errors compound).
 ``floors=True`` guards against that: the ILP is solved again with every layer held at or above
-each candidate bit-width in turn, each distinct solution is evaluated on the search data (after
-re-estimating its BatchNorm statistics on the calibration images, when given, as the reported
-accuracies are), and the one with the lowest measured loss is returned (the top-k verification
-of Bit-Mixer §4.2). ``split_floors=True`` floors weights and activations separately, every
-(weight floor, activation floor) pair: low-bit activations and low-bit weights cost a network
-very differently, and the joint floors alone cannot offer "weights low, activations at least b".
+each candidate bit-width in turn, each distinct solution is measured on the search images (after
+re-estimating its BatchNorm statistics on the calibration images, as the reported accuracies
+are; mpqfx/search/candidates.py), and the one with the lowest measured loss is returned (the
+top-k verification of Bit-Mixer §4.2). ``split_floors=True`` floors weights and activations
+separately, every (weight floor, activation floor) pair: low-bit activations and low-bit weights
+cost a network very differently, and the joint floors alone cannot offer "weights low,
+activations at least b". Without search images (a bare supernet file, external indicators on a
+model) the floors are skipped and the result says so.
 """
 
 from __future__ import annotations
@@ -24,129 +25,26 @@ from __future__ import annotations
 import dataclasses
 import functools
 import itertools
-import math
-import time
-import warnings
-from dataclasses import dataclass
 from typing import Mapping, Sequence
-
-import pulp
 
 from mpqfx.cost.report import bitops as cost_report
 from mpqfx.errors import MpqfxError
-from mpqfx.evaluate import evaluate, recalibrated_bn
 from mpqfx.graph.layer_info import LayerInfo
 from mpqfx.quant.policy import Policy, layer_table
 from mpqfx.search.backend import SearchBackend, SearchError, SearchResult, register_search
+from mpqfx.search.candidates import uniform_baselines
 from mpqfx.search.constraints import Constraints
+from mpqfx.search.indicators import load_indicators
+from mpqfx.search.options import DATA_OBJECTIVES, IlpOptions
 from mpqfx.search.sensitivity import cached_sensitivities
-
-Pair = tuple[int, int]
-Coefficients = Mapping[str, Mapping[Pair, float]]
-
-
-class SolverError(MpqfxError):
-    """The ILP solver did not prove an optimum (the message carries its status)."""
-
-
-@dataclass
-class IlpSolution:
-    policy: Policy
-    objective: float
-    status: str
-    seconds: float
-
-
-def pairs(layer: LayerInfo) -> list[Pair]:
-    return list(itertools.product(layer.w_bits, layer.a_bits))
-
-
-def solve_ilp(layers: Sequence[LayerInfo], coefficients: Coefficients, constraints: Constraints,
-              fixed_bitops: float = 0.0, fixed_size_bits: float = 0.0, forced: Mapping[str, int] | None = None,
-              exclude: Sequence[Policy] = (), maximize: bool = False, time_limit: float = 60.0) -> IlpSolution:
-    """Optimise ``sum coefficients[l][(w, a)] * x[l, w, a]`` with one pair per layer under ``constraints``.
-
-    ``fixed_bitops``/``fixed_size_bits`` are the parts of the totals no variable controls (float
-    layers, biases, norms). ``forced`` pins a layer's weight bit-width (Alg. 2); ``exclude`` adds
-    no-good cuts so that already found policies are not returned again (k-best enumeration).
-    """
-    forced = forced or {}
-    prob = pulp.LpProblem("mpqfx", pulp.LpMaximize if maximize else pulp.LpMinimize)
-    x: dict[tuple[str, Pair], pulp.LpVariable] = {}
-    for i, layer in enumerate(layers):
-        for w, a in pairs(layer):
-            if layer.name in forced and forced[layer.name] != w:
-                continue
-            x[layer.name, (w, a)] = prob.add_variable(f"x{i}_{w}_{a}", 0, 1, cat=pulp.LpBinary)
-    by_layer = {l.name: [(p, v) for (n, p), v in x.items() if n == l.name] for l in layers}
-    for layer in layers:
-        if not by_layer[layer.name]:
-            raise SolverError(f"layer {layer.name!r}: no allowed bit pair left to choose")
-        prob += pulp.lpSum(v for _, v in by_layer[layer.name]) == 1  # Eq. 4a
-    prob += pulp.lpSum(coefficients[n][p] * v for (n, p), v in x.items())  # Eq. 4
-    if constraints.bitops is not None:  # Eq. 4b
-        macs = {l.name: l.macs for l in layers}
-        prob += pulp.lpSum(macs[n] * p[0] * p[1] * v for (n, p), v in x.items()) <= math.floor(constraints.bitops - fixed_bitops)
-    if constraints.size_bits is not None:
-        params = {l.name: l.params for l in layers}
-        prob += pulp.lpSum(params[n] * p[0] * v for (n, p), v in x.items()) <= math.floor(constraints.size_bits - fixed_size_bits)
-    if constraints.avg_bits is not None:
-        total = math.floor(constraints.avg_bits * len(layers) + 1e-9)
-        prob += pulp.lpSum(p[0] * v for (_, p), v in x.items()) <= total
-        prob += pulp.lpSum(p[1] * v for (_, p), v in x.items()) <= total
-    for policy in exclude:  # no-good cut: at least one layer differs from this policy
-        chosen = [x[l.name, tuple(policy[l.name])] for l in layers if (l.name, tuple(policy[l.name])) in x]
-        if len(chosen) == len(layers):
-            prob += pulp.lpSum(chosen) <= len(layers) - 1
-    start = time.perf_counter()
-    with warnings.catch_warnings():  # PuLP 3.x announces its 4.0 API; the bundled CBC is what 3.x ships
-        warnings.simplefilter("ignore", DeprecationWarning)
-        prob.solve(pulp.PULP_CBC_CMD(msg=False, timeLimit=time_limit, options=["preprocess off"]))
-    seconds = time.perf_counter() - start
-    status = pulp.LpStatus[prob.status]
-    if status != "Optimal":
-        raise SolverError(f"ILP solver status {status!r} for {constraints.describe()} after {seconds:.2f}s")
-    chosen = {n: p for (n, p), v in x.items() if v.value() is not None and v.value() > 0.5}
-    return IlpSolution(Policy(chosen), float(pulp.value(prob.objective) or 0.0), status, seconds)
-
-
-OBJECTIVES = ("limpq", "hessian", "sensitivity", "costs")
-DATA_OBJECTIVES = ("hessian", "sensitivity")  # evaluate the supernet on data (hessian: unless traces are given)
-
-
-@dataclass(frozen=True)
-class IlpOptions:
-    objective: str = "limpq"  # limpq: LIMPQ Eq. 4; hessian: Double Rounding Alg. 2; sensitivity: measured; costs: user-given
-    alpha: float = 1.0  # LIMPQ Eq. 4: weight of the weight indicators against the activation ones
-    pareto: bool = False
-    pareto_points: int = 8  # budgets in the sweep from the smallest reachable value to the target
-    alg2_variants: bool = False  # also pin each layer to each lower bit (Alg. 2 lines 5-16)
-    floors: bool = False  # also solve with bits floored at each candidate; return the lowest measured loss
-    split_floors: bool = False  # with floors (ignored without): floor weights and activations separately
-    time_limit: float = 60.0
-
-    @property
-    def verifies(self) -> bool:
-        """Whether the floored optima are evaluated on data (``floors``; a Pareto sweep returns its front instead)."""
-        return self.floors and not self.pareto
-
-    def problems(self) -> list[str]:
-        found = []
-        if self.objective not in OBJECTIVES:
-            found.append(f"objective: {self.objective!r} is not allowed; expected one of {', '.join(OBJECTIVES)}")
-        if self.alpha < 0:
-            found.append(f"alpha: must be >= 0, got {self.alpha}")
-        if self.pareto_points < 2:
-            found.append(f"pareto_points: must be >= 2, got {self.pareto_points}")
-        if not self.time_limit > 0:
-            found.append(f"time_limit: must be > 0, got {self.time_limit}")
-        return found
+from mpqfx.search.solver import IlpSolution, Pair, SolverError, pairs, solve_ilp
 
 
 def limpq_coefficients(layers: Sequence[LayerInfo], indicators, alpha: float) -> dict[str, dict[Pair, float]]:
-    """LIMPQ Eq. 4: s_a,j + alpha * s_w,i for the pair (b_i, b_j) of each layer."""
+    """LIMPQ Eq. 4: s_a,j + alpha * s_w,i for the pair (b_i, b_j) of each layer; a layer with one
+    pair and no indicators (fixed by the rules) costs 0."""
     return {l.name: {(w, a): indicators[l.name]["a"][a] + alpha * indicators[l.name]["w"][w] for w, a in pairs(l)}
-            for l in layers}
+            if l.name in indicators or len(pairs(l)) > 1 else {pairs(l)[0]: 0.0} for l in layers}
 
 
 def hessian_coefficients(layers: Sequence[LayerInfo], traces: Mapping[str, float]) -> dict[str, dict[Pair, float]]:
@@ -204,7 +102,8 @@ class IlpSearch(SearchBackend):
         o, ctx, layers = self.options, self.context, self.net.layers
         if o.objective == "limpq":
             from mpqfx.train.limpq import importance_indicators
-            return limpq_coefficients(layers, ctx.indicators or importance_indicators(self.net), o.alpha)
+            source = ctx.indicators if ctx.indicators is not None else importance_indicators(self.net)
+            return limpq_coefficients(layers, load_indicators(source, layers), o.alpha)
         if o.objective == "hessian":
             traces = ctx.traces
             if traces is None:
@@ -212,7 +111,8 @@ class IlpSearch(SearchBackend):
                 traces = hutchinson_traces(self.net, self.require_batches("objective: hessian")[:8])
             return hessian_coefficients(layers, traces)
         if o.objective == "sensitivity":
-            return cost_coefficients(layers, cached_sensitivities(self.net, self.require_batches("objective: sensitivity"), ctx.cache_dir))
+            return cost_coefficients(layers, cached_sensitivities(self.net, self.require_batches("objective: sensitivity"), ctx.cache_dir,
+                                                                     self.report))
         if ctx.costs is None:
             raise SearchError("ILP objective 'costs' needs per-layer costs (mpqfx.search(..., costs=...))")
         return cost_coefficients(layers, ctx.costs)
@@ -224,11 +124,12 @@ class IlpSearch(SearchBackend):
         coef = self.coefficients
         offsets = fixed_costs(self.net)
         best = self._solve(constraints, coef, offsets)
-        if self.options.verifies:
+        if self.options.verifies and self.context.batches:
             return self._verified(constraints, coef, offsets, best)
         if not self.options.pareto:
+            skipped = {"floors": "skipped: no search images"} if self.options.verifies else {}
             return self.result(best.policy, constraints, status=best.status, objective=best.objective,
-                               solve_seconds=best.seconds)
+                               solve_seconds=best.seconds, **skipped)
         key = _primary(constraints)
         lowest = constraints.measure(self.net, Policy.min(self.net))
         low = {"bitops": lowest["bitops"], "size_bits": lowest["size_bits"],
@@ -255,11 +156,12 @@ class IlpSearch(SearchBackend):
                         solves.append(variant)
                         found.setdefault(variant.policy, variant.objective)
         front = pareto_front(self.net, found)
-        return self.result(best.policy, constraints, policies=front, status=best.status, objective=best.objective,
+        return self.result(best.policy, constraints, policies=front, status=_status(solves), objective=best.objective,
                            solves=len(solves), solve_seconds=sum(s.seconds for s in solves))
 
     def _verified(self, constraints: Constraints, coef, offsets, best: IlpSolution) -> SearchResult:
-        """The lowest-loss policy among the optimum and the optima with every layer's bits floored."""
+        """The lowest-loss policy among the optimum and the optima with every layer's bits floored,
+        measured together with the uniform baselines that the search is then compared with."""
         solves = {best.policy: best}
         for w_floor, a_floor in floor_pairs(self.net.layers, self.options.split_floors)[1:]:  # [0]: the optimum
             floored = [floored_layer(l, w_floor, a_floor) for l in self.net.layers]
@@ -268,13 +170,18 @@ class IlpSearch(SearchBackend):
             except SolverError:
                 continue  # these floors do not meet the budget
             solves.setdefault(sol.policy, sol)
-        batches = self.require_batches("floors: true")
-        losses = {policy: candidate_loss(self.net, policy, batches, self.context.calibration) for policy in solves}
-        chosen = min(solves, key=lambda p: (losses[p], solves[p].objective))
-        return self.result(chosen, constraints, policies=[chosen], status=best.status,
+        baselines = [p for _, p in uniform_baselines(self.net, constraints)]
+        measured = self.meter.measure(list(solves) + baselines, "candidates")
+        chosen = min(solves, key=lambda p: (measured[p].loss, solves[p].objective))
+        return self.result(chosen, constraints, policies=[chosen], status=_status(solves.values()),
                            objective=solves[chosen].objective, solves=len(solves),
                            solve_seconds=sum(s.seconds for s in solves.values()),
-                           candidate_losses=sorted(losses.values()))
+                           candidate_losses=sorted(measured[p].loss for p in solves))
+
+
+def _status(solves) -> str:
+    """"optimal" when every solve was proven optimal, else CBC's time-limit status."""
+    return next((s.status for s in solves if not s.proven), "optimal")
 
 
 def floor_pairs(layers: Sequence[LayerInfo], split: bool) -> list[Pair]:
@@ -282,13 +189,6 @@ def floor_pairs(layers: Sequence[LayerInfo], split: bool) -> list[Pair]:
     when ``split``, else equal floors; the first pair, the lowest bit-widths, floors nothing."""
     levels = sorted({b for l in layers for b in (*l.w_bits, *l.a_bits)})
     return list(itertools.product(levels, levels) if split else zip(levels, levels))
-
-
-def candidate_loss(net, policy: Policy, batches, calibration) -> float:
-    """How ``floors`` scores a candidate: the loss on the search batches with BatchNorm statistics
-    re-estimated on the calibration images (when given), as for the reported accuracies."""
-    with recalibrated_bn(net, policy, calibration):
-        return evaluate(net, policy, batches).loss
 
 
 def floored_layer(layer: LayerInfo, w_floor: int, a_floor: int) -> LayerInfo:

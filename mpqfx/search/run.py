@@ -10,17 +10,26 @@ from typing import Any, Iterable, Iterator, Mapping, Sequence
 from mpqfx.config import check_all, from_mapping, to_mapping
 from mpqfx.errors import RecipeError
 from mpqfx.search.backend import SEARCHES, Batch, SearchContext, SearchError, SearchResult
+from mpqfx.search.candidates import Report, keep_best
 from mpqfx.search.constraints import Constraints, constraints_from
 from mpqfx.rundir import run_root, search_data
 from mpqfx.store import load_supernet
 from mpqfx.supernet import Supernet
 
 
-def _options(cls: type, net: Supernet, name: str, options: Any) -> Any:
+def _options(cls: type, net: Supernet, name: str, options: Any, indicators: bool = False) -> Any:
     """The backend's options: a dataclass as given; a mapping over the recipe's options for this
-    backend (or the backend's defaults), field by field; None: the recipe's or the defaults."""
+    backend (or the backend's defaults), field by field; None: the recipe's or the defaults.
+    With ``indicators`` the ILP's objective becomes ``limpq`` (Eq. 4 reads them) unless another is asked for."""
     spec = net.recipe.search
     base = spec.options if spec.backend == name and isinstance(spec.options, cls.options_cls) else cls.options_cls()
+    asked = getattr(options, "objective", None) if dataclasses.is_dataclass(options) else dict(options or {}).get("objective")
+    if indicators:
+        if name != "ilp" or asked not in (None, "limpq"):
+            raise SearchError(f"indicators are read by the ilp backend's objective 'limpq', not by {name!r}"
+                              + (f" with objective {asked!r}" if name == "ilp" else ""))
+        if asked is None:
+            options = {**dict(options or {}), "objective": "limpq"}
     if options is None:
         return base
     problems: list[str] = []
@@ -44,10 +53,15 @@ def uses_data(net: Supernet, backend: str | None = None, options: Any = None) ->
 
 def search(supernet_or_run_dir: Supernet | str | Path, constraints: Constraints | str | Mapping[str, Any],
            backend: str | None = None, options: Any = None, data: Iterable[Batch] | None = None,
-           calibration: Iterable[Batch] | None = None, indicators: Mapping | None = None,
+           calibration: Iterable[Batch] | None = None, indicators: str | Path | Mapping | None = None,
            traces: Mapping[str, float] | None = None, costs: Mapping | None = None,
-           cache_dir: str | Path | None = None) -> SearchResult:
+           cache_dir: str | Path | None = None, search_images: int | None = None,
+           report: Report | None = None) -> SearchResult:
     """Find a policy that meets ``constraints`` on a trained supernet; never retrains.
+
+    Whenever there are search images, the backend's policy is measured against the uniform
+    policies that meet the budget, and the best of them is returned (never worse than uniform on
+    the search images; ``result.details["selection"]`` says which won and by how much).
 
     Args:
         supernet_or_run_dir: a Supernet, a supernet file, or a run directory holding ``supernet.pt``.
@@ -57,25 +71,32 @@ def search(supernet_or_run_dir: Supernet | str | Path, constraints: Constraints 
         options: the backend's options (dataclass or mapping); default: the recipe's or the backend's.
         data: fixed evaluation batches (greedy, hessian, and the ILP's hessian and sensitivity objectives);
             default for a run directory: the fixed search images of its training split.
-        calibration: training batches for BatchNorm re-estimation when a backend asks for it.
-        indicators / traces / costs: per-layer statistics for the ILP objectives (defaults:
-            the supernet's learned steps, the traces stored with it).
+        calibration: training batches for BatchNorm re-estimation before a policy is measured.
+        indicators: importance indicators for the ILP's ``limpq`` objective, a file (mpqfx's JSON/YAML
+            format or LIMPQ's pickle, mpqfx/search/indicators.py) or a mapping; they switch the ILP to
+            that objective. Default: the supernet's learned steps.
+        traces / costs: per-layer statistics for the ``hessian`` / ``costs`` objectives (default
+            traces: the ones stored with the supernet).
         cache_dir: where budget-independent statistics (measured sensitivities) are kept for
             later searches; default: the run directory when one is searched.
+        search_images: how many training images a run directory's search measures policies on
+            (default: the recipe's ``evaluate.search_images``).
+        report: called as ``report(what, done, total)`` while policies are measured (a progress bar).
 
     Example:
         >>> result = mpqfx.search("runs/efficientnet_lite0-oneshot", "uniform:4")
         >>> result.policy.save("policy-4bit.yaml")
     """
     return next(search_many(supernet_or_run_dir, [constraints], backend, options, data, calibration, indicators,
-                            traces, costs, cache_dir))
+                            traces, costs, cache_dir, search_images, report))
 
 
 def search_many(supernet_or_run_dir: Supernet | str | Path,
                 targets: Sequence[Constraints | str | Mapping[str, Any]], backend: str | None = None,
                 options: Any = None, data: Iterable[Batch] | None = None, calibration: Iterable[Batch] | None = None,
-                indicators: Mapping | None = None, traces: Mapping[str, float] | None = None,
-                costs: Mapping | None = None, cache_dir: str | Path | None = None) -> Iterator[SearchResult]:
+                indicators: str | Path | Mapping | None = None, traces: Mapping[str, float] | None = None,
+                costs: Mapping | None = None, cache_dir: str | Path | None = None, search_images: int | None = None,
+                report: Report | None = None) -> Iterator[SearchResult]:
     """:func:`search` for several budgets with one backend instance, so that what does not depend on
     the budget (measured sensitivities, Hessian statistics) is computed once. Yields one result per
     target, in order, as each search finishes; every target is checked for feasibility before the
@@ -84,25 +105,27 @@ def search_many(supernet_or_run_dir: Supernet | str | Path,
     net, extras = load_supernet(path) if path is not None else (supernet_or_run_dir, {})
     name = backend or net.recipe.search.backend
     cls = SEARCHES.get(name)
-    resolved = _options(cls, net, name, options)
+    resolved = _options(cls, net, name, options, indicators is not None)
     if path is not None:
         cache_dir = cache_dir or run_root(path)
-        if data is None and cls.uses_data(resolved):
-            data, calibration = search_data(path, net)  # a run directory knows its data
+        if data is None:  # a run directory knows its data: the backend's and the uniform comparison's
+            data, calibration = search_data(path, net, search_images)
     parsed = [constraints_from(target, net) for target in targets]
     for target in parsed:
         target.check_feasible(net)
     context = SearchContext(batches=list(data or []), calibration=list(calibration or []),
-                            indicators=indicators or extras.get("indicators"),
+                            indicators=indicators if indicators is not None else extras.get("indicators"),
                             traces=traces or extras.get("traces"), costs=costs,
-                            cache_dir=Path(cache_dir) if cache_dir else None)
+                            cache_dir=Path(cache_dir) if cache_dir else None, report=report)
     instance = cls(net, resolved, context)
     for target in parsed:
         start = time.perf_counter()
         result = instance.run(target)
-        result.seconds = time.perf_counter() - start
         for policy in result.policies + [result.policy]:
             policy.validate(net.layers)
-            if not target.satisfied_by(net, policy):
-                raise SearchError(f"search backend {name!r} returned a policy that breaks {target.describe()}")
+            broken = target.violations(net, policy)
+            if broken:
+                raise SearchError(f"search backend {name!r} returned a policy that breaks {'; '.join(broken)}")
+        result = keep_best(result, instance.meter, net)
+        result.seconds = time.perf_counter() - start
         yield result

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 from mpqfx.evaluate import IncrementalEvaluator
 from mpqfx.integrity import digest
@@ -31,8 +31,12 @@ CACHE_FORMAT = "mpqfx.sensitivities/1"
 Sensitivities = dict[str, dict[str, dict[int, float]]]  # {layer: {"w"|"a": {bits: loss increase}}}
 
 
-def measure_sensitivities(net: Supernet, batches: Sequence) -> tuple[Sensitivities, int]:
-    """Per-layer, per-bit loss increases against the max policy, and how many evaluations it took."""
+def measure_sensitivities(net: Supernet, batches: Sequence,
+                          report: Callable[[str, int, int], None] | None = None) -> tuple[Sensitivities, int]:
+    """Per-layer, per-bit loss increases against the max policy, and how many evaluations it took;
+    ``report("sensitivities", done, total)`` follows the progress."""
+    report = report or (lambda what, done, total: None)
+    total = sum(len(l.w_bits) - 1 + len(l.a_bits) - 1 for l in net.layers)
     base = Policy.max(net)
     evaluator = IncrementalEvaluator(net, batches)
     reference = evaluator.set_base(base).loss
@@ -45,10 +49,12 @@ def measure_sensitivities(net: Supernet, batches: Sequence) -> tuple[Sensitiviti
             for bits in allowed:
                 if bits in table[which]:
                     continue
+                report("sensitivities", evaluations, total)
                 changed = (bits, top.a) if which == "w" else (top.w, bits)
                 table[which][bits] = evaluator.evaluate(base.replace(**{layer.name: changed}), [layer.name]).loss - reference
                 evaluations += 1
         out[layer.name] = {which: _monotone(costs) for which, costs in table.items()}
+    report("sensitivities", evaluations, total)
     return out, evaluations
 
 
@@ -61,10 +67,11 @@ def _monotone(costs: dict[int, float]) -> dict[int, float]:
     return out
 
 
-def cached_sensitivities(net: Supernet, batches: Sequence, cache_dir: str | Path | None) -> Sensitivities:
+def cached_sensitivities(net: Supernet, batches: Sequence, cache_dir: str | Path | None,
+                         report: Callable[[str, int, int], None] | None = None) -> Sensitivities:
     """``measure_sensitivities``, read from / written to ``cache_dir/sensitivities.json`` when given."""
     if cache_dir is None:
-        return measure_sensitivities(net, batches)[0]
+        return measure_sensitivities(net, batches, report)[0]
     path = Path(cache_dir) / CACHE_NAME
     key = digest({"state": net.state_dict(), "batches": [list(batch) for batch in batches]})
     try:
@@ -74,7 +81,7 @@ def cached_sensitivities(net: Supernet, batches: Sequence, cache_dir: str | Path
                     for layer, kinds in cached["layers"].items()}
     except (OSError, ValueError, AttributeError, TypeError):
         pass  # no cache yet, or one that is unreadable: measure again
-    table, evaluations = measure_sensitivities(net, batches)
+    table, evaluations = measure_sensitivities(net, batches, report)
     atomic_write_text(path, json.dumps({"format": CACHE_FORMAT, "key": key, "evaluations": evaluations,
                                         "layers": table}, indent=1))
     return table

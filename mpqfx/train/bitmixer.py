@@ -11,30 +11,12 @@ All stages share one schedule (the recipe's). Transitional BatchNorm is required
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 
 from mpqfx.graph.layer_info import Role
 from mpqfx.quant.policy import Policy, nearest_bits
-from mpqfx.recipe import BnMode, Recipe
+from mpqfx.train.options import BitMixerOptions
 from mpqfx.train.strategy import Strategy, register_strategy
-
-
-@dataclass(frozen=True)
-class BitMixerOptions:
-    stages: tuple[float, float, float] = (0.2, 0.3, 0.5)  # fractions of training for stages I, II, III
-    k: float = 0.75  # final probability of layer-wise random bit-widths
-
-    def problems(self) -> list[str]:
-        found = []
-        if len(self.stages) != 3 or any(s < 0 for s in self.stages):
-            found.append(f"stages: expected three fractions >= 0, got {list(self.stages)}")
-        elif abs(sum(self.stages) - 1) > 1e-6:
-            found.append(f"stages: {list(self.stages)} must add up to 1 (they add up to {sum(self.stages):g})")
-        if not 0 < self.k <= 1:
-            found.append(f"k: must be in (0, 1], got {self.k}")
-        return found
 
 
 @register_strategy("bitmixer")
@@ -47,12 +29,6 @@ class BitMixer(Strategy):
         super().__init__(trainer, options)
         normal = [l for l in self.net.layers if l.role is Role.NORMAL] or list(self.net.layers)
         self.bits = sorted({b for l in normal for b in l.w_bits})
-
-    @classmethod
-    def recipe_problems(cls, recipe: Recipe) -> list[str]:
-        if recipe.quant.bn is not BnMode.TRANSITIONAL:
-            return ["quant.bn: bitmixer needs 'transitional' BatchNorm (Bit-Mixer §3.2)"]
-        return []
 
     def stage_at(self, progress: float) -> tuple[int, float]:
         """(stage index 0/1/2, progress within that stage in [0, 1])."""

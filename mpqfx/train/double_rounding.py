@@ -15,7 +15,6 @@ mpqfx/quant/double_rounding.py); activations keep one LSQ step per bit (Eq. 4-5)
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
 from itertools import islice
 from typing import Any, Sequence
 
@@ -25,28 +24,8 @@ from torch.utils.data import DataLoader, Subset
 from mpqfx.graph.layer_info import Role
 from mpqfx.hessian import hutchinson_traces
 from mpqfx.quant.policy import Policy, nearest_bits
-from mpqfx.recipe import Recipe, WeightQuantizer
+from mpqfx.train.options import DoubleRoundingOptions
 from mpqfx.train.strategy import Strategy, register_strategy
-
-
-@dataclass(frozen=True)
-class DoubleRoundingOptions:
-    multi_precision: float = 0.5  # fraction of training in the multi-precision stage (Alg. A.2)
-    alrs: bool = True
-    hasb: bool = True
-    sigma: float = 1.0  # final bit-switching threshold of Alg. A.3
-    hessian_samples: int = 8  # Hutchinson probes per batch
-    hessian_images: int = 1024  # training images for the Hessian traces (the paper uses ~1000)
-
-    def problems(self) -> list[str]:
-        found = []
-        for name in ("multi_precision", "sigma"):
-            if not 0 <= getattr(self, name) <= 1:
-                found.append(f"{name}: must be in [0, 1], got {getattr(self, name)}")
-        for name in ("hessian_samples", "hessian_images"):
-            if getattr(self, name) < 1:
-                found.append(f"{name}: must be >= 1, got {getattr(self, name)}")
-        return found
 
 
 def alrs_factor(bits: int, highest: int) -> float:
@@ -96,13 +75,6 @@ class DoubleRounding(Strategy):
         self.bits = sorted({b for l in normal for b in l.w_bits}, reverse=True)
         self.highest = self.bits[0]
         self.traces: dict[str, float] = {}
-
-    @classmethod
-    def recipe_problems(cls, recipe: Recipe) -> list[str]:
-        found = []
-        if recipe.quant.weight_quantizer is not WeightQuantizer.DOUBLE_ROUNDING:
-            found.append("quant.weight_quantizer: the double_rounding strategy needs 'double_rounding'")
-        return found
 
     def setup(self) -> None:
         """Hessian traces of the float model on ``hessian_images`` training images (for HASB)."""

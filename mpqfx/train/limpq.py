@@ -9,7 +9,6 @@ them to ``indicators.json`` in the run directory.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -17,20 +16,12 @@ import torch
 from mpqfx.graph.layer_info import Role
 from mpqfx.io import atomic_write_text
 from mpqfx.quant.policy import Policy
-from mpqfx.recipe import Recipe, WeightQuantizer
+from mpqfx.search.indicators import FORMAT as INDICATORS_FORMAT
 from mpqfx.supernet import Supernet
+from mpqfx.train.options import LimpqOptions
 from mpqfx.train.strategy import Strategy, register_strategy
 
 INDICATORS_NAME = "indicators.json"
-INDICATORS_FORMAT = "mpqfx.indicators/1"
-
-
-@dataclass(frozen=True)
-class LimpqOptions:
-    random_policies: int = 1  # random per-layer policies per step, after the uniform ones
-
-    def problems(self) -> list[str]:
-        return [] if self.random_policies >= 0 else [f"random_policies: must be >= 0, got {self.random_policies}"]
 
 
 def importance_indicators(net: Supernet) -> dict[str, dict[str, dict[int, float]]]:
@@ -48,11 +39,6 @@ def save_indicators(path: Path, indicators: dict[str, dict[str, dict[int, float]
     atomic_write_text(path, json.dumps(data, indent=1))
 
 
-def load_indicators(path: Path) -> dict[str, dict[str, dict[int, float]]]:
-    data = json.loads(Path(path).read_text(encoding="utf-8"))
-    return {n: {k: {int(b): float(s) for b, s in v.items()} for k, v in kinds.items()} for n, kinds in data["layers"].items()}
-
-
 @register_strategy("limpq")
 class Limpq(Strategy):
     """LIMPQ: all uniform bit-widths + random policies per step, one update; steps become indicators."""
@@ -63,12 +49,6 @@ class Limpq(Strategy):
         super().__init__(trainer, options)
         normal = [l for l in self.net.layers if l.role is Role.NORMAL] or list(self.net.layers)
         self.uniform_bits = sorted({b for l in normal for b in l.w_bits + l.a_bits}, reverse=True)
-
-    @classmethod
-    def recipe_problems(cls, recipe: Recipe) -> list[str]:
-        if recipe.quant.weight_quantizer is not WeightQuantizer.LSQ:
-            return ["quant.weight_quantizer: limpq learns one step per bit-width as its indicator; it needs 'lsq'"]
-        return []
 
     def train_step(self, images: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
         trainer = self.trainer

@@ -22,7 +22,6 @@ accumulated over all of them before one update (Eq. 2). On top:
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -31,38 +30,8 @@ from mpqfx.graph.layer_info import Role
 from mpqfx.quant.lsq import int_range
 from mpqfx.quant.policy import Policy, nearest_bits
 from mpqfx.quant.transitional_bn import TransitionalBatchNorm
+from mpqfx.train.options import OneShotOptions
 from mpqfx.train.strategy import Strategy, register_strategy
-
-
-@dataclass(frozen=True)
-class OneShotOptions:
-    samples: int = 3  # K policies drawn per step, besides the max policy
-    scheduler: bool = True
-    schedule_every: int = 100  # M: steps between profilings of the unstable-weight criterion
-    freeze_ratio: float = 0.25  # 𝒦 at the start, as a fraction of the searchable layers
-    unstable_eps: float = 0.25  # ε of Eq. 6
-    idm: bool = True
-    idm_weight: float = 1e-2  # θ
-    idm_floor: float = 0.0  # Q of Eq. 8
-    fairness: bool = True
-    qe_weight: float = 0.5  # κ
-    qe_start: float = 0.25  # fraction of training before the QE loss starts
-    uniform_share: float = 0.0  # probability that a sampled policy is uniform instead of per-layer
-    sandwich: bool = False  # also train the min policy every step
-
-    def problems(self) -> list[str]:
-        found = []
-        if self.samples < 1:
-            found.append(f"samples: K must be >= 1, got {self.samples}")
-        if self.schedule_every < 1:
-            found.append(f"schedule_every: must be >= 1, got {self.schedule_every}")
-        for name in ("freeze_ratio", "unstable_eps", "qe_start", "uniform_share"):
-            if not 0 <= getattr(self, name) <= 1:
-                found.append(f"{name}: must be in [0, 1], got {getattr(self, name)}")
-        for name in ("idm_weight", "qe_weight"):
-            if getattr(self, name) < 0:
-                found.append(f"{name}: must be >= 0, got {getattr(self, name)}")
-        return found
 
 
 def unstable_criterion(weight: torch.Tensor, steps: dict[int, torch.Tensor], eps: float) -> float:

@@ -7,25 +7,18 @@ distillation, checkpoints, progress and DDP.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 
-from mpqfx.registry import Registry
+from mpqfx.registry import STRATEGIES
+from mpqfx.train.options import NoOptions
 
 if TYPE_CHECKING:
-    from mpqfx.recipe import Recipe
     from mpqfx.train.loop import Trainer
 
-STRATEGIES: "Registry[type[Strategy]]" = Registry("strategy")
 register_strategy = STRATEGIES.register
-
-
-@dataclass(frozen=True)
-class NoOptions:
-    """Options of a strategy that has none."""
 
 
 class Strategy:
@@ -46,11 +39,6 @@ class Strategy:
         self.trainer = trainer
         self.net = trainer.net
         self.options = options
-
-    @classmethod
-    def recipe_problems(cls, recipe: "Recipe") -> list[str]:
-        """Cross-field requirements on the rest of the recipe (e.g. a weight quantizer)."""
-        return []
 
     def setup(self) -> None:
         """Runs once before the first step of a fresh run (not after a resume)."""

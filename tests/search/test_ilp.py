@@ -1,16 +1,25 @@
-"""ILP optimum against brute-force enumeration, Pareto sets, objectives, and infeasible budgets."""
+"""The exact ILP: optimum against brute-force enumeration (near-ties, several constraints), solution
+validation, Pareto sets, objectives, and infeasible budgets."""
 
 from __future__ import annotations
 
 import itertools
+import math
 import random
+import stat
+import sys
 
+import pulp
 import pytest
 
 from mpqfx import LayerInfo, LayerKind, Policy, Role
 from mpqfx.cost.report import bitops as cost_report
+from mpqfx.search import solver
 from mpqfx.search.constraints import Constraints, InfeasibleBudgetError
-from mpqfx.search.ilp import SolverError, cost_coefficients, hessian_coefficients, limpq_coefficients, pairs, solve_ilp
+from mpqfx.search.ilp import cost_coefficients, hessian_coefficients, limpq_coefficients
+from mpqfx.search.solver import SolverError, pairs, solve_ilp
+
+GAPS = (1e-5, 1e-6, 1e-7, 1e-8, 1e-9)  # how much better the planted optimum is than the runner-up
 
 
 def random_layers(rng: random.Random, n: int) -> list[LayerInfo]:
@@ -23,38 +32,136 @@ def random_layers(rng: random.Random, n: int) -> list[LayerInfo]:
     return layers
 
 
-def brute_force(layers, coef, constraints):
-    best = None
+def feasible_objectives(layers, coef, constraints) -> list[tuple[float, tuple]]:
+    """Every policy meeting ``constraints``, counted by hand (not with mpqfx's cost model), as
+    (objective, choice), best first."""
+    out = []
     for combo in itertools.product(*(pairs(l) for l in layers)):
-        policy = Policy({l.name: p for l, p in zip(layers, combo)})
-        if constraints.satisfied_by(layers, policy, slack=0):
-            value = sum(coef[l.name][p] for l, p in zip(layers, combo))
-            best = value if best is None else min(best, value)
-    return best
+        totals = (sum(l.macs * w * a for l, (w, a) in zip(layers, combo)), sum(l.params * w for l, (w, _) in zip(layers, combo)))
+        if constraints.bitops is not None and totals[0] > constraints.bitops:
+            continue
+        if constraints.size_bits is not None and totals[1] > constraints.size_bits:
+            continue
+        if constraints.avg_bits is not None and max(sum(w for w, _ in combo), sum(a for _, a in combo)) > \
+                constraints.avg_bits * len(layers) + 1e-9:
+            continue
+        out.append((math.fsum(coef[l.name][p] for l, p in zip(layers, combo)), combo))
+    return sorted(out)
 
 
-@pytest.mark.parametrize("seed", range(60))
-def test_ilp_optimum_equals_brute_force(seed):
+def random_instance(seed: int):
+    """Layers, coefficients and two or three simultaneous constraints; in 4 of 5 instances the
+    runner-up is planted 1e-5 .. 1e-9 behind the optimum (a near-tie CBC's default tolerances miss)."""
     rng = random.Random(seed)
     layers = random_layers(rng, rng.randint(2, 4))
-    coef = {l.name: {p: rng.uniform(-1, 1) for p in pairs(l)} for l in layers}
+    coef = {l.name: {p: rng.uniform(0, 5) for p in pairs(l)} for l in layers}
     low, high = Policy.min(layers), Policy.max(layers)
     def between(key):
         a, b = Constraints().measure(layers, low)[key], Constraints().measure(layers, high)[key]
         return a + rng.random() * (b - a)
-    kinds = rng.sample(["bitops", "size_bits", "avg"], rng.randint(1, 3))
-    constraints = Constraints(bitops=between("bitops") if "bitops" in kinds else None,
-                              size_bits=between("size_bits") if "size_bits" in kinds else None,
+    kinds = rng.sample(["bitops", "size_bits", "avg"], rng.randint(2, 3))
+    constraints = Constraints(bitops=math.floor(between("bitops")) if "bitops" in kinds else None,
+                              size_bits=math.floor(between("size_bits")) if "size_bits" in kinds else None,
                               avg_bits=max(between("avg_w_bits"), between("avg_a_bits")) if "avg" in kinds else None)
-    expected = brute_force(layers, coef, constraints)
-    if expected is None:
+    ranked = feasible_objectives(layers, coef, constraints)
+    if seed % 5 and len(ranked) >= 2:  # make the runner-up the optimum by GAPS[seed % 5]
+        (best, first), (second, runner_up) = ranked[0], ranked[1]
+        i = next(i for i in range(len(layers)) if first[i] != runner_up[i])
+        coef[layers[i].name][runner_up[i]] -= (second - best) + GAPS[seed % 5]
+        ranked = feasible_objectives(layers, coef, constraints)
+    return layers, coef, constraints, ranked
+
+
+@pytest.mark.parametrize("seed", range(250))
+def test_ilp_optimum_equals_brute_force_including_near_ties(seed):
+    layers, coef, constraints, ranked = random_instance(seed)
+    if not ranked:
         with pytest.raises(SolverError, match="Infeasible"):
             solve_ilp(layers, coef, constraints)
         return
     solution = solve_ilp(layers, coef, constraints)
-    assert solution.objective == pytest.approx(expected, abs=1e-6)
-    assert constraints.satisfied_by(layers, solution.policy)
+    assert solution.objective == pytest.approx(ranked[0][0], abs=1e-12)  # exactly the optimum, not the runner-up
+    if len(ranked) > 1 and ranked[1][0] - ranked[0][0] > 1e-12:
+        assert tuple(solution.policy[l.name] for l in layers) == ranked[0][1]
+    assert solution.proven and solution.status == "optimal"
+    assert constraints.satisfied_by(layers, solution.policy, slack=0)
     solution.policy.validate(layers)
+
+
+def test_the_brute_force_instances_hold_near_ties_and_several_constraints():
+    instances = [random_instance(seed) for seed in range(250)]
+    gaps = [r[1][0] - r[0][0] for *_, r in instances if len(r) > 1]
+    assert sum(1 for g in gaps if g < 2e-9) >= 40  # runner-up within 1e-9 (+ float noise) of the optimum
+    assert all(sum(v is not None for v in (c.bitops, c.size_bits, c.avg_bits)) >= 2 for _, _, c, _ in instances)
+    assert sum(1 for *_, r in instances if r) >= 200
+
+
+@pytest.fixture
+def fake_cbc(tmp_path, monkeypatch):
+    """Replaces CBC by a program that writes the solution file it is told to: ``fake_cbc(header, values)``."""
+    def install(header: str, values: list[str]) -> None:
+        script = tmp_path / "cbc"
+        script.write_text(f"""#!{sys.executable}
+import sys
+mps, solution = sys.argv[1], sys.argv[sys.argv.index("-solution") + 1]
+columns = []
+section = None
+for line in open(mps):
+    if not line.startswith(" "):
+        section = line.split()[0]
+    elif section == "COLUMNS" and "MARKER" not in line and line.split()[0] not in columns:
+        columns.append(line.split()[0])
+values = {values!r}
+with open(solution, "w") as out:
+    out.write({header!r} + "\\n")
+    for i, (name, value) in enumerate(zip(columns, values)):
+        out.write(f"{{i:>7}} {{name}} {{value:>15}} 0\\n")
+""")
+        script.chmod(script.stat().st_mode | stat.S_IXUSR)
+        monkeypatch.setattr(solver, "cbc", lambda time_limit: pulp.COIN_CMD(path=str(script), msg=False))
+    return install
+
+
+def one_layer() -> tuple[list[LayerInfo], dict]:
+    layer = LayerInfo("l0", LayerKind.CONV, "Conv2d", 100, 10, (1,), (1,), (1,), Role.NORMAL, True, "graph", True,
+                      (2, 8), (8,), 0)
+    return [layer], {"l0": {(2, 8): 1.0, (8, 8): 3.0}}
+
+
+def test_a_solution_file_with_non_binary_values_is_rejected(fake_cbc):
+    fake_cbc("Optimal - objective value 4.69071", ["2.37", "-2.37"])
+    layers, coef = one_layer()
+    with pytest.raises(SolverError, match=r"non-binary value -?2\.37 for layer 'l0' at w[28]/a8 .*rejected"):
+        solve_ilp(layers, coef, Constraints())
+
+
+def test_a_solution_with_two_pairs_for_a_layer_is_rejected(fake_cbc):
+    fake_cbc("Optimal - objective value 4", ["1", "1"])
+    layers, coef = one_layer()
+    with pytest.raises(SolverError, match="chose 2 bit pairs for layer 'l0' .exactly one is allowed"):
+        solve_ilp(layers, coef, Constraints())
+
+
+def test_a_solution_breaking_the_budget_is_rejected(fake_cbc):
+    layers, coef = one_layer()
+    budget = Constraints(bitops=100 * 2 * 8)  # only w2/a8 fits
+    fake_cbc("Optimal - objective value 3", ["0", "1"] if _column_of(layers, coef, (8, 8)) == 1 else ["1", "0"])
+    with pytest.raises(SolverError, match=r"breaks BitOPs 6\.4K > 1\.6K; the solution is rejected"):
+        solve_ilp(layers, coef, budget)
+
+
+def test_a_solve_stopped_by_its_time_limit_is_not_reported_optimal(fake_cbc):
+    layers, coef = one_layer()
+    fake_cbc("Stopped on time - objective value 1", ["1", "0"] if _column_of(layers, coef, (2, 8)) == 0 else ["0", "1"])
+    solution = solve_ilp(layers, coef, Constraints())
+    assert solution.policy["l0"] == (2, 8) and solution.objective == 1.0
+    assert not solution.proven and solution.status == "not proven optimal (time limit)"
+
+
+def _column_of(layers, coef, pair) -> int:
+    """The MPS column index PuLP gives the variable of ``pair`` (variables are written sorted by name)."""
+    names = sorted(f"x0_{w}_{a}" for w, a in pairs(layers[0]))
+    return names.index(f"x0_{pair[0]}_{pair[1]}")
 
 
 def test_k_best_with_no_good_cuts_enumerates_distinct_policies_in_order():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -76,10 +77,23 @@ def test_cli_greedy_search_rebuilds_its_data_from_run_json(run_dir, tmp_path):
     assert mpqfx.bitops(net, Policy.load(policy_file)).total <= target
 
 
+def test_cli_search_measures_on_the_given_number_of_search_images_with_progress(run_dir, tmp_path):
+    root, _ = run_dir
+    proc = subprocess.run([sys.executable, "-m", "mpqfx.cli.main", "search", "--run", str(root), "--target", "uniform:4",
+                           "--option", "floors=true", "--search-images", "40", "--out", str(tmp_path)],
+                          capture_output=True, text=True, env={**os.environ, "COLUMNS": "200"})
+    assert proc.returncode == 0, proc.stderr
+    assert "search uniform:4: candidates" in proc.stdout  # the progress row: measured / total, time left
+    verdict = proc.stdout.strip().splitlines()[-1]
+    assert verdict.startswith("uniform:4: ") and " chosen: loss " in verdict and "on 40 search images" in verdict
+
+
 @pytest.mark.parametrize("args,message", [
     (["--run", "/nonexistent", "--target", "4G"], "--run: '/nonexistent' does not exist"),
     (["--target", "0.000001G"], "below the minimum"),
     (["--target", "fast"], "cannot read bitops value 'fast'"),
+    (["--target", "uniform:9"], "target 'uniform:9': 9 is not a candidate weight bit-width (candidates: 2, 3, 4, 5, 6)"),
+    (["--target", "uniform:4", "--search-images", "-1"], "Invalid value for '--search-images'"),
 ])
 def test_cli_search_errors_are_one_line(run_dir, args, message):
     root, _ = run_dir
