@@ -6,8 +6,10 @@ and <= 0.75x the float latency.
 
 The variants take turns: each round times every variant (``--iters`` runs after a warm-up) and
 the table gives the median time and the medians over rounds of the per-round ratios, so that machine drift cancels.
-Latency does not depend on the weights' values, so the models are timm's random initialisation;
-the mpqfx policy is a searched one from a run (``--policy MODEL=FILE``, e.g. a run's
+The models are timm's random initialisation with every BatchNorm's scale, shift and statistics
+redrawn (timm zero-initialises the last BatchNorm of a residual block: those branches would be
+all-zero weights, which exporters deduplicate and which make the files unrepresentative); the
+float, onnxruntime int8 and mpqfx files are made from the same weights. The mpqfx policy is a searched one from a run (``--policy MODEL=FILE``, e.g. a run's
 policies/uniform-4.yaml) or, without one, uniform 4/4. For OpenVINO it also reads the compiled
 model's executed precision of every convolution / fully connected layer (u8/i8 is integer).
 
@@ -18,6 +20,7 @@ Usage: python benchmarks/bench_deploy.py [--models resnet18 mobilenetv2_100 effi
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import statistics
 import sys
@@ -36,10 +39,25 @@ import mpqfx  # noqa: E402
 from _machine import header  # noqa: E402
 from mpqfx.export import deploy, export_onnx, save_integer_model  # noqa: E402
 from mpqfx.export.onnx_qdq import session  # noqa: E402
+from mpqfx.recipe import Recipe  # noqa: E402
 from mpqfx.supernet import ModelSpec  # noqa: E402
 
 SIZE = 224
 CALIBRATION_IMAGES = 32
+
+
+def model_with_live_branches(name: str) -> torch.nn.Module:
+    """timm's ``name`` at random weights with every BatchNorm's affine parameters and statistics redrawn."""
+    torch.manual_seed(0)
+    model = timm.create_model(name).eval()
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, torch.nn.modules.batchnorm._BatchNorm) and module.affine:
+                module.weight.uniform_(0.5, 1.5)
+                module.bias.uniform_(-0.1, 0.1)
+                module.running_mean.uniform_(-0.1, 0.1)
+                module.running_var.uniform_(0.5, 1.5)
+    return model
 
 
 def float_onnx(model: torch.nn.Module, path: Path) -> Path:
@@ -70,9 +88,12 @@ def ort_int8(float_path: Path, path: Path, images: np.ndarray) -> Path:
     return path
 
 
-def mpqfx_export(name: str, policy_file: str | None, folder: Path, images: torch.Tensor) -> tuple[Path, Path, str]:
+def mpqfx_export(model: torch.nn.Module, name: str, policy_file: str | None, folder: Path,
+                 images: torch.Tensor) -> tuple[Path, Path, str]:
     spec = ModelSpec(name, {})
-    net = mpqfx.prepare(timm.create_model(name), example_input=images[:1], model_spec=spec).eval()
+    run_recipe = Path(policy_file).resolve().parent.parent / "recipe.yaml" if policy_file else None
+    recipe = Recipe.load(str(run_recipe)) if run_recipe and run_recipe.is_file() else "default"  # the run's bits
+    net = mpqfx.prepare(model, recipe, example_input=images[:1], model_spec=spec).eval()
     with torch.no_grad():
         for bits in sorted({b for layer in net.layers for b in layer.a_bits}):  # fit every activation step
             net.set_policy(mpqfx.Policy.uniform(net, bits))
@@ -157,10 +178,10 @@ def main() -> None:
         images = torch.randn(CALIBRATION_IMAGES, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(0))
         with tempfile.TemporaryDirectory() as tmp:
             folder = Path(tmp)
-            torch.manual_seed(0)
-            paths = {"float": float_onnx(timm.create_model(name), folder / "float.onnx")}
+            model = model_with_live_branches(name)
+            paths = {"float": float_onnx(copy.deepcopy(model), folder / "float.onnx")}
             paths["ort int8"] = ort_int8(paths["float"], folder / "ort-int8.onnx", images.numpy())
-            paths["mpqfx"], integer, policy = mpqfx_export(name, policies.get(name), folder, images)
+            paths["mpqfx"], integer, policy = mpqfx_export(model, name, policies.get(name), folder, images)
             sizes = {k: p.stat().st_size / 1e6 for k, p in paths.items()} | {"mpqfx safetensors": integer.stat().st_size / 1e6}
             precisions = openvino_precisions(paths["mpqfx"]) if "openvino" in runtimes else None
             for runtime in runtimes:

@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from timm.layers import BatchNormAct2d
 from timm.layers.padding import pad_same
 from torch import nn
+from torch.fx.passes.shape_prop import ShapeProp
 
 from mpqfx.errors import MpqfxError, PolicyError
 from mpqfx.export.qdq import ActivationQuantizer, dequantize_per_channel
@@ -264,6 +265,18 @@ def _fold_batchnorms(gm: fx.GraphModule, layers: set[str]) -> dict[str, nn.Modul
 
 
 @torch.no_grad()
+@torch.no_grad()
+def _annotate_shapes(gm: fx.GraphModule, example: torch.Tensor) -> None:
+    """Tensor shapes on every node of ``gm`` (place_output_quantizers finds the residual adds by
+    them), read from a run of a copy: running a module can change its state."""
+    probe = copy.deepcopy(gm)
+    ShapeProp(probe).propagate(example)
+    shapes = {node.name: node.meta.get("tensor_meta") for node in probe.graph.nodes}
+    for node in gm.graph.nodes:
+        if shapes.get(node.name) is not None:
+            node.meta["tensor_meta"] = shapes[node.name]
+
+
 def deploy(net: Supernet, policy: Policy, calibration: Iterable[Batch] | None = None) -> fx.GraphModule:
     """``net`` at ``policy`` as a new eval-mode GraphModule with integer weights, BN folded in and
     quantizers on every tensor an integer kernel reads or writes; ``net`` is left as it was.
@@ -286,6 +299,7 @@ def deploy(net: Supernet, policy: Policy, calibration: Iterable[Batch] | None = 
     folded = _fold_batchnorms(gm, set(infos))
     _drop_call_site_biases(gm, set(call_biases))
     _drop_pinned_inputs(gm)
+    _annotate_shapes(gm, net.example_input)
     for name, info in infos.items():
         module = gm.get_submodule(name)
         set_submodule(gm, name, _quantized_layer(module, policy[name], info.a_signed, folded.get(name),

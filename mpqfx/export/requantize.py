@@ -11,7 +11,9 @@ pass gives every layer an output quantizer:
   the output, after those clamp activations, which fold into its range the same way.
 
 Residual adds (two tensors summed) get an 8-bit quantizer on their output as well, so that the
-runtime adds in integers (QLinearAdd) instead of dequantizing around each add.
+runtime adds in integers (QLinearAdd) instead of dequantizing around each add. A max pooling of
+a quantized tensor is followed by that tensor's own quantizer: the maximum of values on a grid
+is on the grid, so nothing changes, and the runtime pools the integers.
 """
 
 from __future__ import annotations
@@ -103,6 +105,23 @@ def _is_tensor_add(node: fx.Node) -> bool:
     return all(m is not None and hasattr(m, "shape") and len(m.shape) > 1 for m in meta)
 
 
+def _is_max_pool(gm: fx.GraphModule, node: fx.Node) -> bool:
+    if node.op == "call_module":
+        module = gm.get_submodule(node.target)
+        return isinstance(module, (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d)) and not module.return_indices
+    return node.op == "call_function" and node.target in (F.max_pool1d, F.max_pool2d, F.max_pool3d) and \
+        not node.kwargs.get("return_indices", False)
+
+
+def _quantizer_of(gm: fx.GraphModule, node: fx.Node, layers: set[str]) -> ActivationQuantizer | None:
+    """The quantizer whose grid ``node``'s output is on: a layer's output quantizer or a requantization."""
+    if node.op != "call_module":
+        return None
+    module = gm.get_submodule(node.target)
+    quant = module.output_quant if node.target in layers else module
+    return quant if isinstance(quant, ActivationQuantizer) else None
+
+
 def place_output_quantizers(gm: fx.GraphModule, layers: set[str]) -> dict[str, str]:
     """Give every quantized layer of ``gm`` its output quantizer and every residual add an 8-bit one
     (see the module docstring); folded activations leave the graph. Returns, for each layer whose
@@ -136,6 +155,15 @@ def place_output_quantizers(gm: fx.GraphModule, layers: set[str]) -> dict[str, s
             q_node = gm.graph.call_module(name, (end,))
         end.replace_all_uses_with(q_node, delete_user_cb=lambda user: user is not q_node)
         _drop(chain, node)
+    for node in [n for n in gm.graph.nodes if _is_max_pool(gm, n) and isinstance(n.args[0], fx.Node)]:
+        quant = _quantizer_of(gm, node.args[0], layers)
+        if quant is None:
+            continue
+        name = f"requantize_{node.name}"
+        gm.add_module(name, quant)  # the same module: pooling keeps the values on its grid
+        with gm.graph.inserting_after(node):
+            q_node = gm.graph.call_module(name, (node,))
+        node.replace_all_uses_with(q_node, delete_user_cb=lambda user: user is not q_node)
     return moved
 
 

@@ -172,7 +172,7 @@ def test_a_damaged_last_checkpoint_falls_back_and_the_run_ends_the_same(uninterr
     assert proc.returncode == -signal.SIGKILL
     latest = root / "checkpoint.pt"
     latest.write_bytes(latest.read_bytes()[:4096])  # the last checkpoint (step 6) cut short
-    proc = compress(root, tiny_recipe, fashion_dir, resume=True)
+    proc = compress(root, tiny_recipe, fashion_dir, resume=True, env={"COLUMNS": "1000"})  # no path cut by a wrap
     assert proc.returncode == 0, proc.stderr[-2000:]
     out = " ".join(proc.stdout.split())
     assert "checkpoint.pt' is corrupt or truncated" in out and "resuming from checkpoint.prev.pt at step 4 of 8" in out
