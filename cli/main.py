@@ -67,8 +67,24 @@ for command in (compress_command, search_command, export_command, report_command
     cli.add_command(command)
 
 
+NO_ARGS_IS_HELP = getattr(click.exceptions, "NoArgsIsHelpError", ())  # click >= 8.2
+
+
 def main() -> None:
-    cli(prog_name="mpqfx")
+    """The console script: click's own usage errors become one line as well."""
+    try:
+        code = cli.main(prog_name="mpqfx", standalone_mode=False)
+    except NO_ARGS_IS_HELP as exc:  # bare `mpqfx`: the help
+        click.echo(exc.format_message())
+        sys.exit(0)
+    except click.ClickException as exc:
+        where = exc.ctx.command_path if isinstance(exc, click.UsageError) and exc.ctx else "mpqfx"
+        click.echo(f"mpqfx: error: {exc.format_message()} (see `{where} --help`)", err=True)
+        sys.exit(exc.exit_code)
+    except click.Abort:
+        click.echo("mpqfx: interrupted", err=True)
+        sys.exit(130)
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":

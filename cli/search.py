@@ -91,10 +91,11 @@ def search_command(run_dir: Path | None, model_name: str | None, indicators: Pat
     paths = save_search(net, out_dir, targets, results, backend_options, record=record)
     print_policy_summary(net, list(zip(targets, results, paths)), out_dir, as_json=as_json)
     if not as_json:
+        console = Console()  # wraps the verdicts at the terminal's width
         for target, result in zip(targets, results):
             note = "; ".join(filter(None, [describe_selection(result.details), result.details.get("status", "")]))
             if note:
-                click.echo(f"{target}: {note}")
+                console.print(f"{target}: {note}", markup=False, highlight=False)
 
 
 def _model_layers(model_name: str, recipe: str, input_size: str | None):

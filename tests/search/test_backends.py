@@ -124,7 +124,7 @@ def test_targets_parse_to_the_documented_budgets(trained):
     assert c.size_bits == pytest.approx(mpqfx.bitops(net, Policy.bypass(net)).size_bits / 8) and c.avg_bits == 3.5
     assert parse_target("size=2.5MB", net).size_bits == 2.5 * 8e6
     assert parse_target("size=uniform:4", net).size_bits == u4.size_bits
-    assert parse_target("uniform:4/8", net).bitops == mpqfx.bitops(net, Policy.uniform(net, 4, 8)).total
+    assert parse_target("uniform:4/6", net).bitops == mpqfx.bitops(net, Policy.uniform(net, 4, 6)).total
 
 
 @pytest.mark.parametrize("backend,seed", [("greedy", 0), ("greedy", 1), ("hessian", 0), ("hessian", 1)])
