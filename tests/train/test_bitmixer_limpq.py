@@ -7,9 +7,9 @@ import json
 import pytest
 
 from mpqfx import LayerBits, Policy
+from mpqfx.search.indicators import load_indicators
 from mpqfx.train import Trainer
 from mpqfx.train.limpq import INDICATORS_NAME
-from mpqfx.search.indicators import load_indicators
 
 
 @pytest.fixture
