@@ -278,15 +278,21 @@ def _train_supernet(net: Supernet, train_set, recipe: Recipe, run: RunDir, devic
     return extras
 
 
+SELECTION_FILE = "search-selection.json"
+
+
 def _search(net: Supernet, targets: list[str], recipe: Recipe, run: RunDir, extras: dict[str, Any], progress: bool,
             log: Log) -> list[tuple[str, Policy, Path, str | None]]:
     """One policy per target, written to policies/; a resumed run keeps the policies it already found.
     The searches share one backend instance (search_many), so budget-independent statistics are computed once.
-    Each comes with the line saying which candidate won on the search images (None when read back)."""
+    Each comes with the line saying which candidate won on the search images (kept in
+    search-selection.json, so a resumed run reports the same)."""
     paths = {target: run.policies / policy_filename(target) for target in targets}
     missing = [target for target in targets if not paths[target].is_file()]
     found: dict[str, Policy] = {t: Policy.load(paths[t]).validate(net.layers) for t in targets if t not in missing}
-    chosen: dict[str, str | None] = dict.fromkeys(targets)
+    verdicts = run.root / SELECTION_FILE  # which candidate won, kept for a resumed run's report
+    kept = json.loads(verdicts.read_text()) if verdicts.is_file() else {}
+    chosen: dict[str, str | None] = {t: kept.get(t) if t not in missing else None for t in targets}
     if missing:
         batches, calibration = search_data(run.root, net)
         with SearchProgress(progress) as bar:
@@ -295,8 +301,9 @@ def _search(net: Supernet, targets: list[str], recipe: Recipe, run: RunDir, extr
             for target in missing:  # each policy is saved as soon as it is found
                 bar.target = target
                 result = next(results)
-                result.policy.save(paths[target])
                 found[target], chosen[target] = result.policy, describe_selection(result.details)
+                atomic_write_text(verdicts, json.dumps({t: chosen[t] for t in targets if chosen[t] is not None}))
+                result.policy.save(paths[target])  # after its verdict: a policy on disk always has one
                 log(f"search {target} ({recipe.search.backend}, {result.seconds:.1f} s): {paths[target].name}; "
                     f"{chosen[target]}")
     return [(target, found[target], paths[target], chosen[target]) for target in targets]
