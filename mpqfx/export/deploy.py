@@ -60,7 +60,7 @@ class QuantizedLayer(nn.Module):
         self.float_bias = torch.zeros(channels)  # what bias_int approximates (not stored)
         self.input_quant: nn.Module = ActivationQuantizer(bits.a, a_signed, a_step)
         self.output_quant: nn.Module = nn.Identity()
-        self.input_from: str | None = None  # the layer whose output quantizer quantizes this one's input
+        self.input_from: str | None = None  # the layer or requantize_<add> whose quantizer quantizes the input
 
     def weight(self) -> torch.Tensor:
         """The dequantized weight (a DequantizeLinear of the int8 initializer in ONNX)."""
@@ -315,6 +315,10 @@ def deploy(net: Supernet, policy: Policy, calibration: Iterable[Batch] | None = 
 
 
 def input_quantizer(gm: nn.Module, name: str) -> ActivationQuantizer:
-    """The quantizer of layer ``name``'s input: its own, or its producer's output quantizer."""
+    """The quantizer of layer ``name``'s input: its own, or its producer's (a layer's output
+    quantizer or a residual add's ``requantize_<add>``)."""
     layer = gm.get_submodule(name)
-    return gm.get_submodule(layer.input_from).output_quant if layer.input_from else layer.input_quant
+    if not layer.input_from:
+        return layer.input_quant
+    producer = gm.get_submodule(layer.input_from)
+    return producer.output_quant if isinstance(producer, QuantizedLayer) else producer

@@ -10,8 +10,9 @@ pass gives every layer an output quantizer:
 * otherwise an 8-bit quantizer (asymmetric uint8, calibrated min/max on training images) takes
   the output, after those clamp activations, which fold into its range the same way.
 
-Residual adds (two tensors summed) get an 8-bit quantizer on their output as well, so that the
-runtime adds in integers (QLinearAdd) instead of dequantizing around each add. A max pooling of
+Residual adds (two tensors summed) get a quantizer on their output as well, so that the runtime
+adds in integers (QLinearAdd) instead of dequantizing around each add: their readers' shared
+input quantizer when, as above, only quantized layers read the sum, else an 8-bit one. A max pooling of
 a quantized tensor is followed by that tensor's own quantizer: the maximum of values on a grid
 is on the grid, so nothing changes, and the runtime pools the integers.
 """
@@ -123,9 +124,9 @@ def _quantizer_of(gm: fx.GraphModule, node: fx.Node, layers: set[str]) -> Activa
 
 
 def place_output_quantizers(gm: fx.GraphModule, layers: set[str]) -> dict[str, str]:
-    """Give every quantized layer of ``gm`` its output quantizer and every residual add an 8-bit one
-    (see the module docstring); folded activations leave the graph. Returns, for each layer whose
-    input quantizer moved up to its producer, the producer's name."""
+    """Give every quantized layer of ``gm`` its output quantizer and every residual add one (see the
+    module docstring); folded activations leave the graph. Returns, for each layer whose input
+    quantizer moved up to its producer, the producer's name (a layer or a ``requantize_<add>``)."""
     moved: dict[str, str] = {}
     nodes = [n for n in gm.graph.nodes if n.op == "call_module" and n.target in layers]
     for node in nodes:
@@ -147,9 +148,16 @@ def place_output_quantizers(gm: fx.GraphModule, layers: set[str]) -> dict[str, s
         gm.get_submodule(name).output_quant = ActivationQuantizer(8, signed=True)
     for node in [n for n in gm.graph.nodes if _is_tensor_add(n)]:
         end, chain, bounds = _follow_clamps(gm, node)
-        quant = ActivationQuantizer(8, signed=True)
-        quant.restrict(*bounds)
         name = f"requantize_{node.name}"
+        shared = _readers_quantizer(gm, end, layers)
+        if shared is not None:
+            quant = shared
+            for reader in end.users:
+                gm.get_submodule(reader.target).input_quant = nn.Identity()
+                moved[reader.target] = name
+        else:
+            quant = ActivationQuantizer(8, signed=True)
+        quant.restrict(*bounds)
         gm.add_module(name, quant)
         with gm.graph.inserting_after(end):
             q_node = gm.graph.call_module(name, (end,))

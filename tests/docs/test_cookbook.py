@@ -130,7 +130,8 @@ def test_the_quick_start_table_is_what_the_code_prints_for_its_report():
     report = quickstart_report()
     out = io.StringIO()
     print_report_summary(report, Path("runs/quickstart"), Console(file=out, width=80, color_system=None))
-    printed = [line.rstrip() for line in COOKBOOK.read_text().split("<!-- quickstart:begin -->")[1].splitlines()]
+    region = COOKBOOK.read_text().split("<!-- quickstart:begin -->")[1]
+    printed = [line.rstrip() for line in region.split("```text\n")[1].split("\n```")[0].splitlines()]
     expected = [line.rstrip() for line in out.getvalue().splitlines()]
     start = printed.index(expected[0])
     assert printed[start:start + len(expected)] == expected

@@ -11,7 +11,7 @@ from safetensors.numpy import load_file
 
 from mpqfx import Policy
 from mpqfx.export import deploy, save_integer_model
-from mpqfx.export.deploy import QUANTIZED_TYPES
+from mpqfx.export.deploy import QUANTIZED_TYPES, input_quantizer
 
 
 def _decode_layer(tensors: dict[str, np.ndarray], info: dict, name: str) -> tuple[np.ndarray, np.ndarray]:
@@ -22,6 +22,14 @@ def _decode_layer(tensors: dict[str, np.ndarray], info: dict, name: str) -> tupl
     q = (codes - 2 ** (bits - 1)).reshape(shape)
     weight = q * tensors[f"{name}.weight_scale"].reshape(-1, *[1] * (len(shape) - 1))
     return weight, tensors[f"{name}.bias_int"] * tensors[f"{name}.bias_scale"]
+
+
+def _input_quantizer(info: dict, name: str) -> str:
+    """The tensor prefix of layer ``name``'s input quantizer, by docs/export-format.md."""
+    source = info["input_from"]
+    if source is None:
+        return f"{name}.input_quant"
+    return source if source.startswith("requantize_") else f"{source}.output_quant"
 
 
 def test_numpy_decodes_every_layer_of_the_integer_file_as_the_deployed_module(net, tmp_path, images):
@@ -41,9 +49,7 @@ def test_numpy_decodes_every_layer_of_the_integer_file_as_the_deployed_module(ne
         assert np.array_equal(bias.astype(np.float32), layer.bias().numpy())
         assert (info["w_bits"], info["a_bits"]) == tuple(policy[name])
         assert info["input_from"] == layer.input_from
-        quant = f"{name}.input_quant" if info["input_from"] is None else f"{info['input_from']}.output_quant"
-        assert float(tensors[f"{quant}.step"]) == float(layer.input_quant.step if info["input_from"] is None
-                                                        else module.get_submodule(info["input_from"]).output_quant.step)
+        assert float(tensors[f"{_input_quantizer(info, name)}.step"]) == float(input_quantizer(module, name).step)
     fc = meta["layers"]["fc"]
     assert fc["op"] == "linear" and meta["layers"]["conv1.0"]["op"] == "conv2d"
 
@@ -64,7 +70,6 @@ def test_a_decoded_linear_layer_computes_the_deployed_layer(net, tmp_path, image
         q = np.clip(np.round(v / step) + zp, tensors[f"{prefix}.lo"], tensors[f"{prefix}.hi"])
         return ((q - zp) * step).astype(np.float32)
 
-    source = "fc.input_quant" if info["input_from"] is None else f"{info['input_from']}.output_quant"
-    y = quantize(x.numpy(), source) @ weight.astype(np.float32).T + bias.astype(np.float32)
+    y = quantize(x.numpy(), _input_quantizer(info, "fc")) @ weight.astype(np.float32).T + bias.astype(np.float32)
     expected = module.get_submodule("fc")(x).numpy()
     assert np.allclose(quantize(y, "fc.output_quant"), expected, atol=1e-6 * np.abs(expected).max())
