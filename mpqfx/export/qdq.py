@@ -87,6 +87,7 @@ class ActivationQuantizer(nn.Module):
         self.observing = False
         self.seen: tuple[float, float] | None = None
         self.restricted: tuple[float, float] = (-float("inf"), float("inf"))
+        self.reader_step: float | None = None  # a b-bit reader's step this 8-bit grid should contain (set_range)
 
     @property
     def calibrated(self) -> bool:
@@ -108,9 +109,20 @@ class ActivationQuantizer(nn.Module):
 
     @torch.no_grad()
     def set_range(self, low: float, high: float) -> None:
-        """8-bit calibration result: an asymmetric uint8 grid over [min(low, 0), max(high, 0)]."""
+        """8-bit calibration result: an asymmetric uint8 grid over [min(low, 0), max(high, 0)].
+
+        With ``reader_step`` set (a quantized layer reads this tensor at that b-bit step), the step
+        grows to ``reader_step / k`` for the largest odd ``k`` that still covers the range: every
+        rounding boundary of the reader's grid then falls on one of this grid's, so rounding to
+        8 bits first changes none of the reader's integers (double rounding is exact).
+        """
         low, high = max(min(low, 0.0), self.restricted[0]), min(max(high, 0.0), self.restricted[1])
         step = max((high - low) / (CONTAINER[1] - CONTAINER[0]), STEP_EPS)
+        if self.reader_step is not None:
+            k = int(self.reader_step / step)
+            k -= 1 - k % 2  # odd: the reader's midpoints (j + 1/2) * k * step are this grid's midpoints
+            if k >= 1:
+                step = self.reader_step / k
         self.step.fill_(step)
         self.zero_point.fill_(int(min(max(round(-low / step), CONTAINER[0]), CONTAINER[1])))
         self.lo.fill_(CONTAINER[0])

@@ -8,7 +8,9 @@ pass gives every layer an output quantizer:
   reads, feeds only quantized layers with the same input quantizer, that quantizer moves up to
   the producer and the activations fold into its integer range: exact, nothing added;
 * otherwise an 8-bit quantizer (asymmetric uint8, calibrated min/max on training images) takes
-  the output, after those clamp activations, which fold into its range the same way.
+  the output, after those clamp activations, which fold into its range the same way. When a
+  quantized layer reads that output, the 8-bit step is calibrated to an odd fraction of the
+  reader's step (the finest, with several), so that the reader's integers are the supernet's.
 
 Residual adds (two tensors summed) get a quantizer on their output as well, so that the runtime
 adds in integers (QLinearAdd) instead of dequantizing around each add: their readers' shared
@@ -91,6 +93,17 @@ def _readers_quantizer(gm: fx.GraphModule, end: fx.Node, layers: set[str]) -> Ac
     return quants[0] if all(_same(quants[0], q) for q in quants[1:]) else None
 
 
+def _finest_reader_step(gm: fx.GraphModule, end: fx.Node, layers: set[str]) -> float | None:
+    """The smallest input step among the quantized layers that read ``end`` (None: none does)."""
+    steps = []
+    for reader in end.users:
+        if reader.op == "call_module" and reader.target in layers and reader.args and reader.args[0] is end:
+            module = gm.get_submodule(reader.target)
+            if isinstance(module.input_quant, ActivationQuantizer) and not getattr(module, "same_pad", False):
+                steps.append(float(module.input_quant.step))
+    return min(steps) if steps else None
+
+
 def _drop(chain: list[fx.Node], into: fx.Node) -> None:
     if chain:
         chain[-1].replace_all_uses_with(into)
@@ -140,6 +153,7 @@ def place_output_quantizers(gm: fx.GraphModule, layers: set[str]) -> dict[str, s
                 moved[reader.target] = node.target
         else:
             quant = ActivationQuantizer(8, signed=True)
+            quant.reader_step = _finest_reader_step(gm, end, layers)
         quant.restrict(*bounds)
         layer.output_quant = quant
         _drop(chain, node)
@@ -157,6 +171,7 @@ def place_output_quantizers(gm: fx.GraphModule, layers: set[str]) -> dict[str, s
                 moved[reader.target] = name
         else:
             quant = ActivationQuantizer(8, signed=True)
+            quant.reader_step = _finest_reader_step(gm, end, layers)
         quant.restrict(*bounds)
         gm.add_module(name, quant)
         with gm.graph.inserting_after(end):

@@ -1,0 +1,75 @@
+"""Where the deployed model quantizes the tensors the supernet keeps in float: a residual sum read
+only by quantized layers takes their quantizer, and an 8-bit grid read by a b-bit layer contains
+that layer's rounding boundaries, so rounding twice gives the supernet's integers."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import onnx
+import pytest
+import torch
+from torch import nn
+
+import mpqfx
+from mpqfx import Policy
+from mpqfx.export import deploy, export_onnx, integer_kernels
+from mpqfx.export.onnx_qdq import INTEGER_KERNELS, session
+from mpqfx.export.qdq import ActivationQuantizer
+
+
+@pytest.mark.parametrize("bits, signed, spread", [(4, True, 3.0), (3, False, 2.0), (2, True, 0.4), (8, True, 2.5)])
+def test_an_8_bit_grid_at_an_odd_fraction_of_the_readers_step_changes_none_of_its_integers(bits, signed, spread):
+    reader = ActivationQuantizer(bits, signed, step=0.173)
+    x = spread * torch.randn(200_000, generator=torch.Generator().manual_seed(bits))
+    x = x if signed else x.abs()
+    aligned, plain = ActivationQuantizer(8, signed=True), ActivationQuantizer(8, signed=True)
+    aligned.reader_step = float(reader.step)
+    for quant in (aligned, plain):
+        quant.set_range(float(x.min()), float(x.max()))
+    k = float(reader.step / aligned.step)
+    assert abs(k - round(k)) < 1e-4 and round(k) % 2 == 1
+    assert float(aligned.step) >= float(plain.step)  # the grid still covers the calibrated range
+    assert torch.equal(reader(aligned(x)), reader(x))
+    assert not torch.equal(reader(plain(x)), reader(x))  # a min/max grid alone moves 1-13% of them here
+
+
+class Residual(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.conv_a = nn.Conv2d(8, 8, 3, padding=1)
+        self.conv_b = nn.Conv2d(8, 8, 1)
+        self.head = nn.Linear(8, 10)
+
+    def forward(self, x):
+        x = self.stem(x)  # read by conv_a and the add: an 8-bit grid aligned to conv_a's step
+        total = self.conv_a(x) + x  # read only by conv_b: conv_b's own quantizer
+        return self.head(self.conv_b(total).mean((2, 3)))
+
+
+def test_a_residual_sum_read_by_one_layer_takes_its_quantizer_and_runs_as_integer_kernels(tmp_path):
+    torch.manual_seed(0)
+    x = torch.randn(8, 3, 12, 12)
+    net = mpqfx.prepare(Residual().eval(), example_input=x[:2]).eval()
+    with torch.no_grad():
+        for bits in range(2, 9):  # fit the activation steps
+            net.set_policy(Policy.uniform(net, bits))
+            net(x)
+    policy = Policy.uniform(net, 4)
+    module = deploy(net, policy, calibration=[(x, None)])
+    conv_b = module.conv_b
+    assert conv_b.input_from == "requantize_add" and isinstance(conv_b.input_quant, nn.Identity)
+    assert module.requantize_add.bits == policy["conv_b"].a and not module.requantize_add.from_data
+    assert torch.equal(module.requantize_add.step, net.layer_modules()["conv_b"].act_quant.step(policy["conv_b"].a))
+    stem_out, reader = module.stem.output_quant, module.conv_a.input_quant
+    assert stem_out.from_data and stem_out.reader_step == float(reader.step)
+    values = 3 * torch.randn(100_000)
+    values = values[(values > stem_out.step * (0 - int(stem_out.zero_point)))
+                    & (values < stem_out.step * (255 - int(stem_out.zero_point)))]
+    assert torch.equal(reader(stem_out(values)), reader(values))
+    path = export_onnx(module, x[:1], tmp_path / "residual.onnx")
+    assert all(op in INTEGER_KERNELS for op in integer_kernels(path).values())
+    session(path, save_optimized=tmp_path / "optimized.onnx")
+    ops = Counter(node.op_type for node in onnx.load(str(tmp_path / "optimized.onnx")).graph.node)
+    assert ops["QLinearAdd"] + ops["NhwcQLinearAdd"] == 1 and ops["Add"] == 0, ops
