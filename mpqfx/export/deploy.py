@@ -171,6 +171,8 @@ def _quantized_layer(module: MultiBitMixin, bits: LayerBits, a_signed: bool, bn:
     new.weight_int.copy_(ints.to(torch.int8))
     new.weight_scale.copy_(scale)
     new.float_bias = bias
+    new.bias_int.fill_(1)  # the float bias (1 x bias) until quantize_biases sets the int32 one:
+    new.bias_scale.copy_(bias)  # the 8-bit quantizers calibrate on the outputs with their bias
     return new
 
 

@@ -73,3 +73,24 @@ def test_a_residual_sum_read_by_one_layer_takes_its_quantizer_and_runs_as_intege
     session(path, save_optimized=tmp_path / "optimized.onnx")
     ops = Counter(node.op_type for node in onnx.load(str(tmp_path / "optimized.onnx")).graph.node)
     assert ops["QLinearAdd"] + ops["NhwcQLinearAdd"] == 1 and ops["Add"] == 0, ops
+
+
+def test_an_8_bit_quantizer_is_calibrated_on_the_layers_output_with_its_bias():
+    torch.manual_seed(0)
+    x = torch.randn(8, 3, 12, 12)
+    model = Residual().eval()
+    with torch.no_grad():
+        model.stem.bias.fill_(3.0)  # outputs far from the bias-free ones
+    net = mpqfx.prepare(model, example_input=x[:2]).eval()
+    policy = Policy.uniform(net, 8)
+    outputs = []
+    handle = net.layer_modules()["stem"].register_forward_hook(lambda m, i, out: outputs.append(out.detach()))
+    with torch.no_grad(), net.use_policy(policy):
+        net(x)
+    handle.remove()
+    low, high = torch.quantile(outputs[0].flatten(), torch.tensor([1e-5, 1 - 1e-5]))
+    quant = deploy(net, policy, calibration=[(x, None)]).stem.output_quant
+    top = float(quant.step) * (255 - int(quant.zero_point))
+    bottom = float(quant.step) * (0 - int(quant.zero_point))
+    assert bottom <= min(float(low), 0.0) + float(quant.step) and top >= float(high) - float(quant.step)
+    assert top <= 3 * float(high)  # at most the widening to an odd fraction of conv_a's step (k = 1)
