@@ -3,6 +3,8 @@ on a run's held-out split, for the deployed module as exported and with each of 
 approximations undone (8-bit requantization of the tensors the supernet keeps in float; int32
 biases in accumulator units). The deployed PyTorch module computes what onnxruntime's integer
 kernels compute (check.py measures the file itself); undoing both gives the supernet back.
+The last row of each policy is the supernet itself computed in float64: how far rounding noise
+alone (an activation within float32 error of a rounding boundary) moves its predictions.
 
 Usage: python benchmarks/bench_deploy_agreement.py RUN_DIR POLICY [POLICY ...]
 """
@@ -10,6 +12,7 @@ Usage: python benchmarks/bench_deploy_agreement.py RUN_DIR POLICY [POLICY ...]
 from __future__ import annotations
 
 import argparse
+import copy
 import sys
 from pathlib import Path
 
@@ -36,11 +39,11 @@ def _set_variant(module, requantize: bool, int_bias: bool) -> None:
             m.observing, m.seen = not requantize, None
         if isinstance(m, QUANTIZED_TYPES):
             if int_bias:
+                m.weight_scale.copy_(m.chosen_weight_scale)
                 m.bias_int.copy_(m.chosen_bias_int)
                 m.bias_scale.copy_(m.chosen_bias_scale)
             else:
-                m.bias_int.fill_(1)
-                m.bias_scale.copy_(m.float_bias)
+                m.use_float_bias()
 
 
 @torch.no_grad()
@@ -65,6 +68,7 @@ def main() -> None:
             module = deploy(net, policy, calibration)
             for m in module.modules():
                 if isinstance(m, QUANTIZED_TYPES):
+                    m.chosen_weight_scale = m.weight_scale.clone()
                     m.chosen_bias_int, m.chosen_bias_scale = m.bias_int.clone(), m.bias_scale.clone()
             supernet = [net(x).argmax(1) for x, _ in held_out]
             labels = torch.cat([y for _, y in held_out])
@@ -76,6 +80,12 @@ def main() -> None:
                 print(f"| {name} | {100 * float((reference == labels).float().mean()):.2f} | {variant} | "
                       f"{100 * float((predicted == labels).float().mean()):.2f} | "
                       f"{100 * float((predicted == reference).float().mean()):.2f} |", flush=True)
+            double = copy.deepcopy(net).double()
+            with double.use_policy(policy):
+                predicted = torch.cat([double(x.double()).argmax(1) for x, _ in held_out])
+            print(f"| {name} | {100 * float((reference == labels).float().mean()):.2f} | supernet in float64 | "
+                  f"{100 * float((predicted == labels).float().mean()):.2f} | "
+                  f"{100 * float((predicted == reference).float().mean()):.2f} |", flush=True)
 
 
 if __name__ == "__main__":

@@ -58,6 +58,7 @@ class QuantizedLayer(nn.Module):
         self.register_buffer("bias_int", torch.zeros(channels, dtype=torch.int32))
         self.register_buffer("bias_scale", torch.ones(channels))  # input step * weight_scale
         self.float_bias = torch.zeros(channels)  # what bias_int approximates (not stored)
+        self.float_weight_scale = torch.ones(channels)  # the supernet's scale, before quantize_biases (not stored)
         self.input_quant: nn.Module = ActivationQuantizer(bits.a, a_signed, a_step)
         self.output_quant: nn.Module = nn.Identity()
         self.input_from: str | None = None  # the layer or requantize_<add> whose quantizer quantizes the input
@@ -69,6 +70,13 @@ class QuantizedLayer(nn.Module):
     def bias(self) -> torch.Tensor:
         """The dequantized bias (a DequantizeLinear of the int32 initializer in ONNX)."""
         return dequantize_per_channel(self.bias_int, self.bias_scale)
+
+    def use_float_bias(self) -> None:
+        """Compute what the supernet computes: the float bias (1 x float bias as its scale) and the
+        supernet's weight scales, undoing :func:`mpqfx.export.bias.quantize_biases`."""
+        self.weight_scale.copy_(self.float_weight_scale)
+        self.bias_int.fill_(1)
+        self.bias_scale.copy_(self.float_bias)
 
     channel_dim = 1  # of the output
 
@@ -169,10 +177,8 @@ def _quantized_layer(module: MultiBitMixin, bits: LayerBits, a_signed: bool, bn:
     # b-bit integers times 2^(8-b) fill int8, so the int32 bias is 2^(8-b) times finer
     ints, scale = ints * 2**new.shift, scale / 2**new.shift
     new.weight_int.copy_(ints.to(torch.int8))
-    new.weight_scale.copy_(scale)
-    new.float_bias = bias
-    new.bias_int.fill_(1)  # the float bias (1 x bias) until quantize_biases sets the int32 one:
-    new.bias_scale.copy_(bias)  # the 8-bit quantizers calibrate on the outputs with their bias
+    new.float_weight_scale, new.float_bias = scale, bias
+    new.use_float_bias()  # until quantize_biases sets the int32 one: the 8-bit quantizers calibrate with it
     return new
 
 

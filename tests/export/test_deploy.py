@@ -14,9 +14,11 @@ import mpqfx
 from mpqfx import MpqfxError, Policy, PolicyError
 from mpqfx.export import deploy, export_onnx, integer_kernels, load_integer_model, save_integer_model
 from mpqfx.export.onnx_qdq import INTEGER_KERNELS
-from mpqfx.export.deploy import QUANTIZED_TYPES
+from mpqfx.export.bias import quantize_biases
+from mpqfx.export.deploy import QUANTIZED_TYPES, QuantizedConv
 from mpqfx.export.integer_file import ExportFileError
 from mpqfx.export.qdq import ActivationQuantizer
+from mpqfx.quant.layers import LayerBits
 
 POLICIES = [0, 1, 2]
 
@@ -32,13 +34,12 @@ def _deployed(net, policy, images):
 def _without_integer_approximations(module):
     """The deployed module with its two departures from the supernet undone: 8-bit quantizers of
     the tensors the supernet keeps in float pass their input through, and each bias is the float
-    one (bias_int 1 times the float bias as its scale)."""
+    one with the supernet's weight scales."""
     for m in module.modules():
         if isinstance(m, ActivationQuantizer) and m.from_data:
             m.observing = True
         if isinstance(m, QUANTIZED_TYPES):
-            m.bias_int.fill_(1)
-            m.bias_scale.copy_(m.float_bias)
+            m.use_float_bias()
     return module
 
 
@@ -95,7 +96,11 @@ def test_a_folded_clamp_activation_is_exact_in_the_integer_range(bits, signed):
     assert int(quant.lo) == zero_point + max(qmin, 0) and int(quant.hi) == zero_point + min(qmax, round(6 / 0.37))
 
 
-def test_int32_biases_are_within_one_unit_and_miss_no_more_outputs_than_rounding(net, images):
+def _integers(quant, v):
+    return (v / quant.step).round().add(quant.zero_point.float()).clamp(quant.lo.float(), quant.hi.float())
+
+
+def test_int32_biases_are_exact_or_within_one_unit_and_miss_no_more_outputs_than_rounding(net, images):
     module = _deployed(net, _policy(net, 2), images)
     layers = {n: m for n, m in module.named_modules() if isinstance(m, QUANTIZED_TYPES)}
     for layer in layers.values():
@@ -104,18 +109,36 @@ def test_int32_biases_are_within_one_unit_and_miss_no_more_outputs_than_rounding
 
     def count(layer, inputs, _):
         y = layer.op(layer.quantized_input(inputs[0]), None).movedim(layer.channel_dim, -1)
-        out = layer.output_quant
-        integer = lambda v: (v / out.step).round().add(out.zero_point.float()).clamp(out.lo.float(), out.hi.float())
-        target = integer(y + layer.float_bias)
-        rounded = (layer.float_bias / layer.bias_scale).round() * layer.bias_scale
-        misses["chosen"] += int((integer(y + layer.bias_int * layer.bias_scale) != target).sum())
-        misses["rounded"] += int((integer(y + rounded) != target).sum())
+        supernet = y * layer.float_weight_scale / layer.weight_scale  # the same integers at the supernet's scale
+        unit = layer.bias_scale * layer.float_weight_scale / layer.weight_scale
+        target = _integers(layer.output_quant, supernet + layer.float_bias)
+        rounded = (layer.float_bias / unit).round() * unit
+        misses["chosen"] += int((_integers(layer.output_quant, y + layer.bias_int * layer.bias_scale) != target).sum())
+        misses["rounded"] += int((_integers(layer.output_quant, supernet + rounded) != target).sum())
 
     handles = [layer.register_forward_hook(count) for layer in layers.values()]
     module(images)
     for handle in handles:
         handle.remove()
     assert misses["chosen"] <= misses["rounded"]
+
+
+def test_a_bias_unit_spanning_output_steps_takes_the_weight_scale_that_makes_the_bias_exact():
+    """After BN folding one accumulator unit can be several output steps wide: rounding the bias
+    to units would move every output of the channel, so the weight scale moves instead."""
+    layer = QuantizedConv(nn.Conv2d(1, 1, 1, bias=False), LayerBits(8, 4), a_signed=False, a_step=torch.tensor(1.0))
+    layer.weight_int.fill_(1)
+    layer.float_weight_scale, layer.float_bias = torch.tensor([3.0]), torch.tensor([4.2])  # a unit is 3 steps
+    layer.output_quant = ActivationQuantizer(4, False, 1.0)
+    x = torch.zeros(16, 1, 4, 4)
+    x[:2] = 1.0  # mostly zero, as after a ReLU
+    quantize_biases(nn.Sequential(layer), {"0": torch.tensor(1.0)}, [(x, None)])
+    assert float(layer.bias_int) * float(layer.bias_scale) == pytest.approx(4.2, rel=1e-6)
+    assert float(layer.bias_scale) == float(layer.weight_scale)  # input step 1 x weight scale
+    target = _integers(layer.output_quant, 3.0 * x + 4.2)
+    chosen = (_integers(layer.output_quant, layer(x)) != target).sum()
+    rounded = (_integers(layer.output_quant, 3.0 * x + 3.0) != target).sum()  # 4.2 / 3 rounds to one unit
+    assert int(chosen) == 2 * 16 and int(rounded) == 16 * 16  # only the non-zero inputs miss
 
 
 def test_float_layers_cannot_be_exported(net):
