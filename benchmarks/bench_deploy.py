@@ -1,7 +1,8 @@
 """Deployed latency and file size: the float ONNX model, onnxruntime's own int8 quantization of it
 (``quantize_static``, QDQ, per-channel weights: the yardstick) and the mpqfx ONNX export at a
 policy, in onnxruntime (CPU, 1 thread, all graph optimizations) and, when installed, OpenVINO
-(CPU, 1 thread), at batch 1 and 32, 224x224. Goals: mpqfx <= 1.1x the onnxruntime int8 latency
+(CPU, 1 thread; mpqfx as the IR ``mpqfx export --format openvino`` writes, and its ONNX file as
+OpenVINO reads it), at batch 1 and 32, 224x224. Goals: mpqfx <= 1.1x the onnxruntime int8 latency
 and <= 0.75x the float latency.
 
 The variants take turns: each round times every variant (``--iters`` runs after a warm-up) and
@@ -27,7 +28,6 @@ import sys
 import tempfile
 import time
 import warnings
-from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -39,6 +39,7 @@ import mpqfx  # noqa: E402
 from _machine import header  # noqa: E402
 from mpqfx.export import deploy, export_onnx, save_integer_model  # noqa: E402
 from mpqfx.export.onnx_qdq import session  # noqa: E402
+from mpqfx.export.openvino_ir import compiled_model, executed_precisions, export_openvino  # noqa: E402
 from mpqfx.recipe import Recipe  # noqa: E402
 from mpqfx.supernet import ModelSpec  # noqa: E402
 
@@ -113,28 +114,8 @@ def ort_runner(path: Path, x: np.ndarray):
 
 
 def openvino_runner(path: Path, x: np.ndarray):
-    import openvino as ov
-
-    core = ov.Core()
-    compiled = core.compile_model(core.read_model(str(path)), "CPU",
-                                  {"INFERENCE_NUM_THREADS": "1", "NUM_STREAMS": "1", "PERFORMANCE_HINT": "LATENCY"})
-    request = compiled.create_infer_request()
+    request = compiled_model(path, threads=1).create_infer_request()
     return lambda: request.infer({0: x})
-
-
-def openvino_precisions(path: Path) -> Counter:
-    """(layer type, executed precision) of every convolution / fully connected layer OpenVINO compiled."""
-    import openvino as ov
-
-    core = ov.Core()
-    compiled = core.compile_model(core.read_model(str(path)), "CPU", {"INFERENCE_NUM_THREADS": "1"})
-    counts = Counter()
-    for op in compiled.get_runtime_model().get_ordered_ops():
-        info = op.get_rt_info()
-        kind = info["layerType"].astype(str)
-        if kind in ("Convolution", "GroupConvolution", "FullyConnected", "MatMul"):
-            counts[(kind, info["runtimePrecision"].astype(str))] += 1
-    return counts
 
 
 def time_rounds(runners: dict, rounds: int, iters: int) -> dict[str, list[float]]:
@@ -183,12 +164,17 @@ def main() -> None:
             paths["ort int8"] = ort_int8(paths["float"], folder / "ort-int8.onnx", images.numpy())
             paths["mpqfx"], integer, policy = mpqfx_export(model, name, policies.get(name), folder, images)
             sizes = {k: p.stat().st_size / 1e6 for k, p in paths.items()} | {"mpqfx safetensors": integer.stat().st_size / 1e6}
-            precisions = openvino_precisions(paths["mpqfx"]) if "openvino" in runtimes else None
+            if "openvino" in runtimes:
+                ir = export_openvino(paths["mpqfx"], folder / "ir" / "mpqfx.xml")
+                sizes["mpqfx IR"] = (ir.stat().st_size + ir.with_suffix(".bin").stat().st_size) / 1e6
+                precisions = executed_precisions(compiled_model(ir, threads=1))
             for runtime in runtimes:
                 make = ort_runner if runtime == "onnxruntime" else openvino_runner
+                # in OpenVINO, mpqfx is the IR `mpqfx export --format openvino` writes; its ONNX file as read is timed too
+                variants = paths if runtime == "onnxruntime" else {**paths, "mpqfx": ir, "mpqfx onnx": paths["mpqfx"]}
                 for batch in args.batches:
                     x = np.random.default_rng(batch).standard_normal((batch, 3, SIZE, SIZE)).astype(np.float32)
-                    times = time_rounds({k: make(p, x) for k, p in paths.items()}, args.rounds, max(2, args.iters // batch))
+                    times = time_rounds({k: make(p, x) for k, p in variants.items()}, args.rounds, max(2, args.iters // batch))
                     row = {"model": name, "policy": policy, "runtime": runtime, "batch": batch,
                            "ms": {k: 1e3 * statistics.median(v) for k, v in times.items()},
                            "mpqfx / float": median_ratio(times["mpqfx"], times["float"]),
@@ -196,24 +182,27 @@ def main() -> None:
                            "ort int8 / float": median_ratio(times["ort int8"], times["float"]), "MB": sizes}
                     if runtime == "openvino":
                         row["openvino mpqfx precisions"] = {f"{k} {p}": n for (k, p), n in sorted(precisions.items())}
+                        row["mpqfx onnx / ort int8"] = median_ratio(times["mpqfx onnx"], times["ort int8"])
                     rows.append(row)
                     print(f"{name} {runtime} batch {batch}: " + ", ".join(f"{k} {v:.2f} ms" for k, v in row["ms"].items())
                           + f"; mpqfx/float {row['mpqfx / float']:.2f}x, mpqfx/ort-int8 {row['mpqfx / ort int8']:.2f}x",
                           flush=True)
-    print("\n| model | runtime | batch | float (ms) | ort int8 (ms) | mpqfx (ms) | mpqfx / float | mpqfx / ort int8 |"
-          "\n|---|---|---:|---:|---:|---:|---:|---:|")
+    print("\n| model | runtime | batch | float (ms) | ort int8 (ms) | mpqfx (ms) | mpqfx / float | mpqfx / ort int8 | "
+          "mpqfx ONNX as read / ort int8 |\n|---|---|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
         ms = r["ms"]
+        as_read = f"{r['mpqfx onnx / ort int8']:.2f}x" if "mpqfx onnx / ort int8" in r else "-"
         print(f"| {r['model']} | {r['runtime']} | {r['batch']} | {ms['float']:.2f} | {ms['ort int8']:.2f} | "
-              f"{ms['mpqfx']:.2f} | {r['mpqfx / float']:.2f}x | {r['mpqfx / ort int8']:.2f}x |")
-    print("\n| model | policy | float ONNX (MB) | ort int8 ONNX (MB) | mpqfx ONNX (MB) | mpqfx safetensors (MB) | "
-          "OpenVINO precision of mpqfx convs |\n|---|---|---:|---:|---:|---:|---|")
+              f"{ms['mpqfx']:.2f} | {r['mpqfx / float']:.2f}x | {r['mpqfx / ort int8']:.2f}x | {as_read} |")
+    print("\n| model | policy | float ONNX (MB) | ort int8 ONNX (MB) | mpqfx ONNX (MB) | mpqfx IR (MB) | mpqfx safetensors (MB) | "
+          "OpenVINO precision of mpqfx convs |\n|---|---|---:|---:|---:|---:|---:|---|")
     for r in rows:
         if r["batch"] == args.batches[0] and r["runtime"] == runtimes[-1]:
             mb = r["MB"]
             ov_prec = ", ".join(f"{k}: {n}" for k, n in r.get("openvino mpqfx precisions", {}).items()) or "-"
+            ir_mb = f"{mb['mpqfx IR']:.2f}" if "mpqfx IR" in mb else "-"
             print(f"| {r['model']} | {r['policy']} | {mb['float']:.2f} | {mb['ort int8']:.2f} | {mb['mpqfx']:.2f} | "
-                  f"{mb['mpqfx safetensors']:.2f} | {ov_prec} |")
+                  f"{ir_mb} | {mb['mpqfx safetensors']:.2f} | {ov_prec} |")
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1))
 

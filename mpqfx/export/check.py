@@ -1,10 +1,11 @@
-"""What ships is what is reported: the exported ONNX file measured in onnxruntime.
+"""What ships is what is reported: the exported files measured in their runtimes.
 
-:func:`check_onnx` runs the file with every onnxruntime optimization (integer kernels, as a
+:func:`check_onnx` runs the ONNX file with every onnxruntime optimization (integer kernels, as a
 deployment runs it) on held-out images, next to the supernet at the same policy (what the
 report's accuracy was measured on) and the deployed PyTorch module (what the integer
 safetensors file holds), and reads the runtime's optimized graph to count the layers that run
-as integer kernels.
+as integer kernels. :func:`check_openvino` does the same for the OpenVINO IR in OpenVINO's CPU
+plugin, counting the layers it executes in u8/i8.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from __future__ import annotations
 import copy
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import numpy as np
 import torch
@@ -44,8 +45,41 @@ class OnnxCheck:
         return asdict(self)
 
 
+@dataclass(frozen=True)
+class OpenVinoCheck:
+    """OpenVINO's CPU plugin on ``images`` held-out images against the supernet; accuracies are
+    top-1 (None without labels)."""
+
+    images: int
+    accuracy: float | None
+    supernet_accuracy: float | None
+    top1_agreement: float  # OpenVINO vs the supernet at the policy
+    integer_layers: int  # convolution / fully connected nodes executed in u8/i8
+    layers: int  # convolution / fully connected nodes of the compiled model
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
 def _top1(logits: Iterable[np.ndarray]) -> np.ndarray:
     return np.concatenate([np.asarray(l).argmax(-1) for l in logits])
+
+
+def _beside_supernet(run: Callable[[torch.Tensor], np.ndarray], net: Supernet, policy: Policy,
+                     batches: Iterable[Batch]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Top-1 of ``run`` and of the supernet at ``policy`` on ``batches``, and the labels."""
+    device = next(net.parameters()).device
+    runtime, supernet, labels = [], [], []
+    with net.use_policy(policy):
+        for x, y in batches:
+            runtime.append(run(x))
+            supernet.append(net(x.to(device)).cpu().numpy())
+            labels.append(np.asarray(y))
+    return _top1(runtime), _top1(supernet), np.concatenate(labels) if labels else np.zeros(0)
+
+
+def _accuracy(predicted: np.ndarray, truth: np.ndarray) -> float | None:
+    return float((predicted == truth).mean()) if len(truth) else None
 
 
 @torch.no_grad()
@@ -59,23 +93,20 @@ def check_onnx(path: str | Path, net: Supernet, policy: Policy, deployed: nn.Mod
     logits), the runtime's fixed-point requantization and exact sums part ways on many images.
     """
     ort_session = session(path)
-    device = next(net.parameters()).device
     # in float64 the module's sums of integer products are exact, as in integer kernels; float32
     # sums round, and a rounding on a quantization step's boundary moves an integer downstream
     exact = copy.deepcopy(deployed).double()
-    runtime, supernet, module, labels = [], [], [], []
-    with net.use_policy(policy):
-        for x, y in batches:
-            runtime.append(ort_session.run(None, {"input": x.cpu().numpy()})[0])
-            supernet.append(net(x.to(device)).cpu().numpy())
-            if sum(len(m) for m in module) < MODULE_IMAGES:
-                module.append(exact(x.cpu().double()).numpy())
-            labels.append(np.asarray(y))
-    ours, theirs, reference = _top1(runtime), _top1(supernet), _top1(module)
-    truth = np.concatenate(labels) if labels else np.zeros(0)
+    module = []
+
+    def run(x: torch.Tensor) -> np.ndarray:
+        if sum(len(m) for m in module) < MODULE_IMAGES:
+            module.append(exact(x.cpu().double()).numpy())
+        return ort_session.run(None, {"input": x.cpu().numpy()})[0]
+
+    ours, theirs, truth = _beside_supernet(run, net, policy, batches)
+    reference = _top1(module)
     kernels = integer_kernels(path)
-    check = OnnxCheck(images=len(ours), accuracy=float((ours == truth).mean()) if len(truth) else None,
-                      supernet_accuracy=float((theirs == truth).mean()) if len(truth) else None,
+    check = OnnxCheck(images=len(ours), accuracy=_accuracy(ours, truth), supernet_accuracy=_accuracy(theirs, truth),
                       top1_agreement=float((ours == theirs).mean()),
                       module_agreement=float((ours[: len(reference)] == reference).mean()),
                       integer_kernels=sum(op in INTEGER_KERNELS for op in kernels.values()), layers=len(kernels))
@@ -84,3 +115,19 @@ def check_onnx(path: str | Path, net: Supernet, policy: Policy, deployed: nn.Mod
         raise MpqfxError(f"ONNX export {str(path)!r}: onnxruntime runs {len(floating)} quantized layer(s) in float "
                          f"(first: {floating[0]!r}, as {kernels[floating[0] + '.weight_int']})")
     return check
+
+
+@torch.no_grad()
+def check_openvino(path: str | Path, net: Supernet, policy: Policy, batches: Iterable[Batch]) -> OpenVinoCheck:
+    """Measure the OpenVINO IR at ``path`` in OpenVINO's CPU plugin on ``batches`` beside the
+    supernet (BatchNorm statistics as they are now), and count the layers it runs in u8/i8."""
+    from mpqfx.export.openvino_ir import INTEGER_PRECISIONS, compiled_model, executed_precisions
+
+    compiled = compiled_model(path)
+    request = compiled.create_infer_request()
+    ours, theirs, truth = _beside_supernet(lambda x: request.infer({0: x.cpu().numpy()})[0].copy(), net, policy, batches)
+    precisions = executed_precisions(compiled)
+    return OpenVinoCheck(images=len(ours), accuracy=_accuracy(ours, truth), supernet_accuracy=_accuracy(theirs, truth),
+                         top1_agreement=float((ours == theirs).mean()),
+                         integer_layers=sum(n for (_, p), n in precisions.items() if p in INTEGER_PRECISIONS),
+                         layers=sum(precisions.values()))

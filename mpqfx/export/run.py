@@ -17,8 +17,8 @@ from mpqfx.quant.policy import Policy
 from mpqfx.supernet import Supernet
 
 Batch = tuple[torch.Tensor, torch.Tensor]
-FORMATS = ("onnx", "safetensors", "double-rounding")
-SUFFIX = {"onnx": ".onnx", "safetensors": ".safetensors", "double-rounding": ".dr8.safetensors"}
+FORMATS = ("onnx", "openvino", "safetensors", "double-rounding")
+SUFFIX = {"onnx": ".onnx", "openvino": ".xml", "safetensors": ".safetensors", "double-rounding": ".dr8.safetensors"}
 CHECK_IMAGES = 1000  # held-out images `mpqfx export` measures the ONNX file on (the whole split when smaller)
 
 
@@ -37,35 +37,44 @@ def _limited(batches: Iterable[Batch], images: int | None) -> list[Batch]:
 
 def export_policy_files(net: Supernet, policy: Policy, paths: Mapping[str, Path], calibration: Sequence[Batch],
                         check_batches: Iterable[Batch], opset: int = DEFAULT_OPSET) -> dict[str, Any]:
-    """Write ``policy`` of ``net`` to ``paths`` (format -> file: ``safetensors`` and/or ``onnx``).
+    """Write ``policy`` of ``net`` to ``paths`` (format -> file: ``safetensors``, ``onnx``, ``openvino``).
 
     BatchNorm statistics are re-estimated on ``calibration`` (training images) and folded into
     the convolutions, which also calibrate the 8-bit quantizers of the tensors the supernet keeps
     in float. The ONNX file is measured in onnxruntime on ``check_batches`` (held-out images)
-    before it replaces an earlier file. Returns what the report records of the files.
+    before it replaces an earlier file; the OpenVINO IR, converted from it, in OpenVINO. Returns
+    what the report records of the files.
     """
-    from mpqfx.export.check import check_onnx
+    from mpqfx.export.check import check_onnx, check_openvino
     from mpqfx.export.integer_file import save_integer_model
+    from mpqfx.export.openvino_ir import export_openvino, openvino_module
 
-    if "onnx" in paths:
+    if "onnx" in paths or "openvino" in paths:
         onnx_modules()
         check_opset(opset)
+    if "openvino" in paths:
+        openvino_module()
     out: dict[str, Any] = {}
     with recalibrated_bn(net, policy, calibration):
         module = deploy(net, policy, calibration or [(net.example_input, None)])
         if "safetensors" in paths:
             path = save_integer_model(net, policy, paths["safetensors"], deployed=module)
             out.update(safetensors=str(path), safetensors_bytes=path.stat().st_size)
-        if "onnx" in paths:
-            path = Path(paths["onnx"])
+        if "onnx" in paths or "openvino" in paths:
+            path = Path(paths.get("onnx", paths.get("openvino"))).with_suffix(".onnx")
             path.parent.mkdir(parents=True, exist_ok=True)
             with tempfile.TemporaryDirectory(dir=path.parent, prefix=".export-") as tmp:
                 staged = export_onnx(module, calibration[0][0][:1] if calibration else net.example_input,
                                      Path(tmp) / path.name, opset=opset, bits={k: tuple(b) for k, b in policy.items()})
                 check = check_onnx(staged, net, policy, module, check_batches)
-                staged.replace(path)
-            out.update(onnx=str(path), onnx_bytes=path.stat().st_size, opset=opset,
-                       **{f"onnx_{k}": v for k, v in check.to_dict().items()})
+                if "openvino" in paths:
+                    xml = export_openvino(staged, paths["openvino"])
+                    out.update(openvino=str(xml), openvino_bytes=xml.stat().st_size + xml.with_suffix(".bin").stat().st_size,
+                               **{f"openvino_{k}": v for k, v in check_openvino(xml, net, policy, check_batches).to_dict().items()})
+                if "onnx" in paths:
+                    staged.replace(path)
+                    out.update(onnx=str(path), onnx_bytes=path.stat().st_size, opset=opset,
+                               **{f"onnx_{k}": v for k, v in check.to_dict().items()})
     return out
 
 
@@ -88,7 +97,7 @@ def resolve_policy(run_root: Path, policy: str | Path) -> Path:
 def export_policy(run_dir: str | Path, policy: str | Path | None, fmt: str, out: str | Path | None = None,
                   opset: int = DEFAULT_OPSET, check_images: int | None = CHECK_IMAGES) -> tuple[Path, dict[str, Any]]:
     """Write one policy of a finished run (a file path or a policy name of the run) as ``fmt``
-    (onnx, safetensors), or the whole Double Rounding supernet (``double-rounding``, no policy);
+    (onnx, openvino, safetensors), or the whole Double Rounding supernet (``double-rounding``, no policy);
     (path, what was measured)."""
     from mpqfx.data.spec import DataSpec, fixed_batches
     from mpqfx.export.double_rounding_file import save_double_rounding
@@ -102,9 +111,13 @@ def export_policy(run_dir: str | Path, policy: str | Path | None, fmt: str, out:
     run = RunDir(run_dir)
     if not run.root.is_dir():
         raise MpqfxError(f"--run: {str(run.root)!r} is not a directory")
-    if fmt == "onnx":
+    if fmt in ("onnx", "openvino"):
         onnx_modules()
         check_opset(opset)
+    if fmt == "openvino":
+        from mpqfx.export.openvino_ir import openvino_module
+
+        openvino_module()
     if fmt != "double-rounding":
         if policy is None:
             raise MpqfxError(f"--format {fmt} needs --policy (a policy file or one of the run's policy names)")

@@ -278,6 +278,26 @@ def test_export_needs_a_trained_supernet_and_onnxruntime(run, tmp_path):
     assert _snapshot(root) == before
 
 
+
+def test_export_to_openvino_writes_the_ir_and_measures_it_in_openvino(run, tmp_path):
+    root, _ = run
+    out = tmp_path / "ir" / "uniform-4.xml"
+    proc = mpqfx_cli("export", "--run", root, "--policy", "uniform-4", "--format", "openvino", "--out", out)
+    assert proc.returncode == 0, proc.stderr
+    assert out.is_file() and out.with_suffix(".bin").is_file()
+    assert sorted(p.name for p in out.parent.iterdir()) == ["uniform-4.bin", "uniform-4.xml"]  # no staged leftovers
+    layers = len(load_supernet(root)[0].layers)
+    assert "openvino: top-1" in proc.stdout and "64 held-out images" in proc.stdout
+    assert f"{layers}/{layers} convolution/fully connected nodes run in u8/i8" in proc.stdout
+    blocker = tmp_path / "no-openvino"
+    (blocker / "openvino").mkdir(parents=True)
+    (blocker / "openvino" / "__init__.py").write_text("raise ImportError('blocked for the test')\n")
+    before = _snapshot(root)
+    proc = mpqfx_cli("export", "--run", root, "--policy", "uniform-4", "--format", "openvino",
+                     env={**os.environ, "PYTHONPATH": str(blocker)})
+    one_line_error(proc, "--format openvino needs the openvino package, which is not installed: pip install 'mpqfx[openvino]'")
+    assert _snapshot(root) == before
+
 def test_a_finished_run_is_not_overwritten(run, fashion_dir):
     root, _ = run
     before = (root / "report.json").read_bytes()
