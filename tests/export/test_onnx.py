@@ -109,14 +109,10 @@ def test_onnx_integer_weights_are_the_safetensors_integers(net, exported, tmp_pa
 
 
 def test_openvino_executes_every_quantized_layer_in_integers(net, exported):
-    ov = pytest.importorskip("openvino")
+    pytest.importorskip("openvino")
+    from mpqfx.export.openvino_ir import INTEGER_PRECISIONS, compiled_model, executed_precisions
+
     _, _, path, _ = exported[0]
-    core = ov.Core()
-    compiled = core.compile_model(core.read_model(str(path)), "CPU", {"INFERENCE_NUM_THREADS": "1"})
-    precisions = []
-    for op in compiled.get_runtime_model().get_ordered_ops():
-        info = op.get_rt_info()
-        if info["layerType"].astype(str) in ("Convolution", "GroupConvolution", "FullyConnected", "MatMul"):
-            precisions.append(info["runtimePrecision"].astype(str))
-    assert len(precisions) == len(net.layers)
-    assert set(precisions) <= {"u8", "i8"}, precisions
+    precisions = executed_precisions(compiled_model(path, threads=1))
+    assert sum(precisions.values()) == len(net.layers)
+    assert all(p in INTEGER_PRECISIONS for _, p in precisions), precisions
