@@ -15,7 +15,7 @@ import click
                    "not needed with --format double-rounding.")
 @click.option("--format", "fmt", type=click.Choice(["onnx", "openvino", "safetensors", "double-rounding"]),
               default="onnx", show_default=True,
-              help="openvino: IR (.xml + .bin) with one FakeQuantize per b-bit quantizer (needs the openvino package); "
+              help="openvino: IR (.xml + .bin), each b-bit quantizer in a form OpenVINO runs in u8 (needs the openvino package); "
                    "double-rounding: the one 8-bit weight file every policy derives from.")
 @click.option("--out", type=click.Path(path_type=Path), default=None, help="Output file [default: RUN/export/<policy>.<ext>].")
 @click.option("--opset", type=int, default=17, show_default=True, help="ONNX opset (13 to 20).")

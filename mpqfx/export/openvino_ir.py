@@ -1,14 +1,18 @@
-"""OpenVINO IR of an mpqfx ONNX file, each b-bit quantizer as one FakeQuantize.
+"""OpenVINO IR of an mpqfx ONNX file, each b-bit quantizer in a form OpenVINO runs in u8.
 
 OpenVINO reads the ONNX file's ``QuantizeLinear -> Clip -> DequantizeLinear`` as a 256-level
 FakeQuantize followed by integer Maximum/Minimum, which its CPU plugin runs as a separate
-clamp or as extra post-ops of the convolution before it. :func:`openvino_model` folds each such
-group whose range OpenVINO's low-precision transformations run in u8/i8 (4-bit ranges) into the
-FakeQuantize OpenVINO itself uses for low-bit quantization: ``levels = hi - lo + 1`` over
-``[(lo - zp) s, (hi - zp) s]``, the same values (``round(x / s)`` clamped to the b-bit range,
-times ``s``). Other ranges keep the ONNX form: a FakeQuantize with 4, 8, 32, ... levels makes
-the CPU plugin run the convolution that reads it in bf16/f32. :func:`export_openvino` writes the
-model as IR (``.xml`` + ``.bin``).
+clamp kernel or as extra post-ops of the convolution before it. :func:`rewrite_quantizers`
+replaces each such group, with the same values (``round(x / s)`` clamped to the b-bit range
+``[lo, hi]``, times ``s``):
+
+* when the range holds 15 or 16 integers (4 bits), by the FakeQuantize OpenVINO itself uses for
+  low-bit quantization: ``levels = hi - lo + 1`` over ``[(lo - zp) s, (hi - zp) s]``;
+* otherwise by a float Clamp to that range followed by the quantizer's 256-level FakeQuantize
+  (a FakeQuantize with 4, 8, 32, ... levels makes the CPU plugin run the convolution that reads
+  it in bf16; the Clamp becomes a post-op of the convolution before it).
+
+:func:`export_openvino` writes the model as IR (``.xml`` + ``.bin``).
 """
 
 from __future__ import annotations
@@ -69,14 +73,13 @@ def _scalar(value: np.ndarray | None) -> float | None:
     return float(value.reshape(-1)[0]) if value is not None and value.size == 1 else None
 
 
-def fold_integer_clips(model) -> int:
+def rewrite_quantizers(model) -> int:
     """Rewrite every ``FakeQuantize(256) -> Convert -> Maximum -> Minimum -> Convert -> Subtract(zp)
-    -> Multiply(s)`` of ``model`` (an ONNX Q -> Clip -> DQ as OpenVINO reads it) whose clipped
-    range has :data:`INTEGER_LEVELS` integers into one FakeQuantize over that range; returns how
-    many it folded."""
+    -> Multiply(s)`` of ``model`` (an ONNX Q -> Clip -> DQ as OpenVINO reads it) as the module
+    docstring says; returns how many it rewrote."""
     from openvino import opset13 as ops
 
-    folded = 0
+    rewritten = 0
     for fq in model.get_ordered_ops():
         if fq.get_type_name() != "FakeQuantize" or fq.get_attributes()["levels"] != 256:
             continue
@@ -93,25 +96,27 @@ def fold_integer_clips(model) -> int:
         zero_point, step = _scalar(_other_input(shift, to_float)), _scalar(_other_input(scale, shift))
         if None in (in_low, in_high, lo, hi, zero_point, step) or (out_low, out_high) != (0.0, 255.0):
             continue
-        if int(hi - lo + 1) not in INTEGER_LEVELS:
-            continue
         if abs((in_high - in_low) / 255 - step) > 1e-6 * abs(step) or abs(in_low + zero_point * step) > 1e-6 * abs(step) * 256:
             continue  # not the quantizer's own grid
         a, b = np.float32((lo - zero_point) * step), np.float32((hi - zero_point) * step)
-        bounds = [ops.constant(np.array(v, dtype=np.float32)) for v in (a, b, a, b)]
-        new = ops.fake_quantize(fq.input_value(0), *bounds, int(hi - lo + 1))
+        if int(hi - lo + 1) in INTEGER_LEVELS:
+            bounds = [ops.constant(np.array(v, dtype=np.float32)) for v in (a, b, a, b)]
+            new = ops.fake_quantize(fq.input_value(0), *bounds, int(hi - lo + 1))
+        else:
+            clamped = ops.clamp(fq.input_value(0), float(a), float(b))
+            new = ops.fake_quantize(clamped, *(fq.input_value(i) for i in (1, 2, 1, 2)), 256)
         new.set_friendly_name(fq.get_friendly_name())
         scale.output(0).replace(new.output(0))
-        folded += 1
+        rewritten += 1
     model.validate_nodes_and_infer_types()
-    return folded
+    return rewritten
 
 
 def openvino_model(onnx_path: str | Path):
-    """The OpenVINO model of the mpqfx ONNX file at ``onnx_path``, b-bit quantizers folded."""
+    """The OpenVINO model of the mpqfx ONNX file at ``onnx_path``, b-bit quantizers rewritten."""
     ov = openvino_module()
     model = ov.Core().read_model(str(onnx_path))
-    fold_integer_clips(model)
+    rewrite_quantizers(model)
     return model
 
 

@@ -1,4 +1,4 @@
-"""The OpenVINO IR holds each b-bit quantizer as one FakeQuantize and runs every layer in u8/i8."""
+"""The OpenVINO IR holds each b-bit quantizer in a form OpenVINO runs in u8, with the same values."""
 
 from __future__ import annotations
 
@@ -34,20 +34,21 @@ def _quantizer_onnx(path, step: float, zero_point: int, lo: int, hi: int) -> Non
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), str(path))
 
 
-@pytest.mark.parametrize("zero_point, lo, hi, folded", [
+@pytest.mark.parametrize("zero_point, lo, hi, low_bit", [
     (0, 0, 15, True), (128, 120, 135, True), (0, 0, 14, True),  # 4-bit, signed 4-bit, 4-bit narrowed by a ReLU6
     (0, 0, 7, False), (128, 124, 131, False), (0, 0, 200, False),  # 3-bit, signed 3-bit, 8-bit narrowed
 ])
-def test_a_4_bit_clipped_quantizer_becomes_one_fake_quantize_and_every_one_keeps_its_values(tmp_path, zero_point, lo,
-                                                                                           hi, folded):
+def test_a_clipped_quantizer_becomes_a_16_level_fake_quantize_or_a_clamp_before_its_own_with_its_values(
+        tmp_path, zero_point, lo, hi, low_bit):
     path = tmp_path / "quantizer.onnx"
     step = 0.37
     _quantizer_onnx(path, step, zero_point, lo, hi)
     model = openvino_model(path)
     kinds = Counter(op.get_type_name() for op in model.get_ordered_ops())
-    assert kinds["FakeQuantize"] == 1 and (kinds["Maximum"] == kinds["Minimum"] == 0) == folded
+    assert kinds["FakeQuantize"] == 1 and kinds["Maximum"] == kinds["Minimum"] == 0
+    assert kinds["Clamp"] == (0 if low_bit else 1)
     levels = next(op for op in model.get_ordered_ops() if op.get_type_name() == "FakeQuantize").get_attributes()["levels"]
-    assert levels == (hi - lo + 1 if folded else 256)
+    assert levels == (hi - lo + 1 if low_bit else 256)
     x = np.random.default_rng(0).uniform(-80, 80, (1, 4096)).astype(np.float32)
     expected = (np.clip(np.rint(x / np.float32(step)) + zero_point, lo, hi) - zero_point) * np.float32(step)
     np.testing.assert_allclose(_run(model, x), expected, rtol=0, atol=1e-6)
@@ -65,7 +66,7 @@ def _clip_levels(onnx_path) -> list[int]:
 
 
 @pytest.mark.parametrize("policy", ["uniform-4", "sampled"])
-def test_an_exported_network_folds_its_4_bit_clips_and_runs_every_layer_in_u8_computing_what_the_onnx_file_does(
+def test_an_exported_network_rewrites_every_clip_and_runs_every_layer_in_u8_computing_what_the_onnx_file_does(
         net, images, tmp_path, policy):
     policy = Policy.uniform(net, 4) if policy == "uniform-4" else Policy.sample(net, 0)
     module = deploy(net, policy, calibration=[(images, None)])
@@ -74,9 +75,11 @@ def test_an_exported_network_folds_its_4_bit_clips_and_runs_every_layer_in_u8_co
     xml = export_openvino(onnx_path, tmp_path / "ir" / "model.xml")
     assert xml.with_suffix(".bin").is_file()
     model = ov.Core().read_model(str(xml))
+    kinds = Counter(op.get_type_name() for op in model.get_ordered_ops())
     low_bit = [op for op in model.get_ordered_ops() if op.get_type_name() == "FakeQuantize"
                and op.get_attributes()["levels"] < 256]
     assert sorted(op.get_attributes()["levels"] for op in low_bit) == sorted(l for l in clips if l in (15, 16))
+    assert kinds["Clamp"] == sum(l not in (15, 16) for l in clips) and kinds["Maximum"] == kinds["Minimum"] == 0
     assert any(l == 16 for l in clips)
     precisions = executed_precisions(compiled_model(xml, threads=1))
     assert sum(precisions.values()) == len(net.layers)
