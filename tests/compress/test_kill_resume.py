@@ -27,6 +27,7 @@ KILLER = """
 import os, signal, sys
 kind, n = sys.argv.pop(1), int(sys.argv.pop(1))
 sig = getattr(signal, os.environ.get("KILL_SIGNAL", "SIGKILL"))
+signal.signal(signal.SIGINT, signal.default_int_handler)  # a shell's background job inherits SIGINT ignored
 from mpqfx.search.ilp import IlpSearch
 from mpqfx.train.loop import Trainer
 if kind == "search":

@@ -74,8 +74,8 @@ def test_resumed_training_time_adds_the_time_before_the_checkpoint(make_net, sma
     assert (trainer.carried.wall, trainer.carried.cpu) == (carried["wall"], carried["cpu"])
     assert carried["wall"] < result.seconds < carried["wall"] + second_process
     assert result.cpu_seconds > carried["cpu"]
-    final = torch.load(tmp_path / "checkpoint.pt", weights_only=True)["seconds"]
-    assert final["wall"] == pytest.approx(result.seconds, abs=0.5)
+    final = torch.load(tmp_path / "checkpoint.pt", weights_only=True)["seconds"]  # written at step 6, before fit returns
+    assert carried["wall"] < final["wall"] <= result.seconds
 
 
 def test_resume_refuses_a_checkpoint_of_another_model(make_net, small_recipe, dataset, tmp_path):
