@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 
 import numpy as np
@@ -70,7 +71,8 @@ def test_an_exported_network_rewrites_every_clip_and_runs_every_layer_in_u8_comp
         net, images, tmp_path, policy):
     policy = Policy.uniform(net, 4) if policy == "uniform-4" else Policy.sample(net, 0)
     module = deploy(net, policy, calibration=[(images, None)])
-    onnx_path = export_onnx(module, images[:1], tmp_path / "model.onnx")
+    bits = {name: [b.w, b.a] for name, b in policy.items()}
+    onnx_path = export_onnx(module, images[:1], tmp_path / "model.onnx", bits=bits)
     clips = _clip_levels(onnx_path)
     xml = export_openvino(onnx_path, tmp_path / "ir" / "model.xml")
     assert xml.with_suffix(".bin").is_file()
@@ -81,6 +83,7 @@ def test_an_exported_network_rewrites_every_clip_and_runs_every_layer_in_u8_comp
     assert sorted(op.get_attributes()["levels"] for op in low_bit) == sorted(l for l in clips if l in (15, 16))
     assert kinds["Clamp"] == sum(l not in (15, 16) for l in clips) and kinds["Maximum"] == kinds["Minimum"] == 0
     assert any(l == 16 for l in clips)
+    assert json.loads(model.get_rt_info(["framework", "mpqfx.bits"]).astype(str)) == bits  # the ONNX metadata
     precisions = executed_precisions(compiled_model(xml, threads=1))
     assert sum(precisions.values()) == len(net.layers)
     assert all(p in INTEGER_PRECISIONS for _, p in precisions), precisions
