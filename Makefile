@@ -33,10 +33,21 @@ demo: install
 	fi
 	$(BIN)/mpqfx compress --model efficientnet_lite0
 
+# The benchmarks that need no finished run and no data set, minutes each on 2 CPU cores (tables in
+# docs/benchmarks.md): prepare() time, training step and layout ratios, BN-set overhead, exact ILP
+# solve times, CLI start-up of this checkout. Not run here, each with its command in
+# docs/benchmarks.md: bench_search.py's greedy part (about 17 min), bench_accuracy.py (hours per
+# model), bench_trainer_throughput.py (needs Fashion-MNIST), bench_deploy.py (several minutes at
+# 224x224, best with a run's searched policies), and the scripts that read a finished run:
+# bench_bit_breakdown.py, bench_deploy_agreement.py, bench_search_headroom.py,
+# bench_supernet_settings.py.
 bench: install
 	$(BIN)/python benchmarks/bench_prepare.py
 	$(BIN)/python benchmarks/bench_train_step.py
-	$(BIN)/python benchmarks/bench_search.py
+	$(BIN)/python benchmarks/bench_channels_last.py
+	$(BIN)/python benchmarks/bench_bn_overhead.py
+	$(BIN)/python benchmarks/bench_search.py --no-greedy
+	$(BIN)/python benchmarks/bench_startup.py --refs HEAD
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -1,7 +1,8 @@
-"""Every block of docs/cookbook.md runs: bash blocks in a shell, each python block in a fresh
-namespace (a block that misses an import fails), blocks with a file name written to that file;
-all in order, in a scratch folder. The quick start's table and figures are what the current code
-makes of the report they came from (docs/img/quickstart-report.json, see docs/refresh_quickstart.py).
+"""Every block of docs/cookbook.md, then of docs/advanced.md, runs: bash blocks in a shell, each
+python block in a fresh namespace (a block that misses an import fails), blocks with a file name
+written to that file; all in order, in one scratch folder (advanced.md searches the cookbook's
+run). The quick start's table and figures are what the current code makes of the report they
+came from (docs/img/quickstart-report.json, see docs/refresh_quickstart.py).
 
 Tiny settings keep it fast: ``mpqfx compress`` (from the shell through a wrapper first on PATH,
 from Python by wrapping ``mpqfx.compress``) gets ``--train-images 96 --val-images 64 --epochs 1``
@@ -31,6 +32,8 @@ from mpqfx.train.strategy import STRATEGIES
 
 DOCS = Path(__file__).resolve().parents[2] / "docs"
 COOKBOOK = DOCS / "cookbook.md"
+ADVANCED = DOCS / "advanced.md"
+PAGES = (COOKBOOK, ADVANCED)  # their blocks run in this order, in one scratch folder
 FENCE = re.compile(r"^```(\w+)([^\n]*)\n(.*?)^```", re.S | re.M)
 TINY = {"--train-images": "96", "--val-images": "64", "--epochs": "1"}
 
@@ -86,9 +89,11 @@ def tiny_compress(monkeypatch):
     monkeypatch.setattr(mpqfx, "compress", compress)
 
 
-def test_the_cookbook_has_the_eleven_recipes():
-    titles = re.findall(r"^## (\d+)\. ", COOKBOOK.read_text(), re.M)
-    assert titles == [str(i) for i in range(1, 12)]
+@pytest.mark.parametrize("page,at_least", [(COOKBOOK, 9), (ADVANCED, 2)])
+def test_the_recipes_are_numbered_in_order(page, at_least):
+    titles = re.findall(r"^## (\d+)\. ", page.read_text(), re.M)
+    assert len(titles) >= at_least
+    assert titles == [str(i) for i in range(1, len(titles) + 1)]
 
 
 def test_every_block_of_the_cookbook_runs(scratch, monkeypatch):
@@ -96,8 +101,9 @@ def test_every_block_of_the_cookbook_runs(scratch, monkeypatch):
     tiny_compress(monkeypatch)
     for registry in (STRATEGIES, SEARCHES):  # names the cookbook registers are gone after the test
         monkeypatch.setattr(registry, "_entries", dict(registry._entries))
-    for number, (lang, target, body) in enumerate(blocks(COOKBOOK.read_text())):
-        where = f"block {number} ({lang} {target})".strip()
+    for page, number, (lang, target, body) in [(page, number, block) for page in PAGES
+                                               for number, block in enumerate(blocks(page.read_text()))]:
+        where = f"{page.name} block {number} ({lang} {target})".strip()
         if target:
             (work / target).write_text(body)
         elif lang == "bash":
@@ -106,7 +112,7 @@ def test_every_block_of_the_cookbook_runs(scratch, monkeypatch):
             assert proc.returncode == 0, f"{where} failed:\n{body}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
         elif lang == "python":
             try:
-                exec(compile(body, f"cookbook {where}", "exec"), {"__name__": "cookbook"})
+                exec(compile(body, where, "exec"), {"__name__": "cookbook"})
             except Exception as exc:
                 raise AssertionError(f"{where} failed:\n{body}") from exc
         else:
@@ -116,7 +122,7 @@ def test_every_block_of_the_cookbook_runs(scratch, monkeypatch):
 def test_a_python_block_that_misses_an_import_fails(scratch, monkeypatch):
     """What the cookbook test does with a block that relies on an earlier block's names."""
     text = "```python\nimport json\nvalue = json.dumps(1)\n```\n\n```python\nprint(json.loads(value))\n```\n"
-    monkeypatch.setattr(sys.modules[__name__], "COOKBOOK", scratch[0] / "two-blocks.md")
+    monkeypatch.setattr(sys.modules[__name__], "PAGES", (scratch[0] / "two-blocks.md",))
     (scratch[0] / "two-blocks.md").write_text(text)
     with pytest.raises(AssertionError, match="block 1 .* failed"):
         test_every_block_of_the_cookbook_runs(scratch, monkeypatch)
