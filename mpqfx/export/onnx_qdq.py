@@ -45,7 +45,12 @@ class OnnxUnavailableError(MpqfxError):
 
 class OnnxExportError(MpqfxError):
     """torch's exporter cannot write the deployed module; the message names the op, where it is in
-    the deployed graph when the exporter tells, and the exporter's reason."""
+    the deployed graph when the exporter tells, and the exporter's reason. ``written``: the files
+    :func:`mpqfx.export.run.export_policy_files` wrote all the same (format -> path, sizes)."""
+
+    def __init__(self, message: str, written: Mapping[str, Any] | None = None):
+        super().__init__(message)
+        self.written = dict(written or {})
 
 
 _FX_LINE = re.compile(r"<eval_with_key>\.\d+\((\d+)\): forward")

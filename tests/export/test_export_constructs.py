@@ -18,9 +18,11 @@ from torch import nn
 
 import mpqfx
 from mpqfx import Policy
-from mpqfx.export import deploy, export_onnx, integer_kernels
+from mpqfx.export import deploy, export_onnx, integer_kernels, load_integer_model
 from mpqfx.export.decompose import decompose_unfolds
 from mpqfx.export.onnx_qdq import INTEGER_KERNELS, OnnxExportError, session
+from mpqfx.export.run import export_policy_files
+from mpqfx.supernet import ModelSpec
 
 
 class Cut(nn.Module):
@@ -158,3 +160,25 @@ def test_tiny_halo_regnet_exports_with_integer_kernels(tmp_path):
     kernels, agreement = _integer_layers(net, module, _images(), tmp_path / "model.onnx")
     assert kernels == len(net.layers)
     assert agreement >= 7 / 8
+
+
+@pytest.mark.parametrize("formats", [("safetensors", "onnx"), ("onnx",)])
+def test_a_failed_onnx_export_still_writes_the_integer_weights(tmp_path, formats, monkeypatch):
+    # the integer file rebuilds its model by timm name: WindowNet under one, for this test only
+    monkeypatch.setitem(timm.models._registry._model_entrypoints, "mpqfx_test_windownet", lambda **_: WindowNet())
+    torch.manual_seed(0)
+    recipe = mpqfx.Recipe.load("default")
+    recipe = dataclasses.replace(recipe, graph=dataclasses.replace(recipe.graph, leaf_modules=("win",)))
+    spec = ModelSpec("mpqfx_test_windownet", {})
+    net = mpqfx.prepare(WindowNet().eval(), recipe, example_input=_images()[:1], model_spec=spec).eval()
+    policy = Policy.uniform(net, 4)
+    paths = {fmt: tmp_path / f"uniform-4.{fmt}" for fmt in formats}
+    with pytest.raises(OnnxExportError) as error:
+        export_policy_files(net, policy, paths, [(_images(), None)], [(_images(), torch.zeros(8))])
+    weights = tmp_path / "uniform-4.safetensors"
+    assert str(error.value).endswith(f"; the policy's integer weights are in {weights}")
+    assert "module 'win' (Windows)" in str(error.value) and "\n" not in str(error.value)
+    assert error.value.written == {"safetensors": str(weights), "safetensors_bytes": weights.stat().st_size}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["uniform-4.safetensors"]  # no ONNX file, no staging folder
+    x = _images(2)
+    assert torch.equal(load_integer_model(weights)(x), deploy(net, policy, [(_images(), None)])(x))
