@@ -8,6 +8,10 @@ QGemm (:func:`integer_kernels` reads its saved optimized graph to count them).
 
 The file records the policy's per-layer bits (metadata ``mpqfx.bits``, JSON) and the SHA-256
 of its own serialised model (without that entry) in ``mpqfx.sha256``; :func:`load_onnx` checks it.
+
+What the exporter cannot write is :class:`OnnxExportError`, one line naming the module or node and
+the exporter's reason. (The dynamo exporter is no fallback: it traces the quantizers' float
+arithmetic instead of their ``symbolic`` QDQ, and onnxruntime then fuses none of the layers.)
 """
 
 from __future__ import annotations
@@ -76,8 +80,9 @@ def _export_failure(exc: Exception, module: nn.Module) -> str:
 
 
 def _target_name(node: torch.fx.Node) -> str:
-    target = node.target
-    return target if isinstance(target, str) else f"{getattr(target, '__module__', '')}.{getattr(target, '__name__', target)}".lstrip(".")
+    if isinstance(node.target, str):
+        return node.target
+    return f"{getattr(node.target, '__module__', '')}.{getattr(node.target, '__name__', node.target)}".lstrip(".")
 
 
 def onnx_modules() -> tuple[Any, Any]:
