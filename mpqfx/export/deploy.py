@@ -34,6 +34,7 @@ from torch.fx.passes.shape_prop import ShapeProp
 from mpqfx.errors import MpqfxError, PolicyError
 from mpqfx.export.qdq import ActivationQuantizer, dequantize_per_channel
 from mpqfx.export.bias import quantize_biases
+from mpqfx.export.decompose import decompose_unfolds
 from mpqfx.export.requantize import calibrate, place_output_quantizers
 from mpqfx.graph.rewrite import BN_TYPES, set_submodule
 from mpqfx.quant.layers import LayerBits, MultiBitConvNd, MultiBitMixin
@@ -63,10 +64,13 @@ class QuantizedLayer(nn.Module):
         self.output_quant: nn.Module = nn.Identity()
         self.input_from: str | None = None  # the layer or requantize_<add> whose quantizer quantizes the input
 
+    @property
     def weight(self) -> torch.Tensor:
-        """The dequantized weight (a DequantizeLinear of the int8 initializer in ONNX)."""
+        """The dequantized weight (a DequantizeLinear of the int8 initializer in ONNX); a tensor, as
+        the layer it replaces had, for code inside untraced leaves that reads ``.weight.device``."""
         return dequantize_per_channel(self.weight_int, self.weight_scale)
 
+    @property
     def bias(self) -> torch.Tensor:
         """The dequantized bias (a DequantizeLinear of the int32 initializer in ONNX)."""
         return dequantize_per_channel(self.bias_int, self.bias_scale)
@@ -87,7 +91,7 @@ class QuantizedLayer(nn.Module):
         raise NotImplementedError
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.output_quant(self.op(self.quantized_input(x), self.bias()))
+        return self.output_quant(self.op(self.quantized_input(x), self.bias))
 
     def op_attributes(self) -> dict[str, object]:
         """What the op needs besides its tensors (stride, padding, ... for convolutions)."""
@@ -116,7 +120,7 @@ class QuantizedConv(QuantizedLayer):
         return self.input_quant(x)
 
     def op(self, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-        return self._conv[self.weight_int.dim()](x, self.weight(), bias, self.stride, self.padding, self.dilation,
+        return self._conv[self.weight_int.dim()](x, self.weight, bias, self.stride, self.padding, self.dilation,
                                                  self.groups)
 
 
@@ -135,7 +139,7 @@ class QuantizedLinear(QuantizedLayer):
         return self.input_quant(x)
 
     def op(self, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-        return F.linear(x, self.weight(), bias)
+        return F.linear(x, self.weight, bias)
 
 
 QUANTIZED_TYPES = (QuantizedConv, QuantizedLinear)
@@ -308,6 +312,7 @@ def deploy(net: Supernet, policy: Policy, calibration: Iterable[Batch] | None = 
     _drop_call_site_biases(gm, set(call_biases))
     _drop_pinned_inputs(gm)
     _annotate_shapes(gm, net.example_input)
+    decompose_unfolds(gm)  # ONNX export needs them as gathers
     for name, info in infos.items():
         module = gm.get_submodule(name)
         set_submodule(gm, name, _quantized_layer(module, policy[name], info.a_signed, folded.get(name),

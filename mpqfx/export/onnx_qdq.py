@@ -8,6 +8,10 @@ QGemm (:func:`integer_kernels` reads its saved optimized graph to count them).
 
 The file records the policy's per-layer bits (metadata ``mpqfx.bits``, JSON) and the SHA-256
 of its own serialised model (without that entry) in ``mpqfx.sha256``; :func:`load_onnx` checks it.
+
+What the exporter cannot write is :class:`OnnxExportError`, one line naming the module or node and
+the exporter's reason. (The dynamo exporter is no fallback: it traces the quantizers' float
+arithmetic instead of their ``symbolic`` QDQ, and onnxruntime then fuses none of the layers.)
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import hashlib
 import importlib
 import io
 import json
+import re
 import tempfile
 import warnings
 from pathlib import Path
@@ -40,6 +45,44 @@ INTEGER_KERNELS = ("QLinearConv", "QGemm", "QLinearMatMul", "ConvInteger", "MatM
 
 class OnnxUnavailableError(MpqfxError):
     """onnx or onnxruntime is not installed."""
+
+
+class OnnxExportError(MpqfxError):
+    """torch's exporter cannot write the deployed module; the message names the op, where it is in
+    the deployed graph when the exporter tells, and the exporter's reason. ``written``: the files
+    :func:`mpqfx.export.run.export_policy_files` wrote all the same (format -> path, sizes)."""
+
+    def __init__(self, message: str, written: Mapping[str, Any] | None = None):
+        super().__init__(message)
+        self.written = dict(written or {})
+
+
+_FX_LINE = re.compile(r"<eval_with_key>\.\d+\((\d+)\): forward")
+
+
+def _export_failure(exc: Exception, module: nn.Module) -> str:
+    """One line for an exporter error: its first sentence, and the deployed graph's statement it
+    points at (the innermost generated-forward line in its trace)."""
+    text = " ".join(str(exc).split())
+    reason = re.split(r"\s(?:Please feel free|\[Caused by)", text, maxsplit=1)[0].strip() or type(exc).__name__
+    where = ""
+    match = _FX_LINE.search(str(exc))
+    code = module.code.splitlines() if isinstance(module, torch.fx.GraphModule) else []
+    if match and 0 < int(match.group(1)) <= len(code):
+        statement = code[int(match.group(1)) - 1].strip()
+        name = statement.split(" = ", 1)[0].split(";")[0]
+        node = next((n for n in module.graph.nodes if n.name == name), None)
+        if node is not None and node.op == "call_module":
+            where = f" in module {node.target!r} ({type(module.get_submodule(node.target)).__name__})"
+        elif node is not None:
+            where = f" at {_target_name(node)} (node {node.name!r} of the deployed graph)"
+    return f"ONNX export (torch's TorchScript exporter){where}: {reason[:300]}"
+
+
+def _target_name(node: torch.fx.Node) -> str:
+    if isinstance(node.target, str):
+        return node.target
+    return f"{getattr(node.target, '__module__', '')}.{getattr(node.target, '__name__', node.target)}".lstrip(".")
 
 
 def onnx_modules() -> tuple[Any, Any]:
@@ -101,7 +144,11 @@ def export_onnx(module: nn.Module, example_input: torch.Tensor, path: str | Path
                               input_names=["input"], output_names=["logits"],
                               dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}})
         except torch.onnx.errors.UnsupportedOperatorError as exc:
-            raise MpqfxError(f"--opset {opset}: {' '.join(str(exc).split())}") from None
+            raise OnnxExportError(f"--opset {opset}: {' '.join(str(exc).split())}") from None
+        except MpqfxError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - the exporter's errors (SymbolicValueError, tracer errors, ...)
+            raise OnnxExportError(_export_failure(exc, module)) from None
     model = onnx.load_from_string(buffer.getvalue())
     _name_layer_tensors(model)
     if bits is not None:

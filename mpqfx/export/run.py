@@ -12,7 +12,7 @@ import torch
 from mpqfx.errors import MpqfxError
 from mpqfx.evaluate import recalibrated_bn
 from mpqfx.export.deploy import deploy
-from mpqfx.export.onnx_qdq import DEFAULT_OPSET, check_opset, export_onnx, onnx_modules
+from mpqfx.export.onnx_qdq import DEFAULT_OPSET, OnnxExportError, check_opset, export_onnx, onnx_modules
 from mpqfx.quant.policy import Policy
 from mpqfx.supernet import Supernet
 
@@ -44,6 +44,10 @@ def export_policy_files(net: Supernet, policy: Policy, paths: Mapping[str, Path]
     in float. The ONNX file is measured in onnxruntime on ``check_batches`` (held-out images)
     before it replaces an earlier file; the OpenVINO IR, converted from it, in OpenVINO. Returns
     what the report records of the files.
+
+    When torch's exporter cannot write the module, the integer safetensors file is written all the
+    same (beside the ONNX path when it was not asked for) and :class:`OnnxExportError` says where,
+    with what was written in its ``written`` attribute (the same keys as the returned dict).
     """
     from mpqfx.export.check import check_onnx, check_openvino
     from mpqfx.export.integer_file import save_integer_model
@@ -64,8 +68,15 @@ def export_policy_files(net: Supernet, policy: Policy, paths: Mapping[str, Path]
             path = Path(paths.get("onnx", paths.get("openvino"))).with_suffix(".onnx")
             path.parent.mkdir(parents=True, exist_ok=True)
             with tempfile.TemporaryDirectory(dir=path.parent, prefix=".export-") as tmp:
-                staged = export_onnx(module, calibration[0][0][:1] if calibration else net.example_input,
-                                     Path(tmp) / path.name, opset=opset, bits={k: tuple(b) for k, b in policy.items()})
+                try:
+                    staged = export_onnx(module, calibration[0][0][:1] if calibration else net.example_input,
+                                         Path(tmp) / path.name, opset=opset, bits={k: tuple(b) for k, b in policy.items()})
+                except OnnxExportError as exc:
+                    if "safetensors" not in out:  # the deployable integer weights, whatever the exporter says
+                        kept = save_integer_model(net, policy, path.with_suffix(".safetensors"), deployed=module)
+                        out.update(safetensors=str(kept), safetensors_bytes=kept.stat().st_size)
+                    raise OnnxExportError(f"{exc}; the policy's integer weights are in {out['safetensors']}",
+                                          written=out) from None
                 check = check_onnx(staged, net, policy, module, check_batches)
                 if "openvino" in paths:
                     xml = export_openvino(staged, paths["openvino"])

@@ -45,8 +45,8 @@ def test_numpy_decodes_every_layer_of_the_integer_file_as_the_deployed_module(ne
     for name, layer in deployed.items():
         info = meta["layers"][name]
         weight, bias = _decode_layer(tensors, info, name)
-        assert np.array_equal(weight.astype(np.float32), layer.weight().numpy())
-        assert np.array_equal(bias.astype(np.float32), layer.bias().numpy())
+        assert np.array_equal(weight.astype(np.float32), layer.weight.numpy())
+        assert np.array_equal(bias.astype(np.float32), layer.bias.numpy())
         assert (info["w_bits"], info["a_bits"]) == tuple(policy[name])
         assert info["input_from"] == layer.input_from
         assert float(tensors[f"{_input_quantizer(info, name)}.step"]) == float(input_quantizer(module, name).step)

@@ -3,17 +3,19 @@ tests/graph/zoo_check.py in its own process; writes docs/coverage.md.
 
 The sample is at least 10% of ``timm.list_models()``, drawn from the models under 100M
 parameters. Results are kept in pytest's cache under a fingerprint of the mpqfx sources, the
-checker and the torch/timm versions, so an interrupted run resumes where it stopped and any
-code change starts over. ``MPQFX_ZOO_WORKERS`` (default 1) runs that many checks at once,
-``MPQFX_ZOO_TIMEOUT`` (default 1800 s) bounds each, ``MPQFX_ZOO_THREADS`` (default 2) is each
-check's torch thread count. The doc is rewritten after every model, marked partial until the
-whole sample has run.
+shipped recipes, the checker and the torch/timm versions, so an interrupted run resumes where it
+stopped and any code or recipe change starts over. ``MPQFX_ZOO_WORKERS`` (default 1) runs that
+many checks at once, ``MPQFX_ZOO_TIMEOUT`` (default 1800 s) bounds each, ``MPQFX_ZOO_THREADS``
+(default 2) is each check's torch thread count. The doc is rewritten after every model, marked
+partial until the whole sample has run. ``MPQFX_ZOO_MODELS`` (comma-separated timm names) checks
+those models instead of the sample, every one must pass, and leaves the doc alone.
 """
 
 from __future__ import annotations
 
 import datetime
 import hashlib
+import importlib.util
 import json
 import math
 import os
@@ -33,6 +35,9 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[2]
 CHECKER = Path(__file__).with_name("zoo_check.py")
+_spec = importlib.util.spec_from_file_location("zoo_check", CHECKER)
+zoo_check = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(zoo_check)
 DOC = ROOT / "docs" / "coverage.md"
 SEED = 0
 FRACTION = 0.10
@@ -42,7 +47,7 @@ GOAL = 0.99
 
 def fingerprint() -> str:
     digest = hashlib.sha256(f"{torch.__version__} {timm.__version__}".encode())
-    for path in sorted((ROOT / "mpqfx").rglob("*.py")) + [CHECKER]:
+    for path in sorted((ROOT / "mpqfx").rglob("*.py")) + sorted((ROOT / "recipes").glob("*.yaml")) + [CHECKER]:
         digest.update(path.read_bytes())
     return digest.hexdigest()[:16]
 
@@ -110,6 +115,7 @@ def write_doc(results: list[dict], planned: int, params: dict[str, int], uncreat
               wall_s: float, settings: str) -> None:
     family_of = families()
     passed = [r for r in results if r["ok"]]
+    exported = [r for r in results if r.get("quantized_layers") and r["integer_layers"] == r["quantized_layers"]]
     partial = len(results) < planned
     by_family: dict[str, list[dict]] = defaultdict(list)
     for r in results:
@@ -134,21 +140,37 @@ def write_doc(results: list[dict], planned: int, params: dict[str, int], uncreat
         f"{'' if not uncreatable else f', {len(uncreatable)} could not be created'})",
         f"- checks per model: `mpqfx.prepare` at the model's default input size (constant parameters "
         "perturbed first), bypass output within 1e-4 of the output range of the float model, >= 99% "
-        "of conv/linear weights quantized, finite uniform 4/4 output",
-        f"- result{' so far' if partial else ''}: **{len(passed)} of {len(results)} pass ({len(passed) / len(results):.1%})**; "
+        "of conv/linear weights quantized, finite uniform 4/4 output, uniform 8/8 error against the float "
+        f"model within [{zoo_check.ERROR_8_BOUNDS[0]:g}, {zoo_check.ERROR_8_BOUNDS[1]:g}] (RMS difference over the float output's RMS "
+        f"deviation); then `mpqfx.export.deploy` at uniform 4/4 calibrated on the test's {zoo_check.CALIBRATION_IMAGES} "
+        "images, `export_onnx`, every quantized layer an integer kernel in onnxruntime's optimized graph, and the "
+        f"ONNX file's top-1 agreement with the deployed module in float64 on {zoo_check.EXPORT_IMAGES} other images no "
+        f"lower than the noise floor (the float32 deployed module against the same reference) minus "
+        f"{zoo_check.AGREEMENT_TOLERANCE:.1%} (one image)",
+        f"- result{' so far' if partial else ''}: **{len(passed)} of {len(results)} pass ({len(passed) / len(results):.1%})**, "
+        f"{len(exported)} export with every quantized layer an integer kernel; "
         f"checks took {sum(r.get('time_s', 0) for r in results) / 60:.0f} min of process time "
         f"({wall_s / 60:.0f} min of wall time)",
         "",
         "## Per family",
         "",
-        "| family (timm module) | sampled | pass | lowest coverage |",
-        "|---|---:|---:|---:|",
+        "Exported: ONNX written and opened in onnxruntime; integer layers: quantized layers that run as",
+        "integer kernels after its optimizer, of all quantized layers; agreement: ONNX top-1 against the",
+        "float64 deployed module, beside the noise floor (float32 deployed module against the same); layers",
+        "summed and agreements averaged over the family's exported models.",
+        "",
+        "| family (timm module) | sampled | pass | lowest coverage | exported | integer layers | agreement / noise floor |",
+        "|---|---:|---:|---:|---:|---:|---:|",
     ]
     for fam in sorted(by_family):
         rs = by_family[fam]
         covs = [r["coverage"] for r in rs if "coverage" in r]
         low = f"{min(covs):.1%}" if covs else "-"
-        lines.append(f"| {fam} | {len(rs)} | {sum(r['ok'] for r in rs)} | {low} |")
+        out = [r for r in rs if "agreement" in r]
+        layers = f"{sum(r['integer_layers'] for r in out)} / {sum(r['quantized_layers'] for r in out)}" if out else "-"
+        agree = (f"{sum(r['agreement'] for r in out) / len(out):.1%} / {sum(r['noise_floor'] for r in out) / len(out):.1%}"
+                 if out else "-")
+        lines.append(f"| {fam} | {len(rs)} | {sum(r['ok'] for r in rs)} | {low} | {len(out)} | {layers} | {agree} |")
     lines += ["", "## Failures", ""]
     failures = [r for r in results if not r["ok"]]
     lines += [f"- `{r['model']}` ({r.get('stage', '?')}): {r['reason']}" for r in failures] or ["None."]
@@ -161,6 +183,9 @@ def write_doc(results: list[dict], planned: int, params: dict[str, int], uncreat
 
 @pytest.mark.slow
 def test_random_timm_sample(request):
+    chosen = [n.strip() for n in os.environ.get("MPQFX_ZOO_MODELS", "").split(",") if n.strip()]
+    if chosen:
+        return check_chosen(chosen)
     cache = request.config.cache
     sample, params, uncreatable, pool = draw_sample(cache)
     assert len(sample) >= FRACTION * pool
@@ -190,5 +215,40 @@ def test_random_timm_sample(request):
                   f"{'ok' if result['ok'] else result['reason'][:160]} ({result.get('time_s', '?')} s)", flush=True)
     record()
     results = [done[n] for n in sample]
+    assert all(r.get("quantized_layers") and r["integer_layers"] == r["quantized_layers"] for r in results if r["ok"])
     failed = [f"{r['model']}: {r['reason']}" for r in results if not r["ok"]]
     assert len(failed) <= (1 - GOAL) * len(results), "\n".join(failed)
+
+
+def check_chosen(names: list[str]) -> None:
+    """``MPQFX_ZOO_MODELS``: check these models one after the other, each in its own process; all must pass."""
+    timeout = float(os.environ.get("MPQFX_ZOO_TIMEOUT", "1800"))
+    results = []
+    for name in names:
+        result = run_check(name, timeout)
+        results.append(result)
+        print(f"{name}: {'ok' if result['ok'] else result['reason'][:300]} ({result.get('time_s', '?')} s; export "
+              f"{result.get('export_s', '-')} s, {result.get('integer_layers', '-')}/{result.get('quantized_layers', '-')} "
+              f"integer layers, agreement {result.get('agreement', '-')} vs floor {result.get('noise_floor', '-')}, "
+              f"8/8 error {result.get('error_8', '-')})", flush=True)
+    failed = [f"{r['model']}: {r['reason']}" for r in results if not r["ok"]]
+    assert not failed, "\n".join(failed)
+
+
+@pytest.mark.parametrize("quantizer, stage, error_8", [
+    pytest.param(None, "done", (0.01, 0.5), marks=pytest.mark.slow),  # the export stage takes a while
+    ("no-op", "uniform 8/8", (0.0, 0.0)),  # returns its input: the supernet is the float model
+    ("zero", "uniform 8/8", (0.9, 1.0)),  # returns zeros: only biases and BatchNorm offsets reach the output
+])
+def test_the_checker_passes_test_resnet_and_fails_broken_quantizers(monkeypatch, quantizer, stage, error_8):
+    import mpqfx.quant.lsq as lsq
+
+    fakes = {"no-op": lambda x, *_, **__: x, "zero": lambda x, *_, **__: torch.zeros_like(x)}
+    if quantizer is not None:
+        monkeypatch.setattr(lsq, "lsq_quantize", fakes[quantizer])
+    result = zoo_check.check("test_resnet", {"model": "test_resnet", "ok": False})
+    assert result["stage"] == stage and result["ok"] is (quantizer is None), result.get("reason")
+    assert error_8[0] <= result["error_8"] <= error_8[1]
+    if quantizer is None:
+        assert result["integer_layers"] == result["quantized_layers"] == result["layers"]
+        assert result["agreement"] >= result["noise_floor"] - zoo_check.AGREEMENT_TOLERANCE

@@ -5,16 +5,24 @@
 Checks, in order (the first that fails is the model's reason): ``mpqfx.prepare`` on the model's
 default input size, bypass output equal to the float model within 1e-4 of the output range,
 at least 99% of conv/linear weights quantized (counted from the float model's modules and by
-``Supernet.coverage``), and a finite uniform 4/4 forward. Random-init timm models often zero
+``Supernet.coverage``), a finite uniform 4/4 forward, a uniform 8/8 error against the float
+model between ``ERROR_8_BOUNDS`` (a quantizer that does nothing, or that destroys the signal,
+fails), then the deployment path a user takes: ``mpqfx.export.deploy`` at uniform 4/4 calibrated
+on the test's images, ``export_onnx``, every quantized layer an integer kernel in onnxruntime's
+optimized graph, and the ONNX file's top-1 agreement with the deployed module run in float64 on
+``EXPORT_IMAGES`` other images no lower than the noise floor (the float32 deployed module against
+the same float64 reference) minus ``AGREEMENT_TOLERANCE``. Random-init timm models often zero
 whole branches (layer scales, zero-init heads and last BNs), so parameters whose elements are
 all equal are perturbed first: outputs that stay constant would make the bypass check vacuous.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import sys
+import tempfile
 import time
 import traceback
 import warnings
@@ -26,10 +34,17 @@ import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
 import mpqfx  # noqa: E402
+from mpqfx.export import deploy, export_onnx, integer_kernels  # noqa: E402
+from mpqfx.export.onnx_qdq import INTEGER_KERNELS, session  # noqa: E402
 from mpqfx.prepare import default_example_input  # noqa: E402
 
 BYPASS_TOLERANCE = 1e-4  # of the float output's range
 MIN_COVERAGE = 0.99
+# uniform 8/8 output against the float model: RMS difference / RMS deviation of the float output
+ERROR_8_BOUNDS = (1e-3, 0.5)
+CALIBRATION_IMAGES = 4  # the test's images: LSQ steps and the deployed module's 8-bit quantizers
+EXPORT_IMAGES = 8  # other images the ONNX file and the deployed module are compared on
+AGREEMENT_TOLERANCE = 1 / EXPORT_IMAGES  # one image in eight below the float32 module's noise floor
 WEIGHT_MODULES = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 
 
@@ -58,6 +73,47 @@ def output_tensor(out: object) -> torch.Tensor:
     return torch.zeros(0)
 
 
+def relative_error(got: torch.Tensor, ref: torch.Tensor) -> float:
+    """RMS of ``got - ref`` over the RMS deviation of ``ref`` from its mean."""
+    return float((got - ref).pow(2).mean().sqrt() / (ref - ref.mean()).pow(2).mean().sqrt())
+
+
+def first_output(out: object) -> torch.Tensor:
+    """The logits: the output tensor, or the first of a tuple/list (what ONNX's first output holds)."""
+    return out if isinstance(out, torch.Tensor) else first_output(out[0])
+
+
+def top1_agreement(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a.reshape(len(a), -1).argmax(1) == b.reshape(len(b), -1).argmax(1)).double().mean())
+
+
+@torch.no_grad()
+def check_export(net: mpqfx.Supernet, images: torch.Tensor, held_out: torch.Tensor, result: dict) -> str | None:
+    """Deploy at uniform 4/4, export, count integer kernels, compare top-1 with the noise floor;
+    the reason of a failure, or None."""
+    policy = mpqfx.Policy.uniform(net, 4)
+    start = time.perf_counter()
+    module = deploy(net, policy, calibration=[(images, None)])
+    with tempfile.TemporaryDirectory() as tmp:
+        path = export_onnx(module, images[:1], os.path.join(tmp, "model.onnx"))
+        kernels = integer_kernels(path)
+        onnx_out = torch.from_numpy(session(path).run(None, {"input": held_out.numpy()})[0])
+    result["export_s"] = round(time.perf_counter() - start, 2)
+    floating = {w.removesuffix(".weight_int"): op for w, op in kernels.items() if op not in INTEGER_KERNELS}
+    result["quantized_layers"], result["integer_layers"] = len(kernels), len(kernels) - len(floating)
+    reference = first_output(copy.deepcopy(module).double()(held_out.double()))
+    result["noise_floor"] = top1_agreement(first_output(module(held_out)), reference)
+    result["agreement"] = top1_agreement(onnx_out, reference)
+    if len(kernels) != len(net.layers) or floating:
+        first = next(iter(floating.items()), ("?", "?"))
+        return (f"{result['integer_layers']} of {len(net.layers)} quantized layers run as integer kernels in "
+                f"onnxruntime (first in float: {first[0]!r} as {first[1]})")
+    if result["agreement"] < result["noise_floor"] - AGREEMENT_TOLERANCE:
+        return (f"ONNX top-1 agreement with the float64 deployed module {result['agreement']:.1%} is below the "
+                f"float32 module's {result['noise_floor']:.1%} minus {AGREEMENT_TOLERANCE:.1%}")
+    return None
+
+
 def check(name: str, result: dict) -> dict:
     """Run the checks on ``name``, filling ``result`` as they pass (its ``stage`` is the current one)."""
     torch.manual_seed(0)
@@ -66,7 +122,7 @@ def check(name: str, result: dict) -> dict:
     result["perturbed"] = perturb_constant_parameters(model)
     size = default_example_input(model, mpqfx.Recipe.load("default")).shape[1:]
     result["input_size"] = list(size)
-    x = torch.randn(2, *size, generator=torch.Generator().manual_seed(1))
+    x = torch.randn(CALIBRATION_IMAGES, *size, generator=torch.Generator().manual_seed(1))
 
     result["stage"] = "prepare"
     start = time.perf_counter()
@@ -105,6 +161,24 @@ def check(name: str, result: dict) -> dict:
     if not torch.isfinite(q).all():
         return {**result, "reason": "uniform 4/4 output is not finite"}
     result["bitops_4"] = mpqfx.bitops(net, net.policy).total
+
+    result["stage"] = "uniform 8/8"
+    net.set_policy(mpqfx.Policy.uniform(net, 8))
+    with torch.no_grad():
+        result["error_8"] = relative_error(output_tensor(net(x)), ref)
+    low, high = ERROR_8_BOUNDS
+    if not low <= result["error_8"] <= high:
+        return {**result, "reason": f"uniform 8/8 output differs from float by {result['error_8']:.3g} (RMS over the "
+                                    f"float output's RMS deviation), outside [{low:g}, {high:g}]"}
+
+    result["stage"] = "export"
+    net.set_policy(mpqfx.Policy.uniform(net, 4))
+    held_out = torch.randn(EXPORT_IMAGES, *size, generator=torch.Generator().manual_seed(2))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        reason = check_export(net, x, held_out, result)
+    if reason is not None:
+        return {**result, "reason": reason}
     result["stage"] = "done"
     result["ok"] = True
     return result

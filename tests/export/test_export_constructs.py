@@ -1,0 +1,184 @@
+"""Constructs the wide zoo found that torch's TorchScript exporter or deploy could not take:
+``Tensor.unfold`` after a ``Pad`` (timm's HaloAttn), and a leaf that reads ``.weight.device`` of a
+quantized layer (XCiT's PositionalEncodingFourier). Each is checked on its own and in a small
+model of the family that has it, exported with every quantized layer as an integer kernel."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+
+import pytest
+import timm
+import torch
+import torch.fx as fx
+import torch.nn.functional as F
+from timm.models.byobnet import ByobNet, ByoBlockCfg, ByoModelCfg
+from torch import nn
+
+import mpqfx
+from mpqfx import Policy
+from mpqfx.export import deploy, export_onnx, integer_kernels, load_integer_model
+from mpqfx.export.decompose import decompose_unfolds
+from mpqfx.export.onnx_qdq import INTEGER_KERNELS, OnnxExportError, session
+from mpqfx.export.run import export_policy_files
+from mpqfx.supernet import ModelSpec
+
+
+class Cut(nn.Module):
+    """Overlapping windows as HaloAttn cuts them: pad, then unfold height and width."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.pad(x, [1, 1, 1, 1]).unfold(2, 4, 2).unfold(dimension=-2, size=4, step=2)
+
+
+class Windows(Cut):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x).mean((-1, -2))
+
+
+class WindowNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv, self.win, self.conv2, self.fc = nn.Conv2d(3, 8, 3, padding=1), Windows(), nn.Conv2d(8, 8, 3), nn.Linear(8, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.conv2(self.win(self.conv(x).relu())).mean((2, 3)))
+
+
+def _images(n: int = 8, size: int = 32) -> torch.Tensor:
+    return torch.randn(n, 3, size, size, generator=torch.Generator().manual_seed(1))
+
+
+def _deployed(model: nn.Module, images: torch.Tensor, recipe="default") -> tuple[mpqfx.Supernet, fx.GraphModule]:
+    net = mpqfx.prepare(model.eval(), recipe, example_input=images[:1]).eval()
+    policy = Policy.uniform(net, 4)
+    net.set_policy(policy)
+    with torch.no_grad():
+        net(images)  # fit the activation steps
+    return net, deploy(net, policy, calibration=[(images, None)])
+
+
+def _integer_layers(net: mpqfx.Supernet, module: nn.Module, images: torch.Tensor, path) -> tuple[int, float]:
+    """(layers onnxruntime runs as integer kernels, top-1 agreement with the deployed module in float64)."""
+    path = export_onnx(module, images[:1], path)
+    kernels = integer_kernels(path)
+    assert set(kernels) == {f"{l.name}.weight_int" for l in net.layers}
+    expected = copy.deepcopy(module).double()(images.double()).numpy()
+    got = session(path).run(None, {"input": images.numpy()})[0]
+    return sum(op in INTEGER_KERNELS for op in kernels.values()), float((got.argmax(1) == expected.argmax(1)).mean())
+
+
+def test_unfold_becomes_a_gather_equal_to_torchs_unfold():
+    gm = fx.symbolic_trace(Cut())
+    x = torch.randn(2, 3, 10, 12)
+    from torch.fx.passes.shape_prop import ShapeProp
+
+    ShapeProp(gm).propagate(x)
+    assert decompose_unfolds(gm) == 2
+    assert not [n for n in gm.graph.nodes if n.target == "unfold"]
+    padded = F.pad(x, [1, 1, 1, 1])
+    windows = padded.unfold(2, 4, 2).unfold(-2, 4, 2)  # torch's own op: (2, 3, 5, 6, 4, 4)
+    assert windows.shape == (2, 3, 5, 6, 4, 4)
+    assert torch.equal(gm(x), windows)
+    assert gm.state_dict() == {}  # the indices are graph constants, not weights of the file
+
+
+def test_traced_unfold_exports_with_integer_kernels(tmp_path):
+    torch.manual_seed(0)
+    net, module = _deployed(WindowNet(), _images())
+    kernels, agreement = _integer_layers(net, module, _images(), tmp_path / "model.onnx")
+    assert (kernels, len(net.layers)) == (3, 3)
+    assert agreement == 1.0
+
+
+def test_an_op_the_exporter_cannot_write_is_one_line_naming_the_module(tmp_path):
+    torch.manual_seed(0)
+    recipe = mpqfx.Recipe.load("default")
+    recipe = dataclasses.replace(recipe, graph=dataclasses.replace(recipe.graph, leaf_modules=("win",)))
+    _, module = _deployed(WindowNet(), _images(), recipe)  # the unfold inside a leaf: not in the graph
+    with pytest.raises(OnnxExportError) as error:
+        export_onnx(module, _images()[:1], tmp_path / "model.onnx")
+    message = str(error.value)
+    assert "\n" not in message
+    assert "module 'win' (Windows)" in message
+    assert "Unsupported: ONNX export of operator Unfold, input size not accessible" in message
+    assert not list(tmp_path.iterdir())
+
+
+def test_a_leaf_reading_weight_device_deploys_and_reads_the_dequantized_weight():
+    class Leaf(nn.Module):  # XCiT's PositionalEncodingFourier reads its projection's weight like this
+        def __init__(self):
+            super().__init__()
+            self.proj = nn.Conv2d(3, 8, 1)
+
+        def forward(self, x):
+            return self.proj(x.to(device=self.proj.weight.device, dtype=self.proj.weight.dtype))
+
+    class Model(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.leaf, self.fc = Leaf(), nn.Linear(8, 10)
+
+        def forward(self, x):
+            return self.fc(self.leaf(x).mean((2, 3)))
+
+    recipe = mpqfx.Recipe.load("default")
+    recipe = dataclasses.replace(recipe, graph=dataclasses.replace(recipe.graph, leaf_modules=("Leaf",)))
+    torch.manual_seed(0)
+    net, module = _deployed(Model(), _images(), recipe)
+    layer = module.get_submodule("leaf.proj")
+    assert layer.weight.dtype == torch.float32 and layer.weight.device == torch.device("cpu")
+    assert torch.equal(layer.weight, layer.weight_int.float() * layer.weight_scale.reshape(-1, 1, 1, 1))
+    assert torch.equal(layer.bias, layer.bias_int.float() * layer.bias_scale)
+    assert copy.deepcopy(module).double().get_submodule("leaf.proj").weight.dtype == torch.float64
+
+
+def test_tiny_xcit_exports_with_integer_kernels(tmp_path):
+    torch.manual_seed(0)
+    model = timm.create_model("xcit_tiny_12_p16_384", img_size=32, depth=1, cls_attn_layers=1, num_classes=10)
+    net, module = _deployed(model, _images())
+    assert "pos_embed.token_projection" in {l.name for l in net.layers}  # the layer inside the leaf
+    kernels, agreement = _integer_layers(net, module, _images(), tmp_path / "model.onnx")
+    # hand count: 4 patch-embedding convs, the positional encoding's projection, 6 in the XCA block
+    # (qkv, proj, 2 local patch convs, 2 MLP), 6 in the class-attention block (q, k, v, proj, 2 MLP), head
+    assert kernels == len(net.layers) == 4 + 1 + 6 + 6 + 1
+    assert agreement >= 7 / 8
+
+
+def test_tiny_halo_regnet_exports_with_integer_kernels(tmp_path):
+    """haloregnetz_b's blocks (grouped bottlenecks with SE, then HaloAttn) at 32x32."""
+    cfg = ByoModelCfg(
+        blocks=(ByoBlockCfg(type="bottle", d=1, c=16, s=2, gs=8, br=2),
+                ByoBlockCfg(type="self_attn", d=1, c=32, s=2, gs=8, br=2)),
+        stem_chs=8, stem_pool="", downsample="", num_features=64, act_layer="silu", attn_layer="se",
+        attn_kwargs=dict(rd_ratio=0.25), block_kwargs=dict(bottle_in=True, linear_out=True),
+        self_attn_layer="halo", self_attn_kwargs=dict(block_size=4, halo_size=1, qk_ratio=0.5))
+    torch.manual_seed(0)
+    net, module = _deployed(ByobNet(cfg, num_classes=10), _images())
+    assert not [n for n in module.graph.nodes if n.target == "unfold"]
+    kernels, agreement = _integer_layers(net, module, _images(), tmp_path / "model.onnx")
+    assert kernels == len(net.layers)
+    assert agreement >= 7 / 8
+
+
+@pytest.mark.parametrize("formats", [("safetensors", "onnx"), ("onnx",)])
+def test_a_failed_onnx_export_still_writes_the_integer_weights(tmp_path, formats, monkeypatch):
+    # the integer file rebuilds its model by timm name: WindowNet under one, for this test only
+    monkeypatch.setitem(timm.models._registry._model_entrypoints, "mpqfx_test_windownet", lambda **_: WindowNet())
+    torch.manual_seed(0)
+    recipe = mpqfx.Recipe.load("default")
+    recipe = dataclasses.replace(recipe, graph=dataclasses.replace(recipe.graph, leaf_modules=("win",)))
+    spec = ModelSpec("mpqfx_test_windownet", {})
+    net = mpqfx.prepare(WindowNet().eval(), recipe, example_input=_images()[:1], model_spec=spec).eval()
+    policy = Policy.uniform(net, 4)
+    paths = {fmt: tmp_path / f"uniform-4.{fmt}" for fmt in formats}
+    with pytest.raises(OnnxExportError) as error:
+        export_policy_files(net, policy, paths, [(_images(), None)], [(_images(), torch.zeros(8))])
+    weights = tmp_path / "uniform-4.safetensors"
+    assert str(error.value).endswith(f"; the policy's integer weights are in {weights}")
+    assert "module 'win' (Windows)" in str(error.value) and "\n" not in str(error.value)
+    assert error.value.written == {"safetensors": str(weights), "safetensors_bytes": weights.stat().st_size}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["uniform-4.safetensors"]  # no ONNX file, no staging folder
+    x = _images(2)
+    assert torch.equal(load_integer_model(weights)(x), deploy(net, policy, [(_images(), None)])(x))
