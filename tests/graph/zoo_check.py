@@ -7,7 +7,9 @@ default input size, bypass output equal to the float model within 1e-4 of the ou
 at least 99% of conv/linear weights quantized (counted from the float model's modules and by
 ``Supernet.coverage``), a finite uniform 4/4 forward, a uniform 8/8 error against the float
 model between ``ERROR_8_BOUNDS`` (a quantizer that does nothing, or that destroys the signal,
-fails), then the deployment path a user takes: ``mpqfx.export.deploy`` at uniform 4/4 calibrated
+fails; a random float model that already moves by ``f`` when only its input is rounded to 8 bits
+may be off by up to the upper bound plus ``f``, but never as far as the best output that ignores
+its input), then the deployment path a user takes: ``mpqfx.export.deploy`` at uniform 4/4 calibrated
 on the test's images, ``export_onnx``, every quantized layer an integer kernel in onnxruntime's
 optimized graph, and the ONNX file's top-1 agreement with the deployed module run in float64 on
 ``EXPORT_IMAGES`` other images no lower than the noise floor (the float32 deployed module against
@@ -71,6 +73,22 @@ def output_tensor(out: object) -> torch.Tensor:
     if isinstance(out, (list, tuple)):
         return torch.cat([output_tensor(o) for o in out])
     return torch.zeros(0)
+
+
+def round_to_8_bits(x: torch.Tensor) -> torch.Tensor:
+    """``x`` on 256 levels over its range: a perturbation that involves no mpqfx quantizer."""
+    step = float(x.max() - x.min()) / 255
+    return torch.round(x / step) * step
+
+
+def error_8_bounds(input_rounding_error: float, ref: torch.Tensor) -> tuple[float, float]:
+    """[low, high) for the uniform 8/8 error of a model whose float output ``ref`` moves by
+    ``input_rounding_error`` when its input is rounded to 8 bits (random deep nets can be chaotic:
+    efficientnetv2_s moves by 0.69): the upper bound grows by it, but stays below the error of the
+    best output that ignores the input (each output element's mean over the images)."""
+    low, high = ERROR_8_BOUNDS
+    input_free = relative_error(ref.mean(0, keepdim=True).expand_as(ref), ref)
+    return low, min(high + input_rounding_error, input_free)
 
 
 def relative_error(got: torch.Tensor, ref: torch.Tensor) -> float:
@@ -166,10 +184,12 @@ def check(name: str, result: dict) -> dict:
     net.set_policy(mpqfx.Policy.uniform(net, 8))
     with torch.no_grad():
         result["error_8"] = relative_error(output_tensor(net(x)), ref)
-    low, high = ERROR_8_BOUNDS
-    if not low <= result["error_8"] <= high:
+        result["input_rounding_error"] = relative_error(output_tensor(model(round_to_8_bits(x))), ref)
+    low, high = error_8_bounds(result["input_rounding_error"], ref)
+    if not low <= result["error_8"] < high:
         return {**result, "reason": f"uniform 8/8 output differs from float by {result['error_8']:.3g} (RMS over the "
-                                    f"float output's RMS deviation), outside [{low:g}, {high:g}]"}
+                                    f"float output's RMS deviation), outside [{low:g}, {high:.3g}) for a float model "
+                                    f"that moves by {result['input_rounding_error']:.3g} when its input is rounded to 8 bits"}
 
     result["stage"] = "export"
     net.set_policy(mpqfx.Policy.uniform(net, 4))
