@@ -84,3 +84,12 @@ def test_fixed_batches_are_seeded(fashion_dir):
     b = fixed_batches(data, 70, 32, seed=1)
     assert [x.shape[0] for x, _ in a] == [32, 32, 6]
     assert all(torch.equal(x1, x2) for (x1, _), (x2, _) in zip(a, b))
+
+
+def test_val_classes_that_differ_from_train_are_a_clear_error(tmp_path):
+    _image_tree(tmp_path / "data", classes=("cat", "dog"), per_class=1)
+    (tmp_path / "data" / "val" / "dog").rename(tmp_path / "data" / "val" / "dgo")
+    with pytest.raises(DataError, match=r"val/ classes \['cat', 'dgo'\].* differ from train/ classes \['cat', 'dog'\]"):
+        class_names(tmp_path / "data")
+    (tmp_path / "data" / "val" / "dgo").rename(tmp_path / "data" / "val" / "dog")
+    assert class_names(tmp_path / "data") == ["cat", "dog"]
