@@ -63,3 +63,40 @@ def test_the_incremental_evaluator_counts_the_same(net):
     for result in (evaluator.set_base(policy), evaluator.evaluate(policy, ["fc"])):
         assert (result.images, result.accuracy) == (6, CORRECT / 6)
         assert result.loss == pytest.approx(_hand_loss(), rel=1e-6)
+
+
+class ConvBN(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 1)
+        self.bn = nn.BatchNorm2d(4)
+        self.fc = nn.Linear(4, 3)
+
+    def forward(self, x):
+        return self.fc(torch.relu(self.bn(self.conv(x))).mean((2, 3)))
+
+
+def test_recalibrated_statistics_are_the_average_over_the_calibration_batches_and_are_restored():
+    torch.manual_seed(0)
+    model = ConvBN().eval()
+    net = mpqfx.prepare(model, example_input=torch.randn(1, 3, 4, 4)).eval()
+    gen = torch.Generator().manual_seed(3)
+    batches = [(2 + 3 * torch.randn(5, 3, 4, 4, generator=gen), None) for _ in range(3)]
+    policy = Policy.bypass(net)  # the conv computes the float conv: its outputs are known outside mpqfx
+    outputs = [torch.nn.functional.conv2d(x, model.conv.weight, model.conv.bias) for x, _ in batches]
+    mean = sum(o.mean((0, 2, 3)) for o in outputs) / 3  # cumulative average: each batch counts once
+    var = sum(o.transpose(0, 1).reshape(4, -1).var(1) for o in outputs) / 3  # unbiased, as BatchNorm keeps it
+    with net.use_policy(policy):
+        (bn,) = [m for m in mpqfx.evaluate.active_batchnorms(net) if m.num_features == 4]
+    before = {k: v.clone() for k, v in bn.state_dict().items()}
+    with mpqfx.evaluate.recalibrated_bn(net, policy, batches):
+        torch.testing.assert_close(bn.running_mean, mean)
+        torch.testing.assert_close(bn.running_var, var)
+        assert not bn.training and bn.momentum == 0.1  # torch's default, as it was before
+        inside = evaluate(net, policy, [(batches[0][0], torch.zeros(5, dtype=torch.long))]).loss
+    assert all(torch.equal(v, bn.state_dict()[k]) for k, v in before.items())  # put back
+    assert evaluate(net, policy, [(batches[0][0], torch.zeros(5, dtype=torch.long))]).loss != inside
+    with mpqfx.evaluate.recalibrated_bn(net, policy, batches, restore=False):
+        pass
+    torch.testing.assert_close(bn.running_mean, mean)  # kept, as before exporting
+    assert net.training is False
