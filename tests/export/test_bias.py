@@ -62,3 +62,17 @@ def test_one_miss_outweighs_every_preference_and_the_choice_holds_on_held_out_im
     nearer.bias_int.fill_(1)
     nearer.bias_scale.fill_(0.25)
     assert _misses(nearer, held_out) == 100  # what rounding to the nearer integer would have cost
+
+
+def test_the_last_preferred_pair_wins_when_it_alone_misses_nothing():
+    """Unit 2, bias 5.46 (2.73 units), inputs 3, 10, 10 and 15: targets round(2x + 5.46) in [0, 15]
+    are 11, 15, 15, 15. Biases 4 and 6 miss at x = 3 (10 and 12); the exact bias at scale x 1.365
+    misses there too (13.65 -> 14); only the exact bias at scale x 0.91 misses nothing (10.92 -> 11):
+    its one miss less outweighs its last place among the preferences."""
+    layer = _layer()
+    layer.float_weight_scale, layer.float_bias = torch.tensor([2.0]), torch.tensor([5.46])
+    quantize_biases(nn.Sequential(layer), {"0": torch.tensor(1.0)}, [(torch.tensor([[[[3.0, 10.0], [10.0, 15.0]]]]), None)])
+    assert int(layer.bias_int) == 3 and float(layer.weight_scale) == pytest.approx(2.0 * 5.46 / 6.0, rel=1e-6)
+    held_out = torch.full((4, 1, 2, 2), 3.0)  # every output at x = 3: bias 6 at scale 2 would miss all 16
+    target = torch.round(2.0 * held_out + 5.46).clamp(0, 15)
+    assert int((torch.round(layer(held_out)) != target).sum()) == 0
