@@ -176,17 +176,15 @@ def test_the_objective_cbc_states_must_match_the_policy(fake_cbc):
         solve_ilp(layers, coef, Constraints())
 
 
-def test_cbc_states_the_objective_of_the_policy_it_returns():
+def test_cbc_states_the_objective_of_the_policy_it_returns(monkeypatch):
     rng = random.Random(7)
     layers = random_layers(rng, 3)
     coef = {l.name: {p: rng.uniform(-2, 5) for p in pairs(l)} for l in layers}
+    real = solver.cbc
     for maximize in (False, True):
-        command = solver.cbc(60.0)
-        solver.cbc, real = (lambda time_limit: command), solver.cbc
-        try:
-            solution = solve_ilp(layers, coef, Constraints(), maximize=maximize)
-        finally:
-            solver.cbc = real
+        command = real(60.0)
+        monkeypatch.setattr(solver, "cbc", lambda time_limit: command)
+        solution = solve_ilp(layers, coef, Constraints(), maximize=maximize)
         everything = [math.fsum(coef[l.name][p] for l, p in zip(layers, c)) for c in itertools.product(*(pairs(l) for l in layers))]
         assert solution.objective == pytest.approx(max(everything) if maximize else min(everything), abs=1e-9)
         assert command.stated_objective is not None
