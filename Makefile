@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export HF_HUB_OFFLINE := 1
 
-.PHONY: install test test-slow demo bench clean
+.PHONY: install data test test-slow mutate demo bench clean
 
 install: $(STAMP)
 
@@ -16,21 +16,35 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[test]'
 	touch $@
 
-test: install
-	$(BIN)/python -m pytest -q --durations=15
-
-test-slow: install
-	$(BIN)/python -m pytest -q -m slow
-
 FASHION_MNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 
-# Installs Debian's dataset-fashion-mnist when neither it nor $MPQFX_DATA_DIR is there, then
-# runs the whole job (float warm start, supernet, search, evaluation, report, export).
-demo: install
+# Installs Debian's dataset-fashion-mnist when neither it nor $MPQFX_DATA_DIR is there (the demo
+# and tests/data, tests/export read it).
+data:
 	@if [ ! -f $(FASHION_MNIST) ] && [ -z "$$MPQFX_DATA_DIR" ]; then \
 	  echo "installing Fashion-MNIST: apt-get install dataset-fashion-mnist"; \
 	  $$([ "$$(id -u)" = 0 ] || echo sudo) apt-get install -y dataset-fashion-mnist; \
 	fi
+
+test: install data
+	$(BIN)/python -m pytest -q --durations=15
+
+test-slow: install data
+	$(BIN)/python -m pytest -q -m slow
+
+MUTATE_STAMP := $(VENV)/.installed-mutate
+
+$(MUTATE_STAMP): $(STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[test,mutate]'
+	touch $@
+
+# Mutation testing of the core modules, each against its own test files (docs/testing.md); not part
+# of `make test`. MODULES="mpqfx/evaluate.py ..." limits it; it ends with "mutation: killed K of M (P%)".
+mutate: install data $(MUTATE_STAMP)
+	$(BIN)/python tools/mutate.py $(MODULES)
+
+# Runs the whole job (float warm start, supernet, search, evaluation, report, export).
+demo: install data
 	$(BIN)/mpqfx compress --model efficientnet_lite0
 
 # The benchmarks that need no finished run and no data set, minutes each on 2 CPU cores (tables in

@@ -82,13 +82,46 @@ def _commit() -> str:
     return proc.stdout.strip() or "unknown"
 
 
+DRAWN_KEY = "mpqfx:drawn"  # the PNG text chunk holding what the figure shows (see ``drawn``)
+
+
+def drawn(fig) -> dict:
+    """What ``fig`` shows, whatever matplotlib renders it: per axes its texts (title, axis, tick and
+    legend labels, annotations; not where the label placer put them, nor its leader lines, which
+    follow the labels) and its data (line points, scatter points, bars), rounded to 6 significant digits."""
+    fig.canvas.draw()  # tick labels exist once drawn
+    num = lambda values: [float(f"{float(v):.6g}") for v in values]  # noqa: E731
+    axes = []
+    for ax in fig.axes:
+        legend = ax.get_legend()
+        axes.append({
+            "title": ax.get_title(), "xlabel": ax.get_xlabel(), "ylabel": ax.get_ylabel(),
+            "xticklabels": [t.get_text() for t in ax.get_xticklabels()],
+            "yticklabels": [t.get_text() for t in ax.get_yticklabels()],
+            "legend": [t.get_text() for t in legend.get_texts()] if legend else [],
+            "texts": sorted(t.get_text() for t in ax.texts),
+            "lines": [[num(line.get_xdata()), num(line.get_ydata())] for line in ax.lines if line.get_gid() != "leader"],
+            "points": [sorted(num(xy) for xy in c.get_offsets()) for c in ax.collections],
+            "bars": sorted(num((p.get_x(), p.get_y(), p.get_width(), p.get_height())) for p in ax.patches
+                           if type(p).__name__ == "Rectangle"),
+        })
+    return {"texts": sorted(t.get_text() for t in fig.texts), "axes": axes}
+
+
 def render_figures(report: dict) -> None:
-    """The figures of ``report`` (as ``mpqfx compress`` draws them) into docs/img/."""
-    from mpqfx.compress.plots import bits_plot, pareto_plot
+    """The figures of ``report`` (as ``mpqfx compress`` draws them) into docs/img/, each with what it
+    shows (``drawn``) in a PNG text chunk, which tests/docs/test_cookbook.py compares."""
+    import matplotlib.pyplot as plt
+
+    from mpqfx.compress.plots import bits_figure, pareto_figure
+    from mpqfx.io import atomic_open
 
     title = f"{report['model']['name']} ({report['recipe']})"
-    pareto_plot(report, FIGURES["pareto"], title)
-    bits_plot(report, FIGURES["bits"], title)
+    for name, draw in (("pareto", pareto_figure), ("bits", bits_figure)):
+        fig = draw(report, title)
+        with atomic_open(FIGURES[name], "wb") as fh:
+            fig.savefig(fh, format="png", dpi=120, metadata={DRAWN_KEY: json.dumps(drawn(fig), sort_keys=True)})
+        plt.close(fig)
 
 
 def main() -> None:

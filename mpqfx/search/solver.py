@@ -13,8 +13,8 @@ integer coefficients, so right-hand sides are floored.
 
 Validation: CBC's answer is accepted only when every variable is 0 or 1, each layer has exactly
 one pair, every constraint holds when recomputed with mpqfx's cost model (mpqfx/cost/report.py),
-and the objective CBC reports agrees with the one recomputed from the returned policy, which
-is the objective reported. A solve stopped by its time limit returns its best policy marked
+and the objective CBC states in its solution file agrees with the one recomputed from the
+returned policy, which is the objective reported. A solve stopped by its time limit returns its best policy marked
 ``proven=False`` ("not proven optimal"), never as an optimum.
 """
 
@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import re
 import time
 import warnings
 from dataclasses import dataclass
@@ -69,10 +70,26 @@ def policy_objective(coefficients: Coefficients, policy: Policy) -> float:
     return math.fsum(coefficients[name][tuple(bits)] for name, bits in policy.items())
 
 
+class ReadsStatedObjective:
+    """A PuLP CBC command mix-in keeping the objective CBC states on its solution file's first line
+    ("Optimal - objective value 12.5"): ``stated_objective``, None when the line states none."""
+
+    stated_objective: float | None = None
+
+    def readsol_MPS(self, filename, *args, **kwargs):
+        with open(filename, encoding="utf-8") as fh:
+            match = re.search(r"objective value\s+(\S+)", fh.readline())
+        self.stated_objective = float(match.group(1)) if match else None
+        return super().readsol_MPS(filename, *args, **kwargs)
+
+
+class BundledCbc(ReadsStatedObjective, pulp.PULP_CBC_CMD):
+    """PuLP's bundled CBC, keeping the objective it states."""
+
+
 def cbc(time_limit: float) -> pulp.LpSolver:
     """PuLP's bundled CBC set up for exact answers (see the module docstring)."""
-    return pulp.PULP_CBC_CMD(msg=False, timeLimit=time_limit, gapRel=0, gapAbs=0,
-                             options=["preprocess off", "increment 1e-12"])
+    return BundledCbc(msg=False, timeLimit=time_limit, gapRel=0, gapAbs=0, options=["preprocess off", "increment 1e-12"])
 
 
 def solve_ilp(layers: Sequence[LayerInfo], coefficients: Coefficients, constraints: Constraints,
@@ -114,17 +131,22 @@ def solve_ilp(layers: Sequence[LayerInfo], coefficients: Coefficients, constrain
         if len(chosen) == len(layers):
             prob += pulp.lpSum(chosen) <= len(layers) - 1
     start = time.perf_counter()
+    command = cbc(time_limit)
     with warnings.catch_warnings():  # PuLP 3.x announces its 4.0 API; the bundled CBC is what 3.x ships
         warnings.simplefilter("ignore", DeprecationWarning)
-        prob.solve(cbc(time_limit))
+        prob.solve(command)
     seconds = time.perf_counter() - start
     status = pulp.LpStatus[prob.status]
     if status != "Optimal":  # PuLP reports a time-limited solve with a solution as "Optimal" too (below)
         raise SolverError(f"ILP solver status {status!r} for {constraints.describe()} after {seconds:.2f}s")
     policy = _policy_from(layers, {key: v.value() for key, v in x.items()})
     objective = policy_objective(coefficients, policy)
-    reported = float(pulp.value(prob.objective) or 0.0) / scale + math.fsum(shift.values())
-    if abs(reported - objective) > 1e-6 * max(1.0, abs(objective)):
+    stated = getattr(command, "stated_objective", None)
+    if stated is None:
+        raise SolverError("the ILP solver stated no objective value in its solution file; the solution is rejected")
+    scaled = math.fsum((coefficients[n][tuple(b)] - shift[n]) * scale for n, b in policy.items())
+    if abs(stated - scaled) > 1e-6 * max(1.0, abs(scaled)):  # in CBC's units: it prints 8 decimals
+        reported = stated / scale + math.fsum(shift.values())
         raise SolverError(f"the ILP solver reports objective {reported:.9g}, but the policy it returned scores "
                           f"{objective:.9g}; the solution is rejected")
     broken = constraints.violations(layers, policy, fixed_bitops, fixed_size_bits)

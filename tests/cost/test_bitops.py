@@ -63,3 +63,29 @@ def test_float_layers_count_at_32_bits():
     report = mpqfx.bitops(net, Policy.uniform(net, 4))
     row = next(r for r in report.layers if r.name == "1")
     assert row.macs == 4 * 4 * 4 * 4 and row.bitops == row.macs * 32 * 32
+
+
+class _ScaledWeightConv(torch.nn.Conv2d):
+    """A conv subclass with its own forward: mpqfx keeps its weight in float (a skipped layer)."""
+
+    def forward(self, x):
+        return self._conv_forward(x, self.weight / self.weight.norm(), self.bias)
+
+
+def test_size_with_a_float_kept_layer_by_hand():
+    from torch import nn
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1, bias=False), nn.ReLU(), _ScaledWeightConv(4, 6, 3, padding=1),
+                          nn.ReLU(), nn.Conv2d(6, 5, 1), nn.Flatten(), nn.Linear(5 * 4 * 4, 3)).eval()
+    with pytest.warns(UserWarning, match="of conv/linear weights are quantized"):
+        net = mpqfx.prepare(model, example_input=torch.randn(1, 3, 4, 4))
+    assert [s.name for s in net.skipped] == ["2"] and [l.name for l in net.layers] == ["0", "4", "6"]
+    policy = Policy.uniform(net, 4).replace(**{"4": (3, 5)})
+    report = mpqfx.bitops(net, policy)
+    quantized = 4 * 27 * 8 + 5 * 6 * 3 + 3 * 80 * 8  # first and last layers at 8 bits, "4" at 3
+    floats = 6 * 4 * 9 + 6 + 5 + 3  # the skipped conv's weight and bias, the other two biases
+    assert report.size_bits == quantized + 32 * floats
+    assert report.float_size_bits == 32 * (4 * 27 + 6 * 4 * 9 + 6 + 5 * 6 + 5 + 3 * 80 + 3)
+    macs = {"0": 16 * 4 * 27, "2": 16 * 6 * 4 * 9, "4": 16 * 5 * 6, "6": 3 * 80}
+    assert report.total == macs["0"] * 64 + macs["2"] * 32 * 32 + macs["4"] * 15 + macs["6"] * 64

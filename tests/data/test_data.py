@@ -8,7 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
-from mpqfx.data.fashion_mnist import DEFAULT_DIR, DataError, FashionMNIST, find_dir, read_idx
+from mpqfx.data.fashion_mnist import DataError, FashionMNIST, find_dir, read_idx
 from mpqfx.data.imagefolder import class_names
 from mpqfx.data.spec import DataSpec, fixed_batches
 
@@ -37,10 +37,15 @@ def test_truncated_and_missing_files_are_clear_errors(fashion_dir, tmp_path, mon
     assert find_dir(None) == fashion_dir
 
 
-@pytest.mark.skipif(not DEFAULT_DIR.is_dir(), reason="dataset-fashion-mnist is not installed")
 def test_the_debian_package_files_read():
-    train = FashionMNIST("train", DEFAULT_DIR, limit=10)
-    assert len(FashionMNIST("test", DEFAULT_DIR)) == 10_000 and train.images.shape[1:] == (28, 28)
+    """The real data set (`make test` installs Debian's dataset-fashion-mnist, or $MPQFX_DATA_DIR names it)."""
+    try:
+        directory = find_dir(None)
+    except DataError as error:
+        pytest.skip(f"{error} (`make test` installs it)")
+    train = FashionMNIST("train", directory, limit=10)
+    assert len(FashionMNIST("test", directory)) == 10_000 and train.images.shape[1:] == (28, 28)
+    assert len(FashionMNIST("train", directory)) == 60_000 and int(train.labels.max()) <= 9
 
 
 def _image_tree(root, classes=("cat", "dog"), per_class=3):
@@ -84,3 +89,12 @@ def test_fixed_batches_are_seeded(fashion_dir):
     b = fixed_batches(data, 70, 32, seed=1)
     assert [x.shape[0] for x, _ in a] == [32, 32, 6]
     assert all(torch.equal(x1, x2) for (x1, _), (x2, _) in zip(a, b))
+
+
+def test_val_classes_that_differ_from_train_are_a_clear_error(tmp_path):
+    _image_tree(tmp_path / "data", classes=("cat", "dog"), per_class=1)
+    (tmp_path / "data" / "val" / "dog").rename(tmp_path / "data" / "val" / "dgo")
+    with pytest.raises(DataError, match=r"val/ classes \['cat', 'dgo'\].* differ from train/ classes \['cat', 'dog'\]"):
+        class_names(tmp_path / "data")
+    (tmp_path / "data" / "val" / "dgo").rename(tmp_path / "data" / "val" / "dog")
+    assert class_names(tmp_path / "data") == ["cat", "dog"]

@@ -94,3 +94,24 @@ def test_an_8_bit_quantizer_is_calibrated_on_the_layers_output_with_its_bias():
     bottom = float(quant.step) * (0 - int(quant.zero_point))
     assert bottom <= min(float(low), 0.0) + float(quant.step) and top >= float(high) - float(quant.step)
     assert top <= 3 * float(high)  # at most the widening to an odd fraction of conv_a's step (k = 1)
+
+
+@pytest.mark.parametrize("act, bounds", [(nn.ReLU6(), (0.0, 6.0)), (nn.Hardtanh(-1.0, 2.5), (-1.0, 2.5)),
+                                         (nn.ReLU(), (0.0, float("inf"))), ("relu6", (0.0, 6.0))])
+def test_clamp_activations_fold_with_their_own_bounds(act, bounds):
+    import torch.fx as fx
+    import torch.nn.functional as F
+
+    from mpqfx.export.requantize import _clamp_range
+
+    class Act(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.act = act if isinstance(act, nn.Module) else nn.Identity()
+
+        def forward(self, x):
+            return F.relu6(x) if act == "relu6" else self.act(x)
+
+    gm = fx.symbolic_trace(Act())
+    node = next(n for n in gm.graph.nodes if n.op in ("call_module", "call_function"))
+    assert _clamp_range(gm, node) == bounds

@@ -118,8 +118,12 @@ with open(solution, "w") as out:
         out.write(f"{{i:>7}} {{name}} {{value:>15}} 0\\n")
 """)
         script.chmod(script.stat().st_mode | stat.S_IXUSR)
-        monkeypatch.setattr(solver, "cbc", lambda time_limit: pulp.COIN_CMD(path=str(script), msg=False))
+        monkeypatch.setattr(solver, "cbc", lambda time_limit: FakeCbc(path=str(script), msg=False))
     return install
+
+
+class FakeCbc(solver.ReadsStatedObjective, pulp.COIN_CMD):
+    """The fake program above, read as CBC is: the objective on its solution file's first line is kept."""
 
 
 def one_layer() -> tuple[list[LayerInfo], dict]:
@@ -142,20 +146,71 @@ def test_a_solution_with_two_pairs_for_a_layer_is_rejected(fake_cbc):
         solve_ilp(layers, coef, Constraints())
 
 
+def test_a_solution_with_fractional_values_is_rejected(fake_cbc):
+    """0.3 and 0.7 round to one chosen pair, and with equal coefficients every objective agrees:
+    only the integrality check can reject them."""
+    layers, _ = one_layer()
+    fake_cbc("Optimal - objective value 0", ["0.3", "0.7"])
+    with pytest.raises(SolverError, match=r"non-binary value 0\.[37] for layer 'l0' at w[28]/a8 .*rejected"):
+        solve_ilp(layers, {"l0": {(2, 8): 1.0, (8, 8): 1.0}}, Constraints())
+
+
+def test_a_layer_with_no_chosen_pair_is_rejected(fake_cbc):
+    layers, coef = two_layers()
+    fake_cbc("Optimal - objective value 0", ["0", "0", "1", "0"])  # l0 has no pair, l1 has one
+    with pytest.raises(SolverError, match="chose 0 bit pairs for layer 'l0' .exactly one is allowed"):
+        solve_ilp(layers, coef, Constraints())
+
+
+def test_the_objective_cbc_states_must_match_the_policy(fake_cbc):
+    """CBC's own objective (its solution file's first line) is compared with the returned policy's."""
+    layers, coef = one_layer()
+    low = ["1", "0"] if _column_of(layers, coef, (2, 8)) == 0 else ["0", "1"]
+    fake_cbc("Optimal - objective value 1000000", low)  # the objective of w8/a8, stated for w2/a8
+    with pytest.raises(SolverError, match=r"reports objective 3, but the policy it returned scores 1; .*rejected"):
+        solve_ilp(layers, coef, Constraints())
+    fake_cbc("Optimal - objective value 0", low)
+    assert solve_ilp(layers, coef, Constraints()).objective == 1.0
+    fake_cbc("Optimal - objective unknown", low)
+    with pytest.raises(SolverError, match="stated no objective value"):
+        solve_ilp(layers, coef, Constraints())
+
+
+def test_cbc_states_the_objective_of_the_policy_it_returns(monkeypatch):
+    rng = random.Random(7)
+    layers = random_layers(rng, 3)
+    coef = {l.name: {p: rng.uniform(-2, 5) for p in pairs(l)} for l in layers}
+    real = solver.cbc
+    for maximize in (False, True):
+        command = real(60.0)
+        monkeypatch.setattr(solver, "cbc", lambda time_limit: command)
+        solution = solve_ilp(layers, coef, Constraints(), maximize=maximize)
+        everything = [math.fsum(coef[l.name][p] for l, p in zip(layers, c)) for c in itertools.product(*(pairs(l) for l in layers))]
+        assert solution.objective == pytest.approx(max(everything) if maximize else min(everything), abs=1e-9)
+        assert command.stated_objective is not None
+
+
 def test_a_solution_breaking_the_budget_is_rejected(fake_cbc):
     layers, coef = one_layer()
     budget = Constraints(bitops=100 * 2 * 8)  # only w2/a8 fits
-    fake_cbc("Optimal - objective value 3", ["0", "1"] if _column_of(layers, coef, (8, 8)) == 1 else ["1", "0"])
+    fake_cbc("Optimal - objective value 1000000", ["0", "1"] if _column_of(layers, coef, (8, 8)) == 1 else ["1", "0"])
     with pytest.raises(SolverError, match=r"breaks BitOPs 6\.4K > 1\.6K; the solution is rejected"):
         solve_ilp(layers, coef, budget)
 
 
 def test_a_solve_stopped_by_its_time_limit_is_not_reported_optimal(fake_cbc):
     layers, coef = one_layer()
-    fake_cbc("Stopped on time - objective value 1", ["1", "0"] if _column_of(layers, coef, (2, 8)) == 0 else ["0", "1"])
+    fake_cbc("Stopped on time - objective value 0", ["1", "0"] if _column_of(layers, coef, (2, 8)) == 0 else ["0", "1"])
     solution = solve_ilp(layers, coef, Constraints())
     assert solution.policy["l0"] == (2, 8) and solution.objective == 1.0
     assert not solution.proven and solution.status == "not proven optimal (time limit)"
+
+
+def two_layers() -> tuple[list[LayerInfo], dict]:
+    layers, coef = one_layer()
+    second = LayerInfo("l1", LayerKind.CONV, "Conv2d", 100, 10, (1,), (1,), (1,), Role.NORMAL, True, "graph", True,
+                       (2, 8), (8,), 1)
+    return layers + [second], {**coef, "l1": {(2, 8): 1.0, (8, 8): 1.0}}
 
 
 def _column_of(layers, coef, pair) -> int:

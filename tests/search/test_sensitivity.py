@@ -122,3 +122,34 @@ def test_split_floors_also_floor_weights_and_activations_separately(trained):
     assert any(measured == pytest.approx(x, abs=1e-6) for x in losses)
     plain = search(net, "uniform:3", backend="ilp", options={"objective": "limpq", "floors": False, "split_floors": True})
     assert "candidate_losses" not in plain.details  # without floors nothing is verified
+
+
+def test_sensitivities_are_loss_increases_over_the_max_policy_by_hand(monkeypatch):
+    """Losses set by hand (a fake evaluator): each entry is the loss minus the max policy's 1.25,
+    raised to the entry of the next higher bit-width where a measured loss dips below it."""
+    from types import SimpleNamespace
+
+    from mpqfx import LayerInfo, LayerKind, Role
+
+    layers = [LayerInfo(name, LayerKind.CONV, "Conv2d", 100, 10, (1,), (1,), (1,), Role.NORMAL, True, "graph", True,
+                        (2, 4, 8), (4, 8), i) for i, name in enumerate(("a", "b"))]
+    losses = {("a", 4, 8): 1.5, ("a", 2, 8): 2.0, ("a", 8, 4): 1.75,
+              ("b", 4, 8): 2.25, ("b", 2, 8): 2.0, ("b", 8, 4): 1.0}  # b's w2 and a4 dip: noise
+
+    class HandLosses:
+        def __init__(self, net, batches):
+            pass
+
+        def set_base(self, policy):
+            assert all(tuple(policy[l.name]) == (8, 8) for l in layers)
+            return SimpleNamespace(loss=1.25)
+
+        def evaluate(self, policy, changed):
+            (name,) = changed
+            return SimpleNamespace(loss=losses[(name, *policy[name])])
+
+    monkeypatch.setattr(sensitivity, "IncrementalEvaluator", HandLosses)
+    table, evaluations = measure_sensitivities(SimpleNamespace(layers=layers), [])
+    assert evaluations == 6
+    assert table == {"a": {"w": {8: 0.0, 4: 0.25, 2: 0.75}, "a": {8: 0.0, 4: 0.5}},
+                     "b": {"w": {8: 0.0, 4: 1.0, 2: 1.0}, "a": {8: 0.0, 4: 0.0}}}
