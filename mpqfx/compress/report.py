@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from mpqfx.compress.evaluation import policy_label
 from mpqfx.compress.plots import bits_plot, pareto_plot
-from mpqfx.data.census import FEW_IMAGES, USES, census_warnings
+from mpqfx.data.census import FEW_IMAGES, USES, WARNED_USES, census_warnings
 from mpqfx.io import atomic_write_text
 from mpqfx.recipe import Recipe
 from mpqfx.rundir import RunDir
@@ -129,8 +129,8 @@ USE_NAMES = {"train": "training", "held_out": "held-out", "search": "search", "b
 FULL_TABLE_CLASSES = 20  # up to this many classes the report lists each; more get a per-use summary
 
 
-def _count_cell(n: int) -> str:
-    return f"**{n}**" if n < FEW_IMAGES else str(n)
+def _count_cell(n: int, use: str) -> str:
+    return f"**{n}**" if n < FEW_IMAGES and use in WARNED_USES else str(n)
 
 
 def _classes_section(data: dict[str, Any]) -> list[str]:
@@ -141,11 +141,11 @@ def _classes_section(data: dict[str, Any]) -> list[str]:
     classes = data["classes"]
     lines = ["", "## Classes and images", "",
              f"{len(classes)} classes; the images of each class in each use of the data (a limit draws a seeded, "
-             f"class-stratified sample). **Bold**: fewer than {FEW_IMAGES} images.", ""]
+             f"class-stratified sample). **Bold**: fewer than {FEW_IMAGES} training or held-out images.", ""]
     uses = [use for use in USES if use in per_use]
     if len(classes) <= FULL_TABLE_CLASSES:
         lines += ["| class | " + " | ".join(USE_NAMES[u] for u in uses) + " |", "|---|" + "---:|" * len(uses)]
-        lines += [f"| {c} | " + " | ".join(_count_cell(per_use[u][c]) for u in uses) + " |" for c in classes]
+        lines += [f"| {c} | " + " | ".join(_count_cell(per_use[u][c], u) for u in uses) + " |" for c in classes]
     else:
         lines += ["| use | images | classes present | fewest per class | most per class |", "|---|---:|---:|---|---|"]
         for use in uses:
@@ -153,7 +153,7 @@ def _classes_section(data: dict[str, Any]) -> list[str]:
             low, high = min(counts.values()), max(counts.values())
             fewest = [c for c in classes if counts[c] == low]
             lines.append(f"| {USE_NAMES[use]} | {sum(counts.values())} | {sum(n > 0 for n in counts.values())} | "
-                         f"{_count_cell(low)} ({', '.join(fewest[:3])}{', ...' if len(fewest) > 3 else ''}) | {high} |")
+                         f"{_count_cell(low, use)} ({', '.join(fewest[:3])}{', ...' if len(fewest) > 3 else ''}) | {high} |")
     warnings = census_warnings(data)
     if warnings:
         lines += ["", "Warnings:", ""] + [f"- {line}" for line in warnings]

@@ -13,6 +13,7 @@ from mpqfx.data.sampling import ClassSubset
 
 FEW_IMAGES = 5  # a class with fewer images than this in the training or held-out subset is warned about
 USES = ("train", "held_out", "search", "bn_calibration")
+WARNED_USES = {"train": "training", "held_out": "held-out"}  # the uses a class with few images is warned about
 
 
 def images_per_class(dataset: ClassSubset, indices: Sequence[int] | None = None) -> dict[str, int]:
@@ -39,11 +40,11 @@ def census_warnings(census: dict[str, Any]) -> list[str]:
     """One line per class with fewer than ``FEW_IMAGES`` training or held-out images, and one per
     split that had unreadable image files left out."""
     per_use = census.get("images_per_class", {})
-    lines = [f"class {name!r} has {n} {use.replace('_', '-')} image{'s' * (n != 1)} (fewer than {FEW_IMAGES})"
-             for use in ("train", "held_out") for name, n in per_use.get(use, {}).items() if n < FEW_IMAGES]
+    lines = [f"class {name!r} has {n} {label} image{'s' * (n != 1)} (fewer than {FEW_IMAGES})"
+             for use, label in WARNED_USES.items() for name, n in per_use.get(use, {}).items() if n < FEW_IMAGES]
     for use, paths in census.get("skipped_images", {}).items():
         if paths:
             shown = ", ".join(paths[:3]) + (f" and {len(paths) - 3} more" if len(paths) > 3 else "")
-            lines.append(f"{use.replace('_', '-')}: {len(paths)} image file{'s' * (len(paths) != 1)} that do not "
-                         f"decode left out (--skip-bad-images): {shown}")
+            lines.append(f"{WARNED_USES[use]}: {len(paths)} unreadable image file{'s' * (len(paths) != 1)} "
+                         f"left out (--skip-bad-images): {shown}")
     return lines

@@ -26,6 +26,12 @@ UNREADABLE = (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBom
 class BadImageError(DataError):
     """An image file that cannot be decoded (corrupt, truncated, not an image)."""
 
+    def __init__(self, message: str):
+        # a DataLoader worker's error comes back as "Caught ... Original Traceback ...": keep its last line, ours
+        if "Traceback" in message:
+            message = message.rstrip().splitlines()[-1].split(f"{type(self).__name__}: ", 1)[-1]
+        super().__init__(message)
+
 
 def _classes_of(folder: Path) -> list[str]:
     """The class folders of one split in timm's label order (natural sort, as its reader numbers them)."""
