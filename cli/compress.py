@@ -39,8 +39,9 @@ import click
               help="Print the summary as JSON on stdout (for scripts); progress and log lines go to stderr.")
 def compress_command(model_name: str | None, recipe: str, data: str, data_dir: str | None, targets: tuple[str, ...],
                      epochs: int | None, batch_size: int | None, train_images: int | None, val_images: int | None,
-                     search_images: int | None, skip_bad_images: bool, out: Path | None, checkpoint: Path | None, pretrained: bool,
-                     device: str | None, resume: bool, seed: int | None, no_export: bool, as_json: bool) -> None:
+                     search_images: int | None, skip_bad_images: bool, out: Path | None, checkpoint: Path | None,
+                     pretrained: bool, device: str | None, resume: bool, seed: int | None, no_export: bool,
+                     as_json: bool) -> None:
     """Train a supernet once, search every --target, evaluate, report and export."""
     import rich
     from rich.console import Console

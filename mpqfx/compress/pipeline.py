@@ -70,7 +70,8 @@ class CompressResult:
 def _resolve_recipe(recipe: Recipe | str | Path, overrides: dict[str, Any]) -> Recipe:
     recipe = Recipe.load(recipe)
     train = {k: v for k, v in overrides.items() if k in ("epochs", "batch_size", "seed") and v is not None}
-    data = {k: v for k, v in overrides.items() if k in ("train_images", "val_images", "skip_bad_images") and v is not None}
+    data = {k: v for k, v in overrides.items()
+            if k in ("train_images", "val_images", "skip_bad_images") and v is not None}
     if train:
         recipe = dataclasses.replace(recipe, train=dataclasses.replace(recipe.train, **train))
     if data:

@@ -152,8 +152,9 @@ def _classes_section(data: dict[str, Any]) -> list[str]:
             counts = per_use[use]
             low, high = min(counts.values()), max(counts.values())
             fewest = [c for c in classes if counts[c] == low]
+            named = ", ".join(fewest[:3]) + (", ..." if len(fewest) > 3 else "")
             lines.append(f"| {USE_NAMES[use]} | {sum(counts.values())} | {sum(n > 0 for n in counts.values())} | "
-                         f"{_count_cell(low, use)} ({', '.join(fewest[:3])}{', ...' if len(fewest) > 3 else ''}) | {high} |")
+                         f"{_count_cell(low, use)} ({named}) | {high} |")
     warnings = census_warnings(data)
     if warnings:
         lines += ["", "Warnings:", ""] + [f"- {line}" for line in warnings]

@@ -58,7 +58,8 @@ def class_names(root: str | Path) -> list[str]:
         raise DataError(f"{str(root)!r}: class {name!r} is in {present}/ but not in {absent}/ "
                         "(train/ and val/ must hold the same class folders)")
     for split in ("train", "val"):
-        empty = [c for c in classes if not any(f.suffix.lower() in IMAGE_SUFFIXES for f in (root / split / c).iterdir())]
+        empty = [c for c in classes
+                 if not any(f.suffix.lower() in IMAGE_SUFFIXES for f in (root / split / c).iterdir())]
         if empty:
             raise DataError(f"{str(root / split)!r}: class folder {empty[0]!r} holds no images "
                             f"({', '.join(sorted(IMAGE_SUFFIXES))})")

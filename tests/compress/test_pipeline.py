@@ -120,7 +120,8 @@ def test_the_report_counts_the_images_of_every_class_in_every_use(tmp_path):
         for index, (name, n) in enumerate(counts.items()):
             (tmp_path / "data" / split / name).mkdir(parents=True)
             for i in range(n):
-                Image.new("RGB", (12, 12), (80 * index, 20 * i, 100)).save(tmp_path / "data" / split / name / f"{i}.png")
+                Image.new("RGB", (12, 12), (80 * index, 20 * i, 100)).save(
+                    tmp_path / "data" / split / name / f"{i}.png")
     (tmp_path / "data" / "train" / "ant" / "bad.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
     recipe = Recipe.load("quickstart")
     recipe = dataclasses.replace(recipe, evaluate=dataclasses.replace(recipe.evaluate, bn_images=6, search_images=5))
@@ -133,7 +134,8 @@ def test_the_report_counts_the_images_of_every_class_in_every_use(tmp_path):
     assert data["classes"] == ["ant", "bee", "cat"] and data["skip_bad_images"] is True
     # BN: 6 of (10, 6, 3): shares 3.16, 1.89, 0.95 -> 3, 1, 1 (cat's one first) + bee's remainder -> 3, 2, 1.
     # search: 5 of the other 13 (7, 4, 2): shares 2.69, 1.54, 0.77 -> 2, 1, 1 + ant's remainder -> 3, 1, 1
-    assert data["images_per_class"] == {"train": {"ant": 10, "bee": 6, "cat": 3}, "held_out": {"ant": 2, "bee": 2, "cat": 2},
+    assert data["images_per_class"] == {"train": {"ant": 10, "bee": 6, "cat": 3},
+                                        "held_out": {"ant": 2, "bee": 2, "cat": 2},
                                         "search": {"ant": 3, "bee": 1, "cat": 1},
                                         "bn_calibration": {"ant": 3, "bee": 2, "cat": 1}}
     assert report["images"] == {"train": 19, "held_out": 6, "search": 5, "bn_calibration": 6}
