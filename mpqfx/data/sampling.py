@@ -44,9 +44,11 @@ def stratified_indices(labels: Sequence[int], count: int | None, seed: int,
     the next of its class, so only the images drawn are checked.
     """
     labels = np.asarray(labels, dtype=np.int64)
+    if count is None and accept is None:
+        return list(range(len(labels))), []
     classes = int(labels.max()) + 1 if labels.size else 0
-    positions = [np.flatnonzero(labels == c) for c in range(classes)]
-    sizes = [len(p) for p in positions]
+    sizes = np.bincount(labels, minlength=classes)
+    positions = np.split(np.argsort(labels, kind="stable"), np.cumsum(sizes)[:-1])  # each class's, ascending
     wanted = sizes if count is None else proportional_counts(sizes, count)
     generator = torch.Generator().manual_seed(seed)
     kept: list[int] = []
