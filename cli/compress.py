@@ -19,8 +19,12 @@ import click
               "[default: uniform:4 and uniform:3, where candidate bit-widths]")
 @click.option("--epochs", type=click.IntRange(1), default=None, help="Supernet epochs (default: the recipe's).")
 @click.option("--batch-size", type=click.IntRange(1), default=None, help="Training batch size (default: the recipe's).")
-@click.option("--train-images", type=click.IntRange(1), default=None, help="Use the first N training images.")
-@click.option("--val-images", type=click.IntRange(1), default=None, help="Use the first N held-out images.")
+@click.option("--train-images", type=click.IntRange(1), default=None,
+              help="Use N training images (a seeded sample with every class in proportion).")
+@click.option("--val-images", type=click.IntRange(1), default=None,
+              help="Use N held-out images (a seeded sample with every class in proportion).")
+@click.option("--skip-bad-images", is_flag=True,
+              help="Leave out image files that do not decode (counted in the report) instead of stopping at one.")
 @click.option("--search-images", type=click.IntRange(0), default=None,
               help="Training images the search measures candidate policies on (default: the recipe's).")
 @click.option("--out", type=click.Path(path_type=Path), default=None,
@@ -35,8 +39,9 @@ import click
               help="Print the summary as JSON on stdout (for scripts); progress and log lines go to stderr.")
 def compress_command(model_name: str | None, recipe: str, data: str, data_dir: str | None, targets: tuple[str, ...],
                      epochs: int | None, batch_size: int | None, train_images: int | None, val_images: int | None,
-                     search_images: int | None, out: Path | None, checkpoint: Path | None, pretrained: bool,
-                     device: str | None, resume: bool, seed: int | None, no_export: bool, as_json: bool) -> None:
+                     search_images: int | None, skip_bad_images: bool, out: Path | None, checkpoint: Path | None,
+                     pretrained: bool, device: str | None, resume: bool, seed: int | None, no_export: bool,
+                     as_json: bool) -> None:
     """Train a supernet once, search every --target, evaluate, report and export."""
     import rich
     from rich.console import Console
@@ -54,7 +59,7 @@ def compress_command(model_name: str | None, recipe: str, data: str, data_dir: s
     result = compress(model_name, recipe, data, targets, epochs=epochs, batch_size=batch_size, out=out,
                       checkpoint=checkpoint, pretrained=pretrained, device=device, resume=resume, seed=seed,
                       data_dir=data_dir, train_images=train_images, val_images=val_images,
-                      search_images=search_images, export=not no_export,
+                      search_images=search_images, skip_bad_images=skip_bad_images or None, export=not no_export,
                       log=lambda message: console.print(f"[dim]mpqfx:[/dim] {message}"))
     report = json.loads((result.run_dir / "report.json").read_text(encoding="utf-8"))
     print_report_summary(report, result.run_dir, as_json=as_json)

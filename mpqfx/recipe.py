@@ -233,9 +233,10 @@ class WarmStartConfig:
 class DataConfig:
     """How much of the data set a run uses and the Fashion-MNIST input size."""
 
-    train_images: int | None = None  # the first N training images; null: all
-    val_images: int | None = None  # the first N held-out images; null: all
+    train_images: int | None = None  # N training images, a seeded class-stratified sample; null: all
+    val_images: int | None = None  # N held-out images, a seeded class-stratified sample; null: all
     image_size: int = 32  # square input side for Fashion-MNIST (ImageFolder uses the model's config)
+    skip_bad_images: bool = False  # leave out ImageFolder files that do not decode (counted in the report)
 
     def problems(self) -> list[str]:
         found = [f"{n}: must be >= 1 or null, got {getattr(self, n)}" for n in ("train_images", "val_images")

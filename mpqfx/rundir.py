@@ -22,7 +22,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from mpqfx.data.spec import DataSpec, fixed_batches, fixed_indices
+from mpqfx.data.spec import DataSpec, batches_at, calibration_indices, search_indices
 from mpqfx.errors import MpqfxError
 from mpqfx.io import atomic_write_text
 from mpqfx.models import create_model
@@ -111,8 +111,8 @@ def search_data(run_dir: str | Path, net: Supernet, search_images: int | None = 
     rebuilt from the run's data spec; empty lists for runs that record no data.
 
     The calibration images are the ones ``compress`` re-estimates BatchNorm on before it reports
-    a policy (seed 2); the ``search_images`` (default: the recipe's ``evaluate.search_images``)
-    are drawn from the other training images (seed 1), unless the split is too small for both.
+    a policy; the ``search_images`` (default: the recipe's ``evaluate.search_images``) are drawn
+    from the other training images, unless the split is too small for both (``search_indices``).
     """
     run = RunDir(run_dir)
     if not run.run_json.is_file():
@@ -122,7 +122,6 @@ def search_data(run_dir: str | Path, net: Supernet, search_images: int | None = 
     count = evaluate.search_images if search_images is None else search_images
     model = create_model(net.model_spec.name, **net.model_spec.kwargs) if net.model_spec else None
     train = spec.split("train", model, train=False)
-    calibration = fixed_batches(train, evaluate.bn_images, evaluate.batch_size, seed=2) if evaluate.bn_images else []
-    used = fixed_indices(len(train), evaluate.bn_images, seed=2) if evaluate.bn_images else []
-    batches = fixed_batches(train, count, evaluate.batch_size, seed=1, exclude=used) if count else []
+    calibration = batches_at(train, calibration_indices(train, evaluate.bn_images), evaluate.batch_size)
+    batches = batches_at(train, search_indices(train, count, evaluate.bn_images), evaluate.batch_size)
     return batches, calibration

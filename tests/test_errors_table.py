@@ -15,6 +15,7 @@ import timm
 import torch
 import yaml
 from click.testing import CliRunner
+from PIL import Image
 from torch import nn
 
 import mpqfx
@@ -97,6 +98,11 @@ def scratch(tmp_path_factory, fashion_dir):
     (root / "a-file").write_text("a file, not a folder")
     (root / "classless" / "train").mkdir(parents=True)
     (root / "classless" / "val").mkdir()
+    folders = [(tree, s, c) for tree in ("unmatched", "broken") for s in ("train", "val") for c in ("ant", "bee")]
+    for tree, split, name in folders + [("unmatched", "val", "cow")]:
+        (root / tree / split / name).mkdir(parents=True)
+        Image.new("RGB", (8, 8)).save(root / tree / split / name / "0.png")
+    (root / "broken" / "train" / "ant" / "0.png").write_bytes(b"\x89PNG\r\n\x1a\n cut short")
     return root
 
 

@@ -10,13 +10,12 @@ from typing import Any, Iterable
 from torch.utils.data import DataLoader
 
 from mpqfx.cost.report import bitops
-from mpqfx.data.spec import DataSpec, fixed_batches
+from mpqfx.data.sampling import ClassSubset
+from mpqfx.data.spec import DataSpec, batches_at, calibration_indices
 from mpqfx.evaluate import evaluate, recalibrated_bn
 from mpqfx.quant.policy import Policy
 from mpqfx.recipe import Recipe
 from mpqfx.supernet import Supernet
-
-CALIBRATION_SEED = 2  # the training images BatchNorm statistics are re-estimated on (search uses seed 1)
 
 
 @dataclass
@@ -61,11 +60,17 @@ class PolicyEvaluator:
         self.spec, self.float_model, self.config = spec, float_model, recipe.evaluate
 
     @cached_property
+    def train_set(self) -> ClassSubset:
+        """The run's training images without augmentation (what BatchNorm is re-estimated on)."""
+        return self.spec.split("train", self.float_model, train=False)
+
+    @cached_property
+    def calibration_indices(self) -> list[int]:
+        return calibration_indices(self.train_set, self.config.bn_images)
+
+    @cached_property
     def calibration(self) -> list:
-        if not self.config.bn_images:
-            return []
-        train = self.spec.split("train", self.float_model, train=False)
-        return fixed_batches(train, self.config.bn_images, self.config.batch_size, seed=CALIBRATION_SEED)
+        return batches_at(self.train_set, self.calibration_indices, self.config.batch_size)
 
     @cached_property
     def val_batches(self) -> DataLoader:

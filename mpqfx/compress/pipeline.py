@@ -23,7 +23,8 @@ from mpqfx.compress.evaluation import PolicyEvaluator, PolicyResult, uniform_pol
 from mpqfx.compress.report import write_report
 from mpqfx.compress.timing import PhaseTimes
 from mpqfx.compress.warm_start import create_float_model, float_recipe, timm_spec_of
-from mpqfx.data.spec import DataSpec
+from mpqfx.data.census import census_warnings, data_census
+from mpqfx.data.spec import DataSpec, search_indices
 from mpqfx.errors import Interrupted, MpqfxError
 from mpqfx.export.double_rounding_file import save_double_rounding
 from mpqfx.export.run import export_policy_files
@@ -69,7 +70,8 @@ class CompressResult:
 def _resolve_recipe(recipe: Recipe | str | Path, overrides: dict[str, Any]) -> Recipe:
     recipe = Recipe.load(recipe)
     train = {k: v for k, v in overrides.items() if k in ("epochs", "batch_size", "seed") and v is not None}
-    data = {k: v for k, v in overrides.items() if k in ("train_images", "val_images") and v is not None}
+    data = {k: v for k, v in overrides.items()
+            if k in ("train_images", "val_images", "skip_bad_images") and v is not None}
     if train:
         recipe = dataclasses.replace(recipe, train=dataclasses.replace(recipe.train, **train))
     if data:
@@ -107,7 +109,7 @@ def compress(model: str | nn.Module | None, recipe: Recipe | str | Path = DEFAUL
              out: str | Path | None = None, checkpoint: str | Path | None = None, pretrained: bool = False,
              device: str | None = None, resume: bool = False, seed: int | None = None, data_dir: str | None = None,
              train_images: int | None = None, val_images: int | None = None, search_images: int | None = None,
-             export: bool = True,
+             skip_bad_images: bool | None = None, export: bool = True,
              progress: bool = True, log: Log | None = None) -> CompressResult:
     """Compress a timm model: float warm start, supernet training, one search per target,
     evaluation, report and export, all in one run directory.
@@ -120,8 +122,10 @@ def compress(model: str | nn.Module | None, recipe: Recipe | str | Path = DEFAUL
         data: ``"fashion-mnist"`` (embedded) or the root of an ImageFolder tree (train/, val/).
         targets: budgets, e.g. ``"uniform:4"``, ``"4.5G"``, ``"size=8x"``, ``"avg=3.5"``; default:
             ``uniform:4`` and ``uniform:3`` where those are candidate bit-widths.
-        epochs, batch_size, seed, train_images, val_images, search_images: override the recipe's values
-            (``search_images``: the training images candidate policies are measured on in the search).
+        epochs, batch_size, seed, train_images, val_images, search_images, skip_bad_images: override the
+            recipe's values (``search_images``: the training images candidate policies are measured on in
+            the search; ``train_images``/``val_images`` draw a seeded class-stratified sample;
+            ``skip_bad_images``: leave out image files that do not decode instead of stopping).
         out: the run directory (default ``runs/<model>-<recipe>-<timestamp>``).
         checkpoint / pretrained: float weights from a local file / timm's hub (skips the float phase).
         resume: continue the run in ``out`` from its last completed phase or checkpoint, with the
@@ -135,11 +139,11 @@ def compress(model: str | nn.Module | None, recipe: Recipe | str | Path = DEFAUL
     log = log or (lambda message: None)
     module = model if isinstance(model, nn.Module) else None
     overrides = dict(epochs=epochs, batch_size=batch_size, seed=seed, train_images=train_images, val_images=val_images,
-                     search_images=search_images)
+                     search_images=search_images, skip_bad_images=skip_bad_images)
     if resume:
         if any(v is not None for v in overrides.values()):
             raise MpqfxError("--resume continues with the run's own settings; drop --epochs/--batch-size/--seed/"
-                             "--train-images/--val-images/--search-images")
+                             "--train-images/--val-images/--search-images/--skip-bad-images")
         run = _run_dir(out, "", "", resume=True)
         run.remove_temp_files()
         meta = run.meta()
@@ -152,7 +156,8 @@ def compress(model: str | nn.Module | None, recipe: Recipe | str | Path = DEFAUL
             raise MpqfxError("compress: pass a timm model name or a timm model instance")
         recipe_obj = _resolve_recipe(recipe, overrides)
         spec = DataSpec.parse(data, data_dir, train_limit=recipe_obj.data.train_images,
-                              val_limit=recipe_obj.data.val_images, image_size=recipe_obj.data.image_size)
+                              val_limit=recipe_obj.data.val_images, image_size=recipe_obj.data.image_size,
+                              seed=recipe_obj.train.seed, skip_bad_images=recipe_obj.data.skip_bad_images)
         model_spec = timm_spec_of(module, spec.model_kwargs()) if module is not None else ModelSpec(model, spec.model_kwargs())
         targets = list(targets)
         source = _weights_source(module, pretrained, checkpoint)
@@ -186,6 +191,9 @@ def compress(model: str | nn.Module | None, recipe: Recipe | str | Path = DEFAUL
     log(net.describe().splitlines()[0])
     train_set = spec.split("train", float_model, train=True)
     evaluator = PolicyEvaluator(spec, float_model, recipe_obj)
+    census = _image_counts(net, train_set, evaluator)
+    for line in census_warnings(census):
+        log(f"warning: {line}")
     times = PhaseTimes(run, resume)
     command = f"mpqfx compress --out {run.root} --resume"
     try:
@@ -202,7 +210,7 @@ def compress(model: str | nn.Module | None, recipe: Recipe | str | Path = DEFAUL
         with times.phase("export"):
             if export:
                 _export_all(net, results, recipe_obj, run, evaluator, progress, log)
-        write_report(run, net, recipe_obj, results, times.wall, times.cpu, _image_counts(net, train_set, evaluator))
+        write_report(run, net, recipe_obj, results, times.wall, times.cpu, census)
     except KeyboardInterrupt:
         raise Interrupted(f"interrupted during {times.current or 'setup'}; `{command}` continues the run with "
                           f"{run.restart_point()}") from None
@@ -214,11 +222,13 @@ def compress(model: str | nn.Module | None, recipe: Recipe | str | Path = DEFAUL
     return CompressResult(run.root, results, times.wall, times.cpu)
 
 
-def _image_counts(net: Supernet, train_set, evaluator: PolicyEvaluator) -> dict[str, int]:
-    """How many images each use of the data actually got (a limit above a split's size gives the split)."""
-    search = min(net.recipe.evaluate.search_images, len(train_set))  # what rundir.search_data draws
-    return {"train": len(train_set), "held_out": evaluator.val_images, "search": search,
-            "bn_calibration": sum(len(labels) for _, labels in evaluator.calibration)}
+def _image_counts(net: Supernet, train_set, evaluator: PolicyEvaluator) -> dict[str, Any]:
+    """The classes and the images of each class each use of the data actually got (the indices
+    drawn; rundir.search_data draws the same search images), and the files left out."""
+    evaluate = net.recipe.evaluate
+    search = search_indices(evaluator.train_set, evaluate.search_images, evaluate.bn_images)
+    return data_census(train_set, evaluator.val_batches.dataset, search, evaluator.calibration_indices,
+                       evaluator.spec.root)
 
 
 def _weights_source(module: nn.Module | None, pretrained: bool, checkpoint: str | Path | None) -> str:

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from mpqfx.compress.evaluation import policy_label
 from mpqfx.compress.plots import bits_plot, pareto_plot
+from mpqfx.data.census import FEW_IMAGES, USES, WARNED_USES, census_warnings
 from mpqfx.io import atomic_write_text
 from mpqfx.recipe import Recipe
 from mpqfx.rundir import RunDir
@@ -47,11 +48,13 @@ def versions() -> dict[str, str]:
 
 
 def report_dict(run: RunDir, net: Supernet, recipe: Recipe, results: list["PolicyResult"],
-                seconds: dict[str, float], cpu_seconds: dict[str, float], images: dict[str, int]) -> dict[str, Any]:
-    """The report of a run; ``images`` counts the images each use actually got (train, held_out,
-    bn_calibration, search)."""
+                seconds: dict[str, float], cpu_seconds: dict[str, float], census: dict[str, Any]) -> dict[str, Any]:
+    """The report of a run; ``census`` (mpqfx.data.census.data_census) gives the classes, the images
+    of each class each use actually got (train, held_out, search, bn_calibration) and the files
+    left out; ``images`` holds the totals."""
     meta = run.meta()
-    return {"format": REPORT_FORMAT, "model": meta["model"], "data": meta["data"], "images": images,
+    images = {use: sum(census["images_per_class"][use].values()) for use in USES}
+    return {"format": REPORT_FORMAT, "model": meta["model"], "data": {**meta["data"], **census}, "images": images,
             "input_size": list(net.example_input.shape[1:]), "recipe": recipe.name,
             "strategy": recipe.strategy.name, "search_backend": recipe.search.backend,
             "float_accuracy": next(r.accuracy for r in results if r.kind == "float"),
@@ -114,11 +117,48 @@ def _markdown(report: dict[str, Any]) -> str:
     exports = [(p["target"], p["exports"]) for p in searched if p["exports"]]
     if exports:
         lines += ["", "## Exports", ""] + _exports_table(exports)
+    lines += _classes_section(report["data"])
     lines += ["", "## Time per phase", "", "Over every process of a resumed run; CPU is the process's, all threads.", "",
               "| phase | wall (s) | CPU (s) |", "|---|---:|---:|"]
     lines += [f"| {k} | {v:.1f} | {report['cpu_seconds'][k]:.1f} |" for k, v in report["seconds"].items()]
     lines += ["", "Versions: " + ", ".join(f"{name} {v}" for name, v in report["versions"].items()) + "."]
     return "\n".join(lines) + "\n"
+
+
+USE_NAMES = {"train": "training", "held_out": "held-out", "search": "search", "bn_calibration": "BN calibration"}
+FULL_TABLE_CLASSES = 20  # up to this many classes the report lists each; more get a per-use summary
+
+
+def _count_cell(n: int, use: str) -> str:
+    return f"**{n}**" if n < FEW_IMAGES and use in WARNED_USES else str(n)
+
+
+def _classes_section(data: dict[str, Any]) -> list[str]:
+    """The classes and the images of each per use (runs reported before these were recorded: nothing)."""
+    per_use = data.get("images_per_class")
+    if not per_use:
+        return []
+    classes = data["classes"]
+    lines = ["", "## Classes and images", "",
+             f"{len(classes)} classes; the images of each class in each use of the data (a limit draws a seeded, "
+             f"class-stratified sample). **Bold**: fewer than {FEW_IMAGES} training or held-out images.", ""]
+    uses = [use for use in USES if use in per_use]
+    if len(classes) <= FULL_TABLE_CLASSES:
+        lines += ["| class | " + " | ".join(USE_NAMES[u] for u in uses) + " |", "|---|" + "---:|" * len(uses)]
+        lines += [f"| {c} | " + " | ".join(_count_cell(per_use[u][c], u) for u in uses) + " |" for c in classes]
+    else:
+        lines += ["| use | images | classes present | fewest per class | most per class |", "|---|---:|---:|---|---|"]
+        for use in uses:
+            counts = per_use[use]
+            low, high = min(counts.values()), max(counts.values())
+            fewest = [c for c in classes if counts[c] == low]
+            named = ", ".join(fewest[:3]) + (", ..." if len(fewest) > 3 else "")
+            lines.append(f"| {USE_NAMES[use]} | {sum(counts.values())} | {sum(n > 0 for n in counts.values())} | "
+                         f"{_count_cell(low, use)} ({named}) | {high} |")
+    warnings = census_warnings(data)
+    if warnings:
+        lines += ["", "Warnings:", ""] + [f"- {line}" for line in warnings]
+    return lines
 
 
 def _exports_table(exports: list[tuple[str, dict[str, Any]]]) -> list[str]:
@@ -146,8 +186,8 @@ def render_report(run: RunDir, report: dict[str, Any]) -> None:
 
 
 def write_report(run: RunDir, net: Supernet, recipe: Recipe, results: list["PolicyResult"],
-                 seconds: dict[str, float], cpu_seconds: dict[str, float], images: dict[str, int]) -> dict[str, Any]:
+                 seconds: dict[str, float], cpu_seconds: dict[str, float], census: dict[str, Any]) -> dict[str, Any]:
     """Write report.json, report.md, pareto.png and bits.png into the run directory."""
-    report = report_dict(run, net, recipe, results, seconds, cpu_seconds, images)
+    report = report_dict(run, net, recipe, results, seconds, cpu_seconds, census)
     render_report(run, report)
     return report

@@ -79,6 +79,11 @@ class FashionMNIST(Dataset):
         self.size, self.train = size, train
         self.classes = CLASSES
 
+    @property
+    def targets(self) -> np.ndarray:
+        """The labels, one per image."""
+        return self.labels.numpy()
+
     def __len__(self) -> int:
         return len(self.labels)
 

@@ -109,15 +109,47 @@ def test_float_teacher_distillation_is_taught_by_the_float_model(fashion_dir, tm
     assert not any(p.requires_grad for p in teacher.parameters())
 
 
-def test_the_report_states_the_images_and_input_size_an_imagefolder_run_actually_used(tmp_path, write_imagefolder):
-    """The recipe's limits (9600 / 2000 images, image_size 32) are not what a 12 / 6-image folder at
-    the model's 160x160 input gives; the report says what was used."""
-    write_imagefolder(tmp_path / "flowers")
-    result = mpqfx.compress("test_resnet", data=str(tmp_path / "flowers"), targets=["uniform:4"], epochs=1,
-                            batch_size=4, out=tmp_path / "run", export=False, progress=False)
+def test_the_report_counts_the_images_of_every_class_in_every_use(tmp_path):
+    """An unbalanced folder (train ant 10 + 1 truncated file, bee 6, cat 3; val 4 each) with
+    --val-images 6, 6 BatchNorm and 5 search images, skipping unreadable files. The recipe's own
+    limits (9600 / 2000 images, image_size 32) are not what this folder at the model's 160x160
+    input gives; the report says what was used."""
+    from PIL import Image
+
+    for split, counts in (("train", {"ant": 10, "bee": 6, "cat": 3}), ("val", {"ant": 4, "bee": 4, "cat": 4})):
+        for index, (name, n) in enumerate(counts.items()):
+            (tmp_path / "data" / split / name).mkdir(parents=True)
+            for i in range(n):
+                Image.new("RGB", (12, 12), (80 * index, 20 * i, 100)).save(
+                    tmp_path / "data" / split / name / f"{i}.png")
+    (tmp_path / "data" / "train" / "ant" / "bad.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    recipe = Recipe.load("quickstart")
+    recipe = dataclasses.replace(recipe, evaluate=dataclasses.replace(recipe.evaluate, bn_images=6, search_images=5))
+    lines = []
+    result = mpqfx.compress("test_resnet", recipe, data=str(tmp_path / "data"), targets=["uniform:4"], epochs=1,
+                            batch_size=4, val_images=6, skip_bad_images=True, out=tmp_path / "run", export=False,
+                            progress=False, log=lines.append)
     report = json.loads((result.run_dir / "report.json").read_text())
-    assert report["images"] == {"train": 12, "held_out": 6, "bn_calibration": 12, "search": 12}
+    data = report["data"]
+    assert data["classes"] == ["ant", "bee", "cat"] and data["skip_bad_images"] is True
+    # BN: 6 of (10, 6, 3): shares 3.16, 1.89, 0.95 -> 3, 1, 1 (cat's one first) + bee's remainder -> 3, 2, 1.
+    # search: 5 of the other 13 (7, 4, 2): shares 2.69, 1.54, 0.77 -> 2, 1, 1 + ant's remainder -> 3, 1, 1
+    assert data["images_per_class"] == {"train": {"ant": 10, "bee": 6, "cat": 3},
+                                        "held_out": {"ant": 2, "bee": 2, "cat": 2},
+                                        "search": {"ant": 3, "bee": 1, "cat": 1},
+                                        "bn_calibration": {"ant": 3, "bee": 2, "cat": 1}}
+    assert report["images"] == {"train": 19, "held_out": 6, "search": 5, "bn_calibration": 6}
     assert report["input_size"] == [3, 160, 160]  # timm's pretrained_cfg of test_resnet
+    assert data["skipped_images"] == {"train": ["train/ant/bad.png"], "held_out": []}
+    warnings = ["class 'cat' has 3 training images (fewer than 5)", "class 'ant' has 2 held-out images (fewer than 5)",
+                "class 'bee' has 2 held-out images (fewer than 5)", "class 'cat' has 2 held-out images (fewer than 5)",
+                "training: 1 unreadable image file left out (--skip-bad-images): train/ant/bad.png"]
+    assert [line for line in lines if line.startswith("warning: ")] == [f"warning: {w}" for w in warnings]
+    markdown = (result.run_dir / "report.md").read_text()
+    assert "19 training and 6 held-out images at input 3x160x160" in markdown
+    assert "| class | training | held-out | search | BN calibration |" in markdown
+    assert "| cat | **3** | **2** | 1 | 1 |" in markdown and "| bee | 6 | **2** | 1 | 2 |" in markdown
+    assert all(f"- {w}" in markdown for w in warnings)
     meta = json.loads((result.run_dir / "run.json").read_text())
     assert meta["input_size"] == [3, 160, 160] and meta["data"]["image_size"] is None
-    assert "12 training and 6 held-out images at input 3x160x160" in (result.run_dir / "report.md").read_text()
+    assert meta["data"]["skip_bad_images"] is True and meta["data"]["sampling"] == "stratified"
