@@ -38,7 +38,7 @@ from mpqfx.search.progress import SearchProgress
 from mpqfx.search.run import search_many
 from mpqfx.store import load_supernet, save_supernet
 from mpqfx.supernet import ModelSpec, Supernet
-from mpqfx.train.checkpoint import CheckpointError
+from mpqfx.train.checkpoint import CheckpointError, reason
 from mpqfx.train.loop import Trainer
 from mpqfx.train.metrics import phase_bar
 
@@ -64,6 +64,20 @@ class CompressResult:
     @property
     def searched(self) -> list[PolicyResult]:
         return [r for r in self.results if r.kind == "searched"]
+
+
+class ExportFailed(MpqfxError):
+    """The run finished and its report is written, but the export of some policies failed;
+    ``result`` holds the run, and each failed row's ``export_error`` says why."""
+
+    exit_code = 1  # the CLI's: not bad input (2), a run that failed in part
+
+    def __init__(self, result: CompressResult):
+        self.result = result
+        failed = "; ".join(f"policy {Path(r.policy_file).stem} ({r.export_error})" for r in result.searched
+                           if r.export_error)
+        super().__init__(f"export failed for {failed}; the other policies were exported and "
+                         f"{result.run_dir / 'report.md'} reports every row")
 
 
 def _resolve_recipe(recipe: Recipe | str | Path, overrides: dict[str, Any]) -> Recipe:
@@ -211,7 +225,10 @@ def compress(model: str | nn.Module | None, recipe: Recipe | str | Path = DEFAUL
             raise
         raise CheckpointError(f"{exc}: `{command}`") from None
     log(f"report: {run.report_md}")
-    return CompressResult(run.root, results, times.wall, times.cpu)
+    result = CompressResult(run.root, results, times.wall, times.cpu)
+    if any(r.export_error for r in result.searched):
+        raise ExportFailed(result)
+    return result
 
 
 def _image_counts(net: Supernet, train_set, evaluator: PolicyEvaluator) -> dict[str, int]:
@@ -333,7 +350,11 @@ def _export_all(net: Supernet, results: list[PolicyResult], recipe: Recipe, run:
     with phase_bar(progress) as bar:
         task = bar.add_task("export", total=len(searched) + double_rounding)
         for result in searched:
-            result.exports = _export(net, result, run, evaluator, log)
+            try:
+                result.exports = _export(net, result, run, evaluator, log)
+            except Exception as exc:  # a failed export is a row of the report, not the end of the run
+                result.export_error = str(exc).strip().splitlines()[0] if isinstance(exc, MpqfxError) else reason(exc)
+                log(f"export {Path(result.policy_file).stem} failed: {result.export_error}")
             bar.update(task, advance=1)
         if double_rounding:  # one 8-bit file from which every policy's weights derive (Eq. 2-3)
             path = save_double_rounding(net, run.export / "supernet.dr8.safetensors")
