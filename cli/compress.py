@@ -60,6 +60,8 @@ def compress_command(model_name: str | None, recipe: str, data: str, data_dir: s
                           log=lambda message: console.print(f"[dim]mpqfx:[/dim] {message}"))
     except ExportFailed as exc:  # the report is complete: show it, then the one line naming the failed policies
         result, failed = exc.result, exc
+    if result is None:  # a rank other than 0 under torchrun: rank 0 reports
+        return
     report = json.loads((result.run_dir / "report.json").read_text(encoding="utf-8"))
     print_report_summary(report, result.run_dir, as_json=as_json)
     if failed is not None:

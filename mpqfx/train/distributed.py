@@ -1,17 +1,28 @@
-"""Joining the process group that ``torchrun`` describes in the environment."""
+"""Joining the process group that ``torchrun`` describes in the environment, and the few
+collectives a whole job needs around training (rank 0 alone writes the run directory, searches,
+evaluates and exports while the other ranks wait)."""
 
 from __future__ import annotations
 
 import os
+from datetime import timedelta
+from typing import Callable, TypeVar
 
 import torch
 import torch.distributed as dist
+
+from mpqfx.errors import MpqfxError
+
+T = TypeVar("T")
+SOLO_TIMEOUT = timedelta(days=7)  # how long the other ranks wait for rank 0's search, evaluation and export
 
 
 def init_from_env(device: torch.device | str | None = None) -> torch.device:
     """Initialise ``torch.distributed`` when launched by torchrun (WORLD_SIZE > 1) and return this
     rank's device: ``cuda:LOCAL_RANK`` with NCCL when CUDA is available, else the CPU with gloo."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
+    if device is not None and torch.device(device).type == "cuda" and not torch.cuda.is_available():
+        raise MpqfxError(f"--device {device}: this machine has no CUDA device that torch {torch.__version__} can use")
     cuda = torch.cuda.is_available() and (device is None or torch.device(device).type == "cuda")
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if world > 1 and dist.is_available() and not dist.is_initialized():
@@ -21,3 +32,42 @@ def init_from_env(device: torch.device | str | None = None) -> torch.device:
     if device is not None and torch.device(device).type != "cuda":
         return torch.device(device)
     return torch.device(f"cuda:{local_rank}") if cuda else torch.device("cpu")
+
+
+def is_distributed() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def is_main() -> bool:
+    """Whether this process is rank 0 (or the only process)."""
+    return not is_distributed() or dist.get_rank() == 0
+
+
+def on_main(fn: Callable[[], T]) -> T:
+    """``fn()`` run by rank 0 alone; every rank gets its result, or raises its error as one line."""
+    if not is_distributed():
+        return fn()
+    box: list = [None]
+    if dist.get_rank() == 0:
+        try:
+            box[0] = (True, fn())
+        except Exception as exc:
+            dist.broadcast_object_list([(False, str(exc))], src=0)
+            raise
+    dist.broadcast_object_list(box, src=0)
+    done, value = box[0]
+    if not done:
+        raise MpqfxError(value)
+    return value
+
+
+def barrier() -> None:
+    """Wait until every rank is here (nothing to do in a single process)."""
+    if is_distributed():
+        dist.barrier()
+
+
+def solo_group() -> dist.ProcessGroup | None:
+    """A gloo group whose barrier waits days, not the default minutes: the ranks that finished training
+    wait on it while rank 0 works on alone (every rank must call this, at the same point)."""
+    return dist.new_group(backend="gloo", timeout=SOLO_TIMEOUT) if is_distributed() else None
