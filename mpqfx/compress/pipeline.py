@@ -211,6 +211,9 @@ def compress(model: str | nn.Module | None, recipe: Recipe | str | Path = DEFAUL
 
         run = on_main(start)
     log(f"run directory: {run.root}")
+    if solo is not None:
+        log(f"{dist.get_world_size()} processes ({dist.get_backend()}) train, each on 1/{dist.get_world_size()} of "
+            f"every batch of {recipe_obj.train.batch_size}; this one (rank 0) alone writes the run directory")
     if resume:
         log(f"resuming: the run continues with {run.restart_point()}")
     log(net.describe().splitlines()[0])

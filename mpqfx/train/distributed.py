@@ -17,21 +17,33 @@ T = TypeVar("T")
 SOLO_TIMEOUT = timedelta(days=7)  # how long the other ranks wait for rank 0's search, evaluation and export
 
 
+def resolve_device(device: torch.device | str | None = None) -> torch.device:
+    """``device`` as a torch device (None: CUDA when available, else the CPU); one line when CUDA is
+    asked for and there is none."""
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(device)
+    except RuntimeError:
+        raise MpqfxError(f"--device {device!r}: expected cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise MpqfxError(f"--device {device}: this machine has no CUDA device that torch {torch.__version__} can use")
+    return device
+
+
 def init_from_env(device: torch.device | str | None = None) -> torch.device:
     """Initialise ``torch.distributed`` when launched by torchrun (WORLD_SIZE > 1) and return this
     rank's device: ``cuda:LOCAL_RANK`` with NCCL when CUDA is available, else the CPU with gloo."""
+    device = resolve_device(device)
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    if device is not None and torch.device(device).type == "cuda" and not torch.cuda.is_available():
-        raise MpqfxError(f"--device {device}: this machine has no CUDA device that torch {torch.__version__} can use")
-    cuda = torch.cuda.is_available() and (device is None or torch.device(device).type == "cuda")
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if world > 1 and dist.is_available() and not dist.is_initialized():
-        if cuda:
+        if device.type == "cuda":
             torch.cuda.set_device(local_rank)
-        dist.init_process_group(backend="nccl" if cuda else "gloo")
-    if device is not None and torch.device(device).type != "cuda":
-        return torch.device(device)
-    return torch.device(f"cuda:{local_rank}") if cuda else torch.device("cpu")
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+    if device.type == "cuda" and world > 1:
+        return torch.device(f"cuda:{local_rank}")  # one GPU per process
+    return device
 
 
 def is_distributed() -> bool:

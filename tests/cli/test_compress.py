@@ -116,7 +116,7 @@ def test_a_later_search_changes_nothing_the_run_reported_and_the_report_can_add_
     folder = root / "searches" / "ilp-objective=limpq"
     assert [Path(r["policy_file"]) for r in found] == [folder / "uniform-4.yaml", folder / "uniform-3.yaml"]
     kept = tree_digest(root, skip=())
-    again = mpqfx_cli("search", "--run", root, "--target", "uniform:4", "--option", "objective=limpq",
+    again = mpqfx_cli("search", "--run", root, "--target", "uniform:4", "--option", "objective=limpq", "--device", "cpu",
                       env={**os.environ, "COLUMNS": "80"})
     assert again.returncode == 0, again.stderr
     assert tree_digest(root, skip=()) == kept  # the same policy found again: nothing changes
@@ -219,7 +219,7 @@ def test_a_failed_export_is_a_row_of_the_report_and_the_other_policies_still_exp
 def test_the_report_is_regenerated_byte_for_byte(run, tmp_path):
     root = shutil.copytree(run[0], tmp_path / "run")
     before = tree_digest(root)
-    proc = mpqfx_cli("report", "--run", root)
+    proc = mpqfx_cli("report", "--run", root, "--device", "cpu")
     assert proc.returncode == 0, proc.stderr
     assert tree_digest(root) == before
 
@@ -292,7 +292,7 @@ def _snapshot(root):
 def test_export_takes_a_policy_name_and_measures_the_onnx_file(run, tmp_path):
     root, _ = run
     out = tmp_path / "by-name.onnx"
-    proc = mpqfx_cli("export", "--run", root, "--policy", "uniform:4", "--out", out)
+    proc = mpqfx_cli("export", "--run", root, "--policy", "uniform:4", "--out", out, "--device", "cpu")
     assert proc.returncode == 0, proc.stderr
     assert out.is_file() and "top-1 agreement" in proc.stdout and "64 held-out images" in proc.stdout
     assert f"{len(load_supernet(root)[0].layers)}/" in proc.stdout
@@ -347,6 +347,18 @@ def test_export_to_openvino_writes_the_ir_and_measures_it_in_openvino(run, tmp_p
                      env={**os.environ, "PYTHONPATH": str(blocker)})
     one_line_error(proc, "--format openvino needs the openvino package, which is not installed: pip install 'mpqfx[openvino]'")
     assert _snapshot(root) == before
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a CUDA device")
+@pytest.mark.parametrize("command", [["compress", "--model", "test_resnet", "--out", "{tmp}/r"],
+                                     ["search", "--run", "{run}", "--target", "uniform:4"], ["report", "--run", "{run}"],
+                                     ["export", "--run", "{run}", "--policy", "uniform-4", "--out", "{tmp}/r.onnx"]])
+def test_device_cuda_without_one_is_one_line_and_writes_nothing(run, command, tmp_path):
+    root, _ = run
+    before = _snapshot(root)
+    args = [a.format(tmp=tmp_path, run=root) for a in command]
+    one_line_error(mpqfx_cli(*args, "--device", "cuda"), "--device cuda: this machine has no CUDA device that torch")
+    assert _snapshot(root) == before and not list(tmp_path.iterdir())
+
 
 def test_a_finished_run_is_not_overwritten(run, fashion_dir):
     root, _ = run

@@ -93,6 +93,7 @@ def test_two_processes_train_and_rank_0_alone_writes_the_whole_run_directory(ddp
     assert [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()] == [3]
     assert len(torch.load(run / "checkpoint.pt", weights_only=True)["rng"]) == 2  # both ranks' RNG states
     assert proc.stdout.count("mpqfx: run directory:") == 1 and proc.stdout.count("\nreport: ") == 1  # rank 0 speaks
+    assert "2 processes (gloo) train, each on 1/2 of every batch of 8" in " ".join(proc.stdout.split())
 
 
 @pytest.mark.slow
@@ -112,3 +113,21 @@ def test_resume_under_torchrun_continues_from_the_two_process_checkpoint(ddp_run
     rows = [json.loads((r / "report.json").read_text())["policies"] for r in (first, run)]
     assert [(p["name"], p["accuracy"]) for p in rows[1]] == [(p["name"], p["accuracy"]) for p in rows[0]]
     assert (run / "export" / "uniform-4.onnx").is_file()
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs 2 CUDA GPUs")
+def test_two_gpus_train_with_nccl_and_rank_0_alone_writes_the_run_directory(tmp_path, fashion_dir):
+    run = tmp_path / "run"
+    proc = torchrun_compress(tmp_path, run, "--model", "test_resnet", "--data-dir", fashion_dir, "--device", "cuda",
+                             "--target", "uniform:4", "--epochs", "1", "--batch-size", "64", "--train-images", "512",
+                             "--val-images", "128")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "2 processes (nccl) train, each on 1/2 of every batch of 64" in " ".join(proc.stdout.split())
+    assert_written_by_rank_0_alone(run)
+    assert [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()][-1] == 512 // 64
+    assert len(torch.load(run / "checkpoint.pt", weights_only=True)["rng"]) == 2
+    report = json.loads((run / "report.json").read_text())
+    exports = report["policies"][-1]["exports"]
+    assert report["images"]["held_out"] == 128 and exports["onnx_integer_kernels"] == exports["onnx_layers"] > 0
+
