@@ -18,7 +18,8 @@ import click
 @click.option("--target", "targets", multiple=True, help="Budget (repeatable): 4.5G, uniform:4, size=8x, avg=3.5, ... "
               "[default: uniform:4 and uniform:3, where candidate bit-widths]")
 @click.option("--epochs", type=click.IntRange(1), default=None, help="Supernet epochs (default: the recipe's).")
-@click.option("--batch-size", type=click.IntRange(1), default=None, help="Training batch size, of all processes together under torchrun (default: the recipe's).")
+@click.option("--batch-size", type=click.IntRange(1), default=None,
+              help="Training batch size, of all processes together under torchrun (default: the recipe's).")
 @click.option("--train-images", type=click.IntRange(1), default=None, help="Use the first N training images.")
 @click.option("--val-images", type=click.IntRange(1), default=None, help="Use the first N held-out images.")
 @click.option("--search-images", type=click.IntRange(0), default=None,

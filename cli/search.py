@@ -53,7 +53,6 @@ def search_command(run_dir: Path | None, model_name: str | None, indicators: Pat
     from mpqfx.search.progress import SearchProgress
     from mpqfx.search.run import search_many
     from mpqfx.search.saved import check_out_dir, save_search, search_name, searches_dir
-
     from mpqfx.train.distributed import resolve_device
 
     device = resolve_device(device)
