@@ -18,7 +18,8 @@ import click
 @click.option("--target", "targets", multiple=True, help="Budget (repeatable): 4.5G, uniform:4, size=8x, avg=3.5, ... "
               "[default: uniform:4 and uniform:3, where candidate bit-widths]")
 @click.option("--epochs", type=click.IntRange(1), default=None, help="Supernet epochs (default: the recipe's).")
-@click.option("--batch-size", type=click.IntRange(1), default=None, help="Training batch size (default: the recipe's).")
+@click.option("--batch-size", type=click.IntRange(1), default=None,
+              help="Training batch size, of all processes together under torchrun (default: the recipe's).")
 @click.option("--train-images", type=click.IntRange(1), default=None,
               help="Use N training images (a seeded sample with every class in proportion).")
 @click.option("--val-images", type=click.IntRange(1), default=None,
@@ -49,17 +50,26 @@ def compress_command(model_name: str | None, recipe: str, data: str, data_dir: s
     from mpqfx.errors import MpqfxError
 
     from mpqfx.cli.tables import print_report_summary
-    from mpqfx.compress import compress
+    from mpqfx.compress import ExportFailed, compress
 
     if model_name is None and not resume:
         raise MpqfxError("--model: required (a timm model name, e.g. efficientnet_lite0)")
     if as_json:  # rich's progress bars draw on its global console
         rich.reconfigure(stderr=True)
     console = Console(stderr=as_json)  # else progress on stdout: stderr is left to the one-line error, if any
-    result = compress(model_name, recipe, data, targets, epochs=epochs, batch_size=batch_size, out=out,
-                      checkpoint=checkpoint, pretrained=pretrained, device=device, resume=resume, seed=seed,
-                      data_dir=data_dir, train_images=train_images, val_images=val_images,
-                      search_images=search_images, skip_bad_images=skip_bad_images or None, export=not no_export,
-                      log=lambda message: console.print(f"[dim]mpqfx:[/dim] {message}"))
+    failed = None
+    try:
+        result = compress(model_name, recipe, data, targets, epochs=epochs, batch_size=batch_size, out=out,
+                          checkpoint=checkpoint, pretrained=pretrained, device=device, resume=resume, seed=seed,
+                          data_dir=data_dir, train_images=train_images, val_images=val_images,
+                          search_images=search_images, skip_bad_images=skip_bad_images or None,
+                          export=not no_export,
+                          log=lambda message: console.print(f"[dim]mpqfx:[/dim] {message}"))
+    except ExportFailed as exc:  # the report is complete: show it, then the one line naming the failed policies
+        result, failed = exc.result, exc
+    if result is None:  # a rank other than 0 under torchrun: rank 0 reports
+        return
     report = json.loads((result.run_dir / "report.json").read_text(encoding="utf-8"))
     print_report_summary(report, result.run_dir, as_json=as_json)
+    if failed is not None:
+        raise failed

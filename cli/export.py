@@ -7,6 +7,8 @@ from pathlib import Path
 
 import click
 
+from mpqfx.cli.options import device_option
+
 
 @click.command("export")
 @click.option("--run", "run_dir", required=True, type=click.Path(path_type=Path), help="Run directory of `mpqfx compress`.")
@@ -21,11 +23,14 @@ import click
 @click.option("--opset", type=int, default=17, show_default=True, help="ONNX opset (13 to 20).")
 @click.option("--check-images", type=click.IntRange(min=0), default=1000, show_default=True,
               help="Held-out images the ONNX file is measured on in onnxruntime (0: the whole split).")
-def export_command(run_dir: Path, policy: str | None, fmt: str, out: Path | None, opset: int, check_images: int) -> None:
+@device_option("re-estimates BatchNorm and runs beside the exported file (the integer model is built on the CPU)")
+def export_command(run_dir: Path, policy: str | None, fmt: str, out: Path | None, opset: int, check_images: int,
+                   device: str | None) -> None:
     """Export a policy of a trained supernet (BatchNorm re-estimated on the run's training images)."""
     from mpqfx.export.run import export_policy
 
-    path, details = export_policy(run_dir, policy, fmt, out, opset=opset, check_images=check_images or None)
+    path, details = export_policy(run_dir, policy, fmt, out, opset=opset, check_images=check_images or None,
+                                  device=device)
     click.echo(f"wrote {path}")
     if "onnx_accuracy" in details:
         click.echo(f"onnxruntime: top-1 {details['onnx_accuracy']:.2%} (supernet {details['onnx_supernet_accuracy']:.2%}), "

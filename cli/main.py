@@ -1,4 +1,5 @@
-"""``mpqfx`` console script. Bad input ends with one line on stderr and exit code 2."""
+"""``mpqfx`` console script. Bad input ends with one line on stderr and exit code 2 (a run whose
+export failed in part: exit code 1)."""
 
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ class _Group(click.Group):
             return super().invoke(ctx)
         except MpqfxError as exc:
             click.echo(f"mpqfx: error: {exc}", err=True)
-            sys.exit(2)
+            sys.exit(getattr(exc, "exit_code", 2))
         except KeyboardInterrupt as exc:  # an Interrupted says what ran and how to continue
             click.echo(f"mpqfx: {exc}" if str(exc) else "mpqfx: interrupted", err=True)
             sys.exit(130)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+import click
 import yaml
 
 from mpqfx.errors import MpqfxError
@@ -41,3 +42,9 @@ def parse_options(pairs: tuple[str, ...]) -> dict[str, object]:
         except yaml.YAMLError:
             out[key.strip()] = value
     return out
+
+
+def device_option(what: str):
+    """``--device cpu|cuda`` (default: cuda when available) for a command whose supernet runs ``what``."""
+    return click.option("--device", type=click.Choice(["cpu", "cuda"]), default=None,
+                        help=f"Where the supernet {what} [default: cuda when available].")

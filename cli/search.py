@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from mpqfx.cli.options import parse_options
+from mpqfx.cli.options import device_option, parse_options
 from mpqfx.errors import MpqfxError
 
 
@@ -36,9 +36,11 @@ from mpqfx.errors import MpqfxError
               help="Write the policy files to this folder instead (not added to the run's report; "
                    "default with --model: ./policies).")
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON (for scripts) instead of a table.")
+@device_option("of --run measures candidate policies on")
 def search_command(run_dir: Path | None, model_name: str | None, indicators: Path | None, targets: tuple[str, ...],
                    backend: str | None, options: tuple[str, ...], search_images: int | None, recipe: str,
-                   input_size: str | None, name: str | None, out_dir: Path | None, as_json: bool) -> None:
+                   input_size: str | None, name: str | None, out_dir: Path | None, as_json: bool,
+                   device: str | None) -> None:
     """Search policies for one or more budgets on a trained supernet (no training).
 
     The run's own policies, report and exports stay as `mpqfx compress` wrote them; `mpqfx report`
@@ -51,7 +53,9 @@ def search_command(run_dir: Path | None, model_name: str | None, indicators: Pat
     from mpqfx.search.progress import SearchProgress
     from mpqfx.search.run import search_many
     from mpqfx.search.saved import check_out_dir, save_search, search_name, searches_dir
+    from mpqfx.train.distributed import resolve_device
 
+    device = resolve_device(device)
     if (run_dir is None) == (model_name is None):
         raise MpqfxError("pass either --run RUN (a trained run) or --model NAME (with --indicators)")
     if model_name is not None and indicators is None:
@@ -67,7 +71,7 @@ def search_command(run_dir: Path | None, model_name: str | None, indicators: Pat
             raise MpqfxError(f"--run: {str(run_dir)!r} does not exist")
         if out_dir is not None:
             check_out_dir(run_root(run_dir), out_dir)
-        net, extras = load_supernet(run_dir)
+        net, extras = load_supernet(run_dir, device=device)
         data, calibration = search_data(run_dir, net, search_images)
     else:
         if name is not None:

@@ -105,7 +105,8 @@ def print_report_summary(report: dict[str, Any], run_dir: Path, console: Console
     where the report is."""
     later = report.get("searches", [])
     if as_json:
-        keys = ("name", "kind", "target", "search", "accuracy", "bitops", "size_bytes", "compression", "policy_file")
+        keys = ("name", "kind", "target", "search", "accuracy", "bitops", "size_bytes", "compression", "policy_file",
+                "export_error")
         print_json({"run_dir": str(run_dir), "report": str(run_dir / "report.md"),
                     "float_accuracy": report["float_accuracy"], "images": report["images"],
                     "input_size": report["input_size"],

@@ -1,6 +1,6 @@
 """``mpqfx.compress``: warm start, supernet training, search, evaluation, report and export in one call."""
 
 from mpqfx.compress.evaluation import PolicyResult
-from mpqfx.compress.pipeline import CompressResult, compress
+from mpqfx.compress.pipeline import CompressResult, ExportFailed, compress
 
-__all__ = ["compress", "CompressResult", "PolicyResult"]
+__all__ = ["compress", "CompressResult", "ExportFailed", "PolicyResult"]

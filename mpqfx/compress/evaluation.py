@@ -34,6 +34,7 @@ class PolicyResult:
     policy_file: str | None = None
     exports: dict[str, Any] = field(default_factory=dict)
     selection: str | None = None  # searched: which candidate won on the search images, and by how much
+    export_error: str | None = None  # searched: why its export failed (one line), None when it did not
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)

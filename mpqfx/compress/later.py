@@ -11,6 +11,8 @@ import json
 from pathlib import Path
 from typing import Any, Callable
 
+import torch
+
 from mpqfx.compress.evaluation import PolicyEvaluator
 from mpqfx.compress.report import render_report
 from mpqfx.data.spec import DataSpec
@@ -20,6 +22,7 @@ from mpqfx.quant.policy import Policy
 from mpqfx.rundir import RunDir
 from mpqfx.search.saved import saved_searches, write_record
 from mpqfx.store import load_supernet
+from mpqfx.train.distributed import resolve_device
 
 NEEDED = ("images", "input_size", "versions")  # report fields older versions of mpqfx did not write
 
@@ -40,15 +43,17 @@ def read_report(run: RunDir) -> dict[str, Any]:
     return report
 
 
-def update_report(run_dir: str | Path, log: Callable[[str], None] | None = None) -> dict[str, Any]:
-    """Measure the run's later searches not measured yet, then write report.json, report.md and the
-    figures again with them; the report, as written.
+def update_report(run_dir: str | Path, log: Callable[[str], None] | None = None,
+                  device: str | torch.device | None = "cpu") -> dict[str, Any]:
+    """Measure the run's later searches not measured yet (on ``device``; None: CUDA when available),
+    then write report.json, report.md and the figures again with them; the report, as written.
 
     Example:
         >>> report = update_report("runs/quickstart")
         >>> [(row["search"], row["target"], row["accuracy"]) for row in report["searches"]]
     """
     log = log or (lambda message: None)
+    device = resolve_device(device)
     run = RunDir(run_dir)
     report = read_report(run)
     searches = saved_searches(run.root)
@@ -56,7 +61,7 @@ def update_report(run_dir: str | Path, log: Callable[[str], None] | None = None)
                if entry["accuracy"] is None]
     net = evaluator = None
     if searches:
-        net, _ = load_supernet(run.root)
+        net, _ = load_supernet(run.root, device=device)
         net.eval()
     if pending:
         spec = DataSpec.from_dict(run.meta()["data"])

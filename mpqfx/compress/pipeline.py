@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import torch
+import torch.distributed as dist
 from torch import nn
 
 from mpqfx.compress.evaluation import PolicyEvaluator, PolicyResult, uniform_policies
@@ -39,7 +40,8 @@ from mpqfx.search.progress import SearchProgress
 from mpqfx.search.run import search_many
 from mpqfx.store import load_supernet, save_supernet
 from mpqfx.supernet import ModelSpec, Supernet
-from mpqfx.train.checkpoint import CheckpointError
+from mpqfx.train.checkpoint import CheckpointError, reason
+from mpqfx.train.distributed import barrier, init_from_env, is_main, on_main, solo_group
 from mpqfx.train.loop import Trainer
 from mpqfx.train.metrics import phase_bar
 
@@ -67,6 +69,20 @@ class CompressResult:
         return [r for r in self.results if r.kind == "searched"]
 
 
+class ExportFailed(MpqfxError):
+    """The run finished and its report is written, but the export of some policies failed;
+    ``result`` holds the run, and each failed row's ``export_error`` says why."""
+
+    exit_code = 1  # the CLI's: not bad input (2), a run that failed in part
+
+    def __init__(self, result: CompressResult):
+        self.result = result
+        failed = "; ".join(f"policy {Path(r.policy_file).stem} ({r.export_error})" for r in result.searched
+                           if r.export_error)
+        super().__init__(f"export failed for {failed}; the other policies were exported and "
+                         f"{result.run_dir / 'report.md'} reports every row")
+
+
 def _resolve_recipe(recipe: Recipe | str | Path, overrides: dict[str, Any]) -> Recipe:
     recipe = Recipe.load(recipe)
     train = {k: v for k, v in overrides.items() if k in ("epochs", "batch_size", "seed") and v is not None}
@@ -83,6 +99,7 @@ def _resolve_recipe(recipe: Recipe | str | Path, overrides: dict[str, Any]) -> R
 
 
 def _run_dir(out: str | Path | None, model_name: str, recipe_name: str, resume: bool) -> RunDir:
+    """The run directory, checked writable; a resumed one without the temporary files of a killed run."""
     if out is None:
         if resume:
             raise MpqfxError("--resume needs --out DIR: the run directory to continue")
@@ -92,6 +109,8 @@ def _run_dir(out: str | Path | None, model_name: str, recipe_name: str, resume: 
         raise MpqfxError(f"--resume: {str(run.root)!r} holds no run to continue (no run.json)")
     if not resume and run.run_json.is_file():
         raise MpqfxError(f"--out: {str(run.root)!r} already holds a run; pass --resume to continue it or choose another --out")
+    if resume:
+        run.remove_temp_files()
     if run.root.exists() and not run.root.is_dir():
         raise MpqfxError(f"--out: {str(run.root)!r} is a file, not a directory")
     try:
@@ -110,7 +129,7 @@ def compress(model: str | nn.Module | None, recipe: Recipe | str | Path = DEFAUL
              device: str | None = None, resume: bool = False, seed: int | None = None, data_dir: str | None = None,
              train_images: int | None = None, val_images: int | None = None, search_images: int | None = None,
              skip_bad_images: bool | None = None, export: bool = True,
-             progress: bool = True, log: Log | None = None) -> CompressResult:
+             progress: bool = True, log: Log | None = None) -> CompressResult | None:
     """Compress a timm model: float warm start, supernet training, one search per target,
     evaluation, report and export, all in one run directory.
 
@@ -132,11 +151,19 @@ def compress(model: str | nn.Module | None, recipe: Recipe | str | Path = DEFAUL
             settings it was started with.
         export: write the integer safetensors and ONNX files of every searched policy.
 
+    Under ``torchrun`` every process calls it: all of them train (``train.batch_size`` is the global
+    batch), rank 0 alone writes the run directory, searches, evaluates, reports and exports, and the
+    others return None once it is done. If an export fails, the report is written all the same
+    (the row says why) and :class:`ExportFailed` is raised, carrying the result.
+
     Example:
         >>> result = mpqfx.compress("efficientnet_lite0", targets=["uniform:4"])
         >>> result.float_accuracy, [(r.name, r.accuracy) for r in result.searched]
     """
-    log = log or (lambda message: None)
+    device = init_from_env(device)  # under torchrun: every rank runs this, rank 0 alone writes the run directory
+    main = is_main()
+    solo = solo_group()
+    log = log if log is not None and main else (lambda message: None)
     module = model if isinstance(model, nn.Module) else None
     overrides = dict(epochs=epochs, batch_size=batch_size, seed=seed, train_images=train_images, val_images=val_images,
                      search_images=search_images, skip_bad_images=skip_bad_images)
@@ -144,8 +171,7 @@ def compress(model: str | nn.Module | None, recipe: Recipe | str | Path = DEFAUL
         if any(v is not None for v in overrides.values()):
             raise MpqfxError("--resume continues with the run's own settings; drop --epochs/--batch-size/--seed/"
                              "--train-images/--val-images/--search-images/--skip-bad-images")
-        run = _run_dir(out, "", "", resume=True)
-        run.remove_temp_files()
+        run = on_main(lambda: _run_dir(out, "", "", resume=True))
         meta = run.meta()
         recipe_obj = Recipe.load(run.recipe)
         spec = DataSpec.from_dict(meta["data"])
@@ -179,13 +205,20 @@ def compress(model: str | nn.Module | None, recipe: Recipe | str | Path = DEFAUL
     for target in targets:  # a malformed or infeasible target fails before anything is written
         parse_target(target, net).check_feasible(net)
     if not resume:
-        run = _run_dir(out, model_spec.name, recipe_obj.name, resume=False)
-        atomic_write_text(run.recipe, recipe_obj.to_yaml())
-        run.write_meta({"model": {"name": model_spec.name, "kwargs": model_spec.kwargs}, "data": spec.to_dict(),
-                        "input_size": list(example.shape[1:]), "recipe": recipe_obj.name, "targets": targets, "weights": source,
-                        "checkpoint": str(checkpoint) if checkpoint else None,
-                        "started": datetime.now().isoformat(timespec="seconds")})
+        def start() -> RunDir:  # on rank 0, which names the run directory for every rank
+            run = _run_dir(out, model_spec.name, recipe_obj.name, resume=False)
+            atomic_write_text(run.recipe, recipe_obj.to_yaml())
+            run.write_meta({"model": {"name": model_spec.name, "kwargs": model_spec.kwargs}, "data": spec.to_dict(),
+                            "input_size": list(example.shape[1:]), "recipe": recipe_obj.name, "targets": targets,
+                            "weights": source, "checkpoint": str(checkpoint) if checkpoint else None,
+                            "started": datetime.now().isoformat(timespec="seconds")})
+            return run
+
+        run = on_main(start)
     log(f"run directory: {run.root}")
+    if solo is not None:
+        log(f"{dist.get_world_size()} processes ({dist.get_backend()}) train, each on 1/{dist.get_world_size()} of "
+            f"every batch of {recipe_obj.train.batch_size}; this one (rank 0) alone writes the run directory")
     if resume:
         log(f"resuming: the run continues with {run.restart_point()}")
     log(net.describe().splitlines()[0])
@@ -194,15 +227,21 @@ def compress(model: str | nn.Module | None, recipe: Recipe | str | Path = DEFAUL
     census = _image_counts(net, train_set, evaluator)
     for line in census_warnings(census):
         log(f"warning: {line}")
-    times = PhaseTimes(run, resume)
+    net.to(device)  # the float model's evaluation, the search and the evaluations run where training does
+    times = PhaseTimes(run, resume, record=main)
     command = f"mpqfx compress --out {run.root} --resume"
+    trained = False
     try:
         with times.phase("warm start"):
             _warm_start(net, source, train_set, recipe_obj, run, device, resume, times, progress, log)
-            float_result = _float_result(net, evaluator, run, log)
+            barrier()  # rank 0 has written float.pt
+            float_result = _float_result(net, evaluator, run, log) if main else None
         with times.phase("supernet training"):
             extras = _train_supernet(net, train_set, recipe_obj, run, device, resume, times, progress, log)
-        net.eval()
+        trained = True
+        if not main:  # rank 0 alone searches, evaluates, reports and exports; this rank waits below, then ends
+            return None
+        net.to(device).eval()  # a resumed run that trained nothing has its weights from the CPU
         with times.phase("search"):
             searched = _search(net, targets, recipe_obj, run, extras, progress, log)
         with times.phase("evaluation"):
@@ -218,8 +257,14 @@ def compress(model: str | nn.Module | None, recipe: Recipe | str | Path = DEFAUL
         if not exc.then_resume:
             raise
         raise CheckpointError(f"{exc}: `{command}`") from None
+    finally:
+        if solo is not None and trained:  # the other ranks end once rank 0 has written the run directory
+            dist.barrier(group=solo)
     log(f"report: {run.report_md}")
-    return CompressResult(run.root, results, times.wall, times.cpu)
+    result = CompressResult(run.root, results, times.wall, times.cpu)
+    if any(r.export_error for r in result.searched):
+        raise ExportFailed(result)
+    return result
 
 
 def _image_counts(net: Supernet, train_set, evaluator: PolicyEvaluator) -> dict[str, Any]:
@@ -256,7 +301,8 @@ def _warm_start(net: Supernet, source: str, train_set, recipe: Recipe, run: RunD
         net.refit_quantizers()  # the quantizers follow the trained float weights
     else:
         log(f"warm start: float weights from {source}")
-    save_supernet(net, run.float_weights)
+    if is_main():
+        save_supernet(net, run.float_weights)
 
 
 def _float_result(net: Supernet, evaluator: PolicyEvaluator, run: RunDir, log: Log) -> PolicyResult:
@@ -284,7 +330,8 @@ def _train_supernet(net: Supernet, train_set, recipe: Recipe, run: RunDir, devic
     times.add("supernet training", trainer.carried)
     state = trainer.strategy.state_dict()
     extras = {k: state[k] for k in ("traces", "indicators") if k in state}
-    save_supernet(net, run.supernet, extras=extras)
+    if is_main():
+        save_supernet(net, run.supernet, extras=extras)
     return extras
 
 
@@ -343,7 +390,11 @@ def _export_all(net: Supernet, results: list[PolicyResult], recipe: Recipe, run:
     with phase_bar(progress) as bar:
         task = bar.add_task("export", total=len(searched) + double_rounding)
         for result in searched:
-            result.exports = _export(net, result, run, evaluator, log)
+            try:
+                result.exports = _export(net, result, run, evaluator, log)
+            except Exception as exc:  # a failed export is a row of the report, not the end of the run
+                result.export_error = str(exc).strip().splitlines()[0] if isinstance(exc, MpqfxError) else reason(exc)
+                log(f"export {Path(result.policy_file).stem} failed: {result.export_error}")
             bar.update(task, advance=1)
         if double_rounding:  # one 8-bit file from which every policy's weights derive (Eq. 2-3)
             path = save_double_rounding(net, run.export / "supernet.dr8.safetensors")

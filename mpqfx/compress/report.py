@@ -10,6 +10,7 @@ import json
 import platform
 import sys
 from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mpqfx.compress.evaluation import policy_label
@@ -30,7 +31,7 @@ VERSIONED = ("mpqfx", "torch", "timm", "onnx", "onnxruntime")
 def _row(r: "PolicyResult") -> dict[str, Any]:
     return {"name": r.name, "kind": r.kind, "target": r.target, "accuracy": r.accuracy, "loss": r.loss,
             "bitops": r.bitops, "size_bits": r.size_bits, "size_bytes": r.size_bits / 8, "compression": r.compression,
-            "policy_file": r.policy_file, "exports": r.exports, "selection": r.selection,
+            "policy_file": r.policy_file, "exports": r.exports, "export_error": r.export_error, "selection": r.selection,
             "bits": None if r.policy is None else {k: [b.w, b.a] for k, b in r.policy.items()}}
 
 
@@ -115,8 +116,12 @@ def _markdown(report: dict[str, Any]) -> str:
     if report["skipped"]:
         lines += ["", "## Left in float", ""] + [f"- `{s['name']}`: {s['reason']}" for s in report["skipped"]]
     exports = [(p["target"], p["exports"]) for p in searched if p["exports"]]
-    if exports:
-        lines += ["", "## Exports", ""] + _exports_table(exports)
+    failed = [p for p in searched if p.get("export_error")]
+    if exports or failed:
+        lines += ["", "## Exports", ""] + (_exports_table(exports) if exports else [])
+    if failed:
+        lines += ["", "Failed exports (their rows above are measured on the supernet):", ""]
+        lines += [f"- {p['target']} (`{Path(p['policy_file']).stem}`): {p['export_error']}" for p in failed]
     lines += _classes_section(report["data"])
     lines += ["", "## Time per phase", "", "Over every process of a resumed run; CPU is the process's, all threads.", "",
               "| phase | wall (s) | CPU (s) |", "|---|---:|---:|"]

@@ -22,8 +22,8 @@ KEPT = ("warm start", "supernet training", "search")
 class PhaseTimes:
     """Per-phase wall and CPU seconds of one run, saved to run.json when each phase ends."""
 
-    def __init__(self, run: RunDir, resume: bool):
-        self.run = run
+    def __init__(self, run: RunDir, resume: bool, record: bool = True):
+        self.run, self.record = run, record  # record=False: time without writing run.json (ranks other than 0)
         recorded = run.meta().get("seconds", {}) if resume else {}
         self.finished = [phase for phase in recorded.get("wall", {}) if phase in KEPT]
         self.spent = {phase: Elapsed(recorded["wall"][phase], recorded["cpu"][phase]) if phase in self.finished
@@ -39,6 +39,8 @@ class PhaseTimes:
         self.add(name, Elapsed.now().since(start))
         if name not in self.finished:
             self.finished.append(name)
+        if not self.record:
+            return
         meta = self.run.meta()
         meta["seconds"] = {kind: {phase: getattr(self.spent[phase], kind) for phase in self.finished}
                            for kind in ("wall", "cpu")}

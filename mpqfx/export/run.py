@@ -4,8 +4,9 @@ on a finished run."""
 from __future__ import annotations
 
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 import torch
 
@@ -35,13 +36,25 @@ def _limited(batches: Iterable[Batch], images: int | None) -> list[Batch]:
     return out
 
 
+@contextmanager
+def _on_cpu(net: Supernet) -> Iterator[None]:
+    """``net`` on the CPU for the body, then back on its device: the integer module is built where the
+    runtimes that check and run it are."""
+    device = next(net.parameters()).device
+    net.cpu()
+    try:
+        yield
+    finally:
+        net.to(device)
+
+
 def export_policy_files(net: Supernet, policy: Policy, paths: Mapping[str, Path], calibration: Sequence[Batch],
                         check_batches: Iterable[Batch], opset: int = DEFAULT_OPSET) -> dict[str, Any]:
     """Write ``policy`` of ``net`` to ``paths`` (format -> file: ``safetensors``, ``onnx``, ``openvino``).
 
-    BatchNorm statistics are re-estimated on ``calibration`` (training images) and folded into
-    the convolutions, which also calibrate the 8-bit quantizers of the tensors the supernet keeps
-    in float. The ONNX file is measured in onnxruntime on ``check_batches`` (held-out images)
+    BatchNorm statistics are re-estimated on ``calibration`` (training images, on the supernet's
+    device) and folded into the convolutions, which also calibrate the 8-bit quantizers of the
+    tensors the supernet keeps in float (on the CPU). The ONNX file is measured in onnxruntime on ``check_batches`` (held-out images)
     before it replaces an earlier file; the OpenVINO IR, converted from it, in OpenVINO. Returns
     what the report records of the files.
 
@@ -60,7 +73,8 @@ def export_policy_files(net: Supernet, policy: Policy, paths: Mapping[str, Path]
         openvino_module()
     out: dict[str, Any] = {}
     with recalibrated_bn(net, policy, calibration):
-        module = deploy(net, policy, calibration or [(net.example_input, None)])
+        with _on_cpu(net):
+            module = deploy(net, policy, calibration or [(net.example_input, None)])
         if "safetensors" in paths:
             path = save_integer_model(net, policy, paths["safetensors"], deployed=module)
             out.update(safetensors=str(path), safetensors_bytes=path.stat().st_size)
@@ -106,10 +120,12 @@ def resolve_policy(run_root: Path, policy: str | Path) -> Path:
 
 
 def export_policy(run_dir: str | Path, policy: str | Path | None, fmt: str, out: str | Path | None = None,
-                  opset: int = DEFAULT_OPSET, check_images: int | None = CHECK_IMAGES) -> tuple[Path, dict[str, Any]]:
+                  opset: int = DEFAULT_OPSET, check_images: int | None = CHECK_IMAGES,
+                  device: str | torch.device | None = "cpu") -> tuple[Path, dict[str, Any]]:
     """Write one policy of a finished run (a file path or a policy name of the run) as ``fmt``
     (onnx, openvino, safetensors), or the whole Double Rounding supernet (``double-rounding``, no policy);
-    (path, what was measured)."""
+    (path, what was measured). ``device`` runs the supernet (BatchNorm re-estimation, its side of
+    the check; None: CUDA when available); the integer module is built on the CPU."""
     from mpqfx.data.spec import DataSpec, fixed_batches
     from mpqfx.export.double_rounding_file import save_double_rounding
     from mpqfx.models import create_model
@@ -117,8 +133,11 @@ def export_policy(run_dir: str | Path, policy: str | Path | None, fmt: str, out:
     from mpqfx.store import load_supernet
     from torch.utils.data import DataLoader
 
+    from mpqfx.train.distributed import resolve_device
+
     if fmt not in FORMATS:
         raise MpqfxError(f"--format: {fmt!r} is not one of {', '.join(FORMATS)}")
+    device = resolve_device(device)
     run = RunDir(run_dir)
     if not run.root.is_dir():
         raise MpqfxError(f"--run: {str(run.root)!r} is not a directory")
@@ -136,7 +155,7 @@ def export_policy(run_dir: str | Path, policy: str | Path | None, fmt: str, out:
     if not run.supernet.is_file():
         raise MpqfxError(f"--run: {str(run.root)!r} has no trained supernet (supernet.pt); "
                          f"finish the run with `mpqfx compress --resume --out {run.root}`")
-    net, _ = load_supernet(run.supernet)
+    net, _ = load_supernet(run.supernet, device=device)
     net.eval()
     if fmt == "double-rounding":
         path = Path(out) if out else run.export / f"supernet{SUFFIX[fmt]}"

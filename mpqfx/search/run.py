@@ -7,6 +7,8 @@ import time
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping, Sequence
 
+import torch
+
 from mpqfx.config import check_all, from_mapping, to_mapping
 from mpqfx.errors import RecipeError
 from mpqfx.search.backend import SEARCHES, Batch, SearchContext, SearchError, SearchResult
@@ -15,6 +17,7 @@ from mpqfx.search.constraints import Constraints, constraints_from
 from mpqfx.rundir import run_root, search_data
 from mpqfx.store import load_supernet
 from mpqfx.supernet import Supernet
+from mpqfx.train.distributed import resolve_device
 
 
 def _options(cls: type, net: Supernet, name: str, options: Any, indicators: bool = False) -> Any:
@@ -56,7 +59,7 @@ def search(supernet_or_run_dir: Supernet | str | Path, constraints: Constraints 
            calibration: Iterable[Batch] | None = None, indicators: str | Path | Mapping | None = None,
            traces: Mapping[str, float] | None = None, costs: Mapping | None = None,
            cache_dir: str | Path | None = None, search_images: int | None = None,
-           report: Report | None = None) -> SearchResult:
+           report: Report | None = None, device: str | torch.device | None = "cpu") -> SearchResult:
     """Find a policy that meets ``constraints`` on a trained supernet; never retrains.
 
     Whenever there are search images, the backend's policy is measured against the uniform
@@ -82,13 +85,15 @@ def search(supernet_or_run_dir: Supernet | str | Path, constraints: Constraints 
         search_images: how many training images a run directory's search measures policies on
             (default: the recipe's ``evaluate.search_images``).
         report: called as ``report(what, done, total)`` while policies are measured (a progress bar).
+        device: where a supernet loaded from a file or run directory measures policies (None: CUDA
+            when available); a given Supernet runs where it is.
 
     Example:
         >>> result = mpqfx.search("runs/efficientnet_lite0-oneshot", "uniform:4")
         >>> result.policy.save("policy-4bit.yaml")
     """
     return next(search_many(supernet_or_run_dir, [constraints], backend, options, data, calibration, indicators,
-                            traces, costs, cache_dir, search_images, report))
+                            traces, costs, cache_dir, search_images, report, device))
 
 
 def search_many(supernet_or_run_dir: Supernet | str | Path,
@@ -96,13 +101,13 @@ def search_many(supernet_or_run_dir: Supernet | str | Path,
                 options: Any = None, data: Iterable[Batch] | None = None, calibration: Iterable[Batch] | None = None,
                 indicators: str | Path | Mapping | None = None, traces: Mapping[str, float] | None = None,
                 costs: Mapping | None = None, cache_dir: str | Path | None = None, search_images: int | None = None,
-                report: Report | None = None) -> Iterator[SearchResult]:
+                report: Report | None = None, device: str | torch.device | None = "cpu") -> Iterator[SearchResult]:
     """:func:`search` for several budgets with one backend instance, so that what does not depend on
     the budget (measured sensitivities, Hessian statistics) is computed once. Yields one result per
     target, in order, as each search finishes; every target is checked for feasibility before the
     first search runs."""
     path = supernet_or_run_dir if isinstance(supernet_or_run_dir, (str, Path)) else None
-    net, extras = load_supernet(path) if path is not None else (supernet_or_run_dir, {})
+    net, extras = load_supernet(path, device=resolve_device(device)) if path is not None else (supernet_or_run_dir, {})
     name = backend or net.recipe.search.backend
     cls = SEARCHES.get(name)
     resolved = _options(cls, net, name, options, indicators is not None)

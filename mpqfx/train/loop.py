@@ -89,7 +89,8 @@ class Trainer:
     """Trains a supernet with the recipe's strategy; ``fit()`` runs it, ``fit(resume=True)`` continues it.
 
     Every rank draws the same policies (one shared ``random.Random`` seeded from the recipe);
-    only rank 0 writes files and shows progress. Exact resume (same final parameters as an
+    ``train.batch_size`` is the global batch (each of N ranks takes 1/N of it, so the schedule and
+    learning rate do not depend on N); only rank 0 writes files and shows progress. Exact resume (same final parameters as an
     uninterrupted run) holds with ``train.workers: 0`` on CPU. Each checkpoint keeps the one
     before it (``checkpoint.prev.pt``), which a resume falls back to when the latest is damaged;
     ``log`` receives one line saying where a resume continues.
@@ -118,11 +119,14 @@ class Trainer:
         self.show_progress = progress and self.is_main
         self.log = log if log is not None and self.is_main else (lambda message: None)
         self.dataset = dataset
+        if cfg.batch_size % self.world:
+            raise MpqfxError(f"train.batch_size {cfg.batch_size} is the batch of all {self.world} processes together: "
+                             f"it must be a multiple of {self.world}")
+        self.batch_size = cfg.batch_size // self.world  # this rank's share of the global batch
         self.sampler = EpochSampler(len(dataset), cfg.seed, self.rank, self.world)
-        self.steps_per_epoch = self.sampler.per_rank // cfg.batch_size
+        self.steps_per_epoch = self.sampler.per_rank // self.batch_size
         if self.steps_per_epoch == 0:
-            raise MpqfxError(f"train.batch_size {cfg.batch_size} x {self.world} rank(s) is more than the "
-                             f"{len(dataset)} training images")
+            raise MpqfxError(f"train.batch_size {cfg.batch_size} is more than the {len(dataset)} training images")
         self.total_steps = cfg.epochs * self.steps_per_epoch
         if cfg.max_steps is not None:
             self.total_steps = min(self.total_steps, cfg.max_steps)
@@ -276,8 +280,8 @@ class Trainer:
 
     def _run_epoch(self, bar, stop_after: int | None) -> dict[str, Any]:
         cfg = self.cfg
-        self.sampler.set_epoch(self.epoch, self.step_in_epoch * cfg.batch_size)
-        loader = DataLoader(self.dataset, batch_size=cfg.batch_size, sampler=self.sampler, drop_last=True,
+        self.sampler.set_epoch(self.epoch, self.step_in_epoch * self.batch_size)
+        loader = DataLoader(self.dataset, batch_size=self.batch_size, sampler=self.sampler, drop_last=True,
                             num_workers=cfg.workers, pin_memory=self.device.type == "cuda",
                             generator=torch.Generator().manual_seed(cfg.seed * 1000 + self.epoch))
         task = bar.add_task(f"epoch {self.epoch + 1}/{cfg.epochs}", total=self.steps_per_epoch,

@@ -138,7 +138,7 @@ class OneShot(Strategy):
             with torch.no_grad():
                 quantized = module.weight_quant(weight, bits)
             terms.append((clipped - quantized).pow(2).mean())
-        return torch.stack(terms).mean() if terms else torch.zeros(())
+        return torch.stack(terms).mean() if terms else torch.zeros((), device=self.trainer.device)
 
     def _fairness_loss(self, layers: set[str]) -> torch.Tensor:
         """Supp. B.2: -(wd/2) * ||clip(W)||^2 over the smallest bit's range cancels the (coupled)
@@ -151,7 +151,7 @@ class OneShot(Strategy):
             step = module.weight_quant.step(bits).detach()
             qmin, qmax = int_range(bits, signed=True)
             terms.append(module.weight.clamp(qmin * step, qmax * step).pow(2).sum())
-        return -0.5 * wd * torch.stack(terms).sum() if terms else torch.zeros(())
+        return -0.5 * wd * torch.stack(terms).sum() if terms else torch.zeros((), device=self.trainer.device)
 
     def train_step(self, images: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
         o, trainer = self.options, self.trainer

@@ -116,7 +116,7 @@ def test_a_later_search_changes_nothing_the_run_reported_and_the_report_can_add_
     folder = root / "searches" / "ilp-objective=limpq"
     assert [Path(r["policy_file"]) for r in found] == [folder / "uniform-4.yaml", folder / "uniform-3.yaml"]
     kept = tree_digest(root, skip=())
-    again = mpqfx_cli("search", "--run", root, "--target", "uniform:4", "--option", "objective=limpq",
+    again = mpqfx_cli("search", "--run", root, "--target", "uniform:4", "--option", "objective=limpq", "--device", "cpu",
                       env={**os.environ, "COLUMNS": "80"})
     assert again.returncode == 0, again.stderr
     assert tree_digest(root, skip=()) == kept  # the same policy found again: nothing changes
@@ -166,10 +166,60 @@ def test_compress_json_prints_only_json_on_stdout(run, tmp_path):
         in " ".join(proc.stderr.split())
 
 
+def test_a_failed_export_is_a_row_of_the_report_and_the_other_policies_still_export(run, tmp_path, monkeypatch,
+                                                                                    capsys):
+    """A resume whose export of uniform-4 raises (as the ONNX exporter can) writes the whole report, exports the
+    other policy and ends with exit code 1 and one line naming uniform-4; the next resume exports it."""
+    from mpqfx.cli.main import main
+    from mpqfx.compress import pipeline
+
+    root = shutil.copytree(run[0], tmp_path / "run")
+    for name in ("report.json", "report.md", "pareto.png", "bits.png"):
+        (root / name).unlink()
+    shutil.rmtree(root / "export")
+    real = pipeline.export_policy_files
+
+    def failing(net, policy, paths, *args, **kwargs):
+        if paths["onnx"].stem == "uniform-4":
+            raise RuntimeError("exporter crashed at /layer1/conv1\n  a second line")
+        return real(net, policy, paths, *args, **kwargs)
+
+    monkeypatch.setattr(pipeline, "export_policy_files", failing)
+    monkeypatch.setattr(sys, "argv", ["mpqfx", "compress", "--out", str(root), "--resume"])
+    with pytest.raises(SystemExit) as ended:
+        main()
+    out, err = capsys.readouterr()
+    reason = "RuntimeError: exporter crashed at /layer1/conv1"
+    assert ended.value.code == 1 and "Traceback" not in err
+    assert err.strip().splitlines() == [f"mpqfx: error: export failed for policy uniform-4 ({reason}); the other "
+                                        f"policies were exported and {root / 'report.md'} reports every row"]
+    assert "uniform 4/4" in out and f"report: {root / 'report.md'}" in " ".join(out.split())  # the summary first
+    for name in ("report.json", "report.md", "pareto.png", "bits.png"):
+        assert (root / name).is_file(), name
+    report = json.loads((root / "report.json").read_text())
+    assert [p["kind"] for p in report["policies"]] == ["float", "uniform", "uniform", "uniform", "searched", "searched"]
+    failed, exported = [p for p in report["policies"] if p["kind"] == "searched"]
+    assert (failed["target"], failed["export_error"], failed["exports"]) == ("uniform:4", reason, {})
+    assert 0 <= failed["accuracy"] <= 1  # measured on the supernet like every row
+    assert exported["export_error"] is None and exported["exports"]["onnx_integer_kernels"] > 0
+    assert sorted(p.name for p in (root / "export").iterdir()) == ["bitops-uniform-6_size-6x.onnx",
+                                                                   "bitops-uniform-6_size-6x.safetensors"]
+    markdown = (root / "report.md").read_text()
+    assert f"- uniform:4 (`uniform-4`): {reason}\n" in markdown and "## Time per phase" in markdown
+
+    monkeypatch.setattr(pipeline, "export_policy_files", real)  # whatever failed is fixed: the next resume exports it
+    with pytest.raises(SystemExit) as ended:
+        main()
+    assert ended.value.code == 0, capsys.readouterr().err
+    report = json.loads((root / "report.json").read_text())
+    assert [p["export_error"] for p in report["policies"]] == [None] * 6
+    assert (root / "export" / "uniform-4.onnx").is_file() and "Failed exports" not in (root / "report.md").read_text()
+
+
 def test_the_report_is_regenerated_byte_for_byte(run, tmp_path):
     root = shutil.copytree(run[0], tmp_path / "run")
     before = tree_digest(root)
-    proc = mpqfx_cli("report", "--run", root)
+    proc = mpqfx_cli("report", "--run", root, "--device", "cpu")
     assert proc.returncode == 0, proc.stderr
     assert tree_digest(root) == before
 
@@ -242,7 +292,7 @@ def _snapshot(root):
 def test_export_takes_a_policy_name_and_measures_the_onnx_file(run, tmp_path):
     root, _ = run
     out = tmp_path / "by-name.onnx"
-    proc = mpqfx_cli("export", "--run", root, "--policy", "uniform:4", "--out", out)
+    proc = mpqfx_cli("export", "--run", root, "--policy", "uniform:4", "--out", out, "--device", "cpu")
     assert proc.returncode == 0, proc.stderr
     assert out.is_file() and "top-1 agreement" in proc.stdout and "64 held-out images" in proc.stdout
     assert f"{len(load_supernet(root)[0].layers)}/" in proc.stdout
@@ -297,6 +347,18 @@ def test_export_to_openvino_writes_the_ir_and_measures_it_in_openvino(run, tmp_p
                      env={**os.environ, "PYTHONPATH": str(blocker)})
     one_line_error(proc, "--format openvino needs the openvino package, which is not installed: pip install 'mpqfx[openvino]'")
     assert _snapshot(root) == before
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a CUDA device")
+@pytest.mark.parametrize("command", [["compress", "--model", "test_resnet", "--out", "{tmp}/r"],
+                                     ["search", "--run", "{run}", "--target", "uniform:4"], ["report", "--run", "{run}"],
+                                     ["export", "--run", "{run}", "--policy", "uniform-4", "--out", "{tmp}/r.onnx"]])
+def test_device_cuda_without_one_is_one_line_and_writes_nothing(run, command, tmp_path):
+    root, _ = run
+    before = _snapshot(root)
+    args = [a.format(tmp=tmp_path, run=root) for a in command]
+    one_line_error(mpqfx_cli(*args, "--device", "cuda"), "--device cuda: this machine has no CUDA device that torch")
+    assert _snapshot(root) == before and not list(tmp_path.iterdir())
+
 
 def test_a_finished_run_is_not_overwritten(run, fashion_dir):
     root, _ = run

@@ -1,4 +1,5 @@
-"""A 2-process DDP run (torchrun, gloo, CPU): same policies on both ranks, identical parameters."""
+"""A 2-process DDP run (torchrun, gloo, CPU): same policies on both ranks, identical parameters, the
+recipe's batch shared between the ranks."""
 
 from __future__ import annotations
 
@@ -26,7 +27,7 @@ SCRIPT = textwrap.dedent('''
     labels = torch.randint(0, 4, (256,), generator=gen)
     data = TensorDataset(templates[labels] + 0.8 * torch.randn(256, 3, 16, 16, generator=gen), labels)
     recipe = Recipe.load("oneshot")
-    recipe = dataclasses.replace(recipe, train=dataclasses.replace(recipe.train, batch_size=16, max_steps=4, log_every=1,
+    recipe = dataclasses.replace(recipe, train=dataclasses.replace(recipe.train, batch_size=32, max_steps=4, log_every=1,
                                  warmup_epochs=0, checkpoint_every=2)).check()
     torch.manual_seed(0)
     net = mpqfx.prepare(timm.create_model("test_resnet", num_classes=4), recipe, example_input=torch.randn(2, 3, 16, 16))
@@ -39,7 +40,8 @@ SCRIPT = textwrap.dedent('''
     torch.save({k: p.detach() for k, p in net.named_parameters()}, os.path.join(out, f"params{rank}.pt"))
     with open(os.path.join(out, f"policies{rank}.json"), "w") as fh:
         json.dump(policies, fh)
-    print("rank", rank, "world", dist.get_world_size(), "steps", trainer.global_step, "per-rank steps/epoch", trainer.steps_per_epoch)
+    print("rank", rank, "world", dist.get_world_size(), "steps", trainer.global_step, "per-rank steps/epoch", trainer.steps_per_epoch,
+          "batch", trainer.batch_size)
 ''')
 
 
@@ -50,7 +52,7 @@ def test_two_process_ddp_run_ends_with_identical_parameters(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
                            str(script), str(tmp_path)], capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
-    assert "world 2 steps 4 per-rank steps/epoch 8" in proc.stdout
+    assert "world 2 steps 4 per-rank steps/epoch 8 batch 16" in proc.stdout  # 32 = 2 x 16 images a step
     p0, p1 = torch.load(tmp_path / "params0.pt"), torch.load(tmp_path / "params1.pt")
     assert p0.keys() == p1.keys()
     assert all(torch.equal(p0[k], p1[k]) for k in p0)
