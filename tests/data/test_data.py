@@ -94,7 +94,7 @@ def test_fixed_batches_are_seeded(fashion_dir):
 def test_val_classes_that_differ_from_train_are_a_clear_error(tmp_path):
     _image_tree(tmp_path / "data", classes=("cat", "dog"), per_class=1)
     (tmp_path / "data" / "val" / "dog").rename(tmp_path / "data" / "val" / "dgo")
-    with pytest.raises(DataError, match=r"val/ classes \['cat', 'dgo'\].* differ from train/ classes \['cat', 'dog'\]"):
+    with pytest.raises(DataError, match=r"class 'dog' is in train/ but not in val/"):
         class_names(tmp_path / "data")
     (tmp_path / "data" / "val" / "dgo").rename(tmp_path / "data" / "val" / "dog")
     assert class_names(tmp_path / "data") == ["cat", "dog"]
