@@ -19,14 +19,22 @@ import click
               "[default: uniform:4 and uniform:3, where candidate bit-widths]")
 @click.option("--epochs", type=click.IntRange(1), default=None, help="Supernet epochs (default: the recipe's).")
 @click.option("--batch-size", type=click.IntRange(1), default=None, help="Training batch size (default: the recipe's).")
+@click.option("--lr", type=click.FloatRange(0, min_open=True), default=None,
+              help="Supernet learning rate, train.lr (default: the recipe's).")
+@click.option("--float-epochs", type=click.IntRange(0), default=None,
+              help="Float epochs before the supernet, warm_start.epochs: training from random weights, or the "
+              "fine-tune after a re-initialised classifier (default: the recipe's).")
 @click.option("--train-images", type=click.IntRange(1), default=None, help="Use the first N training images.")
 @click.option("--val-images", type=click.IntRange(1), default=None, help="Use the first N held-out images.")
 @click.option("--search-images", type=click.IntRange(0), default=None,
               help="Training images the search measures candidate policies on (default: the recipe's).")
 @click.option("--out", type=click.Path(path_type=Path), default=None,
               help="Run directory [default: runs/<model>-<recipe>-<timestamp>].")
-@click.option("--checkpoint", type=click.Path(path_type=Path), default=None, help="Local float weights (state dict).")
-@click.option("--pretrained", is_flag=True, help="Start from timm's pretrained weights (needs the network).")
+@click.option("--checkpoint", type=click.Path(path_type=Path), default=None,
+              help="Local float weights, loaded by timm: a state dict (.pt/.pth), .safetensors, or a timm/torchvision "
+              "training checkpoint; a classifier of another size is re-initialised and fine-tuned.")
+@click.option("--pretrained", is_flag=True, help="Start from timm's pretrained weights (needs the network; offline, "
+              "use --checkpoint).")
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default=None, help="Default: cuda when available.")
 @click.option("--resume", is_flag=True, help="Continue the run in --out from where it stopped.")
 @click.option("--seed", type=int, default=None, help="Seed (default: the recipe's).")
@@ -34,7 +42,8 @@ import click
 @click.option("--json", "as_json", is_flag=True,
               help="Print the summary as JSON on stdout (for scripts); progress and log lines go to stderr.")
 def compress_command(model_name: str | None, recipe: str, data: str, data_dir: str | None, targets: tuple[str, ...],
-                     epochs: int | None, batch_size: int | None, train_images: int | None, val_images: int | None,
+                     epochs: int | None, batch_size: int | None, lr: float | None, float_epochs: int | None,
+                     train_images: int | None, val_images: int | None,
                      search_images: int | None, out: Path | None, checkpoint: Path | None, pretrained: bool,
                      device: str | None, resume: bool, seed: int | None, no_export: bool, as_json: bool) -> None:
     """Train a supernet once, search every --target, evaluate, report and export."""
@@ -54,7 +63,7 @@ def compress_command(model_name: str | None, recipe: str, data: str, data_dir: s
     result = compress(model_name, recipe, data, targets, epochs=epochs, batch_size=batch_size, out=out,
                       checkpoint=checkpoint, pretrained=pretrained, device=device, resume=resume, seed=seed,
                       data_dir=data_dir, train_images=train_images, val_images=val_images,
-                      search_images=search_images, export=not no_export,
+                      search_images=search_images, float_epochs=float_epochs, lr=lr, export=not no_export,
                       log=lambda message: console.print(f"[dim]mpqfx:[/dim] {message}"))
     report = json.loads((result.run_dir / "report.json").read_text(encoding="utf-8"))
     print_report_summary(report, result.run_dir, as_json=as_json)
