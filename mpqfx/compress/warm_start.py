@@ -68,9 +68,10 @@ def _from_file(name: str, kwargs: dict, path: Path) -> tuple[nn.Module, Adapted]
         raise MpqfxError(f"--checkpoint: no file at {str(path)!r}")
     try:
         state = load_state_dict(str(path))
-    except Exception as exc:  # torch.load(weights_only=True) refuses objects besides tensors (and argparse's)
-        raise MpqfxError(f"--checkpoint: {str(path)!r} is corrupt or not a weights file ({type(exc).__name__}: "
-                         f"{' '.join(str(exc).split())[:120]})") from None
+    except Exception as exc:  # torch.load(weights_only=True) also refuses objects besides tensors (and argparse's)
+        raise MpqfxError(f"--checkpoint: {str(path)!r} is corrupt or not a weights file ({type(exc).__name__}); "
+                         "expected a state dict saved with torch.save, a .safetensors file, or a training checkpoint "
+                         "holding only tensors and plain values") from None
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise MpqfxError(f"--checkpoint: {str(path)!r} holds no state dict (a mapping of names to tensors)")
     fresh = create_model(name, **kwargs)

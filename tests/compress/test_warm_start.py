@@ -87,7 +87,7 @@ def test_a_file_of_another_architecture_names_the_first_keys_that_differ(tmp_pat
 
 @pytest.mark.parametrize("content,message", [
     (b"not a torch file", "is corrupt or not a weights file"),
-    (None, "weights_only"),  # the reason torch gives
+    (None, "a training checkpoint holding only tensors and plain values"),
 ])
 def test_unreadable_files_are_one_line_errors(content, message, tmp_path):
     path = tmp_path / "w.pt"
