@@ -103,3 +103,16 @@ def test_the_models_own_input_size_and_normalisation_are_used(folder_run):
                               and t["std"] == (0.5, 0.5, 0.5) and t["crop_pct"] == 0.95 for t in transforms)
     assert (run / "recipe.yaml").read_text().startswith("name: tiny-folder\n")
     assert "base:" not in (run / "recipe.yaml").read_text()  # the run keeps the resolved recipe
+
+
+def test_a_resumed_run_reads_float_pt_not_the_checkpoint_file(folder_run):
+    run, _, _ = folder_run
+    before = json.loads((run / "report.json").read_text())
+    (run.parent / "imagenet-style.pt").rename(run.parent / "moved.pt")  # the file the run started from is gone
+    try:
+        result = CliRunner().invoke(cli, ["compress", "--out", str(run), "--resume", "--no-export"])
+    finally:
+        (run.parent / "moved.pt").rename(run.parent / "imagenet-style.pt")
+    assert result.exit_code == 0, result.output[-3000:]
+    after = json.loads((run / "report.json").read_text())
+    assert after["float_accuracy"] == before["float_accuracy"] and after["warm_start"] == before["warm_start"]
