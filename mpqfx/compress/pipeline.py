@@ -175,7 +175,8 @@ def compress(model: str | nn.Module | None, recipe: Recipe | str | Path = DEFAUL
                                                   source == "pretrained" and not have_float,
                                                   checkpoint if source == "checkpoint" and not have_float else None)
     # what the warm start does (a resumed run keeps what its start decided)
-    warm = (run.meta().get("warm_start") if resume else None) or warm_start_record(source, adapted, recipe_obj, checkpoint)
+    warm = ((run.meta().get("warm_start") if resume else None)
+            or warm_start_record(source, adapted, recipe_obj, checkpoint))
     example = torch.randn(1, *spec.input_size(float_model), generator=torch.Generator().manual_seed(0))
     net = prepare(float_model, recipe_obj, example_input=example, inplace=True, model_spec=model_spec)
     if not targets:

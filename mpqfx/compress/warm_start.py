@@ -117,8 +117,8 @@ def warm_start_record(source: str, adapted: Adapted, recipe: Recipe, checkpoint:
     """What the warm start does, kept in run.json and shown in the report: the weights' source,
     what timm adapted, and the float epochs that train (or fine-tune, after an adaptation) them."""
     epochs = recipe.warm_start.epochs if source == "train" or adapted else 0
-    origin = {"train": "random weights", "pretrained": "timm's pretrained weights", "module": "the given module's weights",
-              "checkpoint": f"weights from {checkpoint}"}[source]
+    origin = {"train": "random weights", "pretrained": "timm's pretrained weights",
+              "module": "the given module's weights", "checkpoint": f"weights from {checkpoint}"}[source]
     parts = [origin]
     if adapted.classes:
         parts.append(f"classifier re-initialised: {adapted.classes[0] or 'none'} -> {adapted.classes[1]} classes")
