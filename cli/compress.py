@@ -20,6 +20,11 @@ import click
 @click.option("--epochs", type=click.IntRange(1), default=None, help="Supernet epochs (default: the recipe's).")
 @click.option("--batch-size", type=click.IntRange(1), default=None,
               help="Training batch size, of all processes together under torchrun (default: the recipe's).")
+@click.option("--lr", type=click.FloatRange(0, min_open=True), default=None,
+              help="Supernet learning rate, train.lr (default: the recipe's).")
+@click.option("--float-epochs", type=click.IntRange(0), default=None,
+              help="Float epochs before the supernet, warm_start.epochs: training from random weights, or the "
+              "fine-tune after a re-initialised classifier (default: the recipe's).")
 @click.option("--train-images", type=click.IntRange(1), default=None,
               help="Use N training images (a seeded sample with every class in proportion).")
 @click.option("--val-images", type=click.IntRange(1), default=None,
@@ -30,8 +35,11 @@ import click
               help="Training images the search measures candidate policies on (default: the recipe's).")
 @click.option("--out", type=click.Path(path_type=Path), default=None,
               help="Run directory [default: runs/<model>-<recipe>-<timestamp>].")
-@click.option("--checkpoint", type=click.Path(path_type=Path), default=None, help="Local float weights (state dict).")
-@click.option("--pretrained", is_flag=True, help="Start from timm's pretrained weights (needs the network).")
+@click.option("--checkpoint", type=click.Path(path_type=Path), default=None,
+              help="Local float weights, loaded by timm: a state dict (.pt/.pth), .safetensors, or a timm/torchvision "
+              "training checkpoint; a classifier of another size is re-initialised and fine-tuned.")
+@click.option("--pretrained", is_flag=True, help="Start from timm's pretrained weights (needs the network; offline, "
+              "use --checkpoint).")
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default=None, help="Default: cuda when available.")
 @click.option("--resume", is_flag=True, help="Continue the run in --out from where it stopped.")
 @click.option("--seed", type=int, default=None, help="Seed (default: the recipe's).")
@@ -39,10 +47,10 @@ import click
 @click.option("--json", "as_json", is_flag=True,
               help="Print the summary as JSON on stdout (for scripts); progress and log lines go to stderr.")
 def compress_command(model_name: str | None, recipe: str, data: str, data_dir: str | None, targets: tuple[str, ...],
-                     epochs: int | None, batch_size: int | None, train_images: int | None, val_images: int | None,
-                     search_images: int | None, skip_bad_images: bool, out: Path | None, checkpoint: Path | None,
-                     pretrained: bool, device: str | None, resume: bool, seed: int | None, no_export: bool,
-                     as_json: bool) -> None:
+                     epochs: int | None, batch_size: int | None, lr: float | None, float_epochs: int | None,
+                     train_images: int | None, val_images: int | None, search_images: int | None,
+                     skip_bad_images: bool, out: Path | None, checkpoint: Path | None, pretrained: bool,
+                     device: str | None, resume: bool, seed: int | None, no_export: bool, as_json: bool) -> None:
     """Train a supernet once, search every --target, evaluate, report and export."""
     import rich
     from rich.console import Console
@@ -63,7 +71,7 @@ def compress_command(model_name: str | None, recipe: str, data: str, data_dir: s
                           checkpoint=checkpoint, pretrained=pretrained, device=device, resume=resume, seed=seed,
                           data_dir=data_dir, train_images=train_images, val_images=val_images,
                           search_images=search_images, skip_bad_images=skip_bad_images or None,
-                          export=not no_export,
+                          float_epochs=float_epochs, lr=lr, export=not no_export,
                           log=lambda message: console.print(f"[dim]mpqfx:[/dim] {message}"))
     except ExportFailed as exc:  # the report is complete: show it, then the one line naming the failed policies
         result, failed = exc.result, exc

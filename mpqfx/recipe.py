@@ -1,6 +1,8 @@
 """Recipes: frozen, validated configuration of how a model is quantized, trained and searched.
 
 A recipe is YAML on disk (``recipes/*.yaml`` ship with mpqfx) and a frozen dataclass in Python.
+A recipe may extend another (``base: oneshot``, a shipped name or a YAML path, plus only the keys
+it changes; mappings merge deeply); loading resolves it, so a saved recipe is always whole.
 Loading gathers every problem into one :class:`~mpqfx.errors.RecipeError`.
 """
 
@@ -15,7 +17,7 @@ from typing import Any
 
 import yaml
 
-from mpqfx.config import check_all, from_mapping, to_mapping
+from mpqfx.config import check_all, from_mapping, short_repr, to_mapping
 from mpqfx.errors import RecipeError, closest, did_you_mean
 from mpqfx.registry import SEARCHES, STRATEGIES, Registry
 
@@ -217,9 +219,10 @@ class EvalConfig:
 
 @dataclass(frozen=True)
 class WarmStartConfig:
-    """Float training of the original model before the supernet, when ``compress`` is given
-    neither pretrained nor local weights. Other settings (batch size, optimizer, seed...) come
-    from ``train``."""
+    """Float training of the original model before the supernet: from random weights when
+    ``compress`` is given neither pretrained nor local weights, or a fine-tune after timm
+    re-initialised their classifier (or adapted their input conv) for the data; weights that fit
+    get none. Other settings (batch size, optimizer, seed...) come from ``train``."""
 
     epochs: int = 1
     lr: float = 0.05
@@ -276,9 +279,11 @@ class Recipe:
 
     # -- loading -----------------------------------------------------------------------------
     @classmethod
-    def from_dict(cls, data: Any, source: str = "recipe") -> "Recipe":
-        """Build and validate a recipe from plain data; raise RecipeError listing every problem."""
+    def from_dict(cls, data: Any, source: str = "recipe", folder: Path | None = None) -> "Recipe":
+        """Build and validate a recipe from plain data, merged over its ``base`` recipe if it names one
+        (a relative ``base`` path is read from ``folder``); raise RecipeError listing every problem."""
         problems: list[str] = []
+        data = _with_base(data, folder, problems)
         recipe = from_mapping(cls, data, "", problems)
         if recipe is not None:
             recipe = recipe._resolve_strategy(problems)
@@ -303,13 +308,12 @@ class Recipe:
         return resolved
 
     @classmethod
-    def from_yaml(cls, text: str, source: str = "recipe") -> "Recipe":
-        try:
-            data = yaml.safe_load(text)
-        # ValueError: an int over 4300 digits or a date like 2001-02-30; RecursionError: deep nesting
-        except (yaml.YAMLError, ValueError, RecursionError) as exc:
-            raise RecipeError([f"not valid YAML: {' '.join(str(exc).split())}"], source) from None
-        return cls.from_dict(data, source)
+    def from_yaml(cls, text: str, source: str = "recipe", folder: Path | None = None) -> "Recipe":
+        problems: list[str] = []
+        data = _parse_yaml(text, problems)
+        if problems:
+            raise RecipeError(problems, source)
+        return cls.from_dict(data, source, folder)
 
     @classmethod
     def load(cls, name_or_path: "str | Path | Recipe") -> "Recipe":
@@ -327,7 +331,7 @@ class Recipe:
             except UnicodeDecodeError as exc:
                 raise RecipeError([f"cannot read: not UTF-8 text ({exc.reason} at byte {exc.start})"],
                                   str(path)) from None
-            return cls.from_yaml(text, str(path))
+            return cls.from_yaml(text, str(path), path.parent)
         shipped = shipped_recipes()
         if str(name_or_path) == "default":
             name_or_path = DEFAULT_RECIPE
@@ -371,6 +375,65 @@ def _resolve_options(name: str, options: Any, registry: Registry, name_path: str
             return None
         return options
     return from_mapping(options_cls, options, options_path, problems) or options_cls()
+
+
+def _parse_yaml(text: str, problems: list[str], what: str = "") -> Any:
+    try:
+        return yaml.safe_load(text)
+    # ValueError: an int over 4300 digits or a date like 2001-02-30; RecursionError: deep nesting
+    except (yaml.YAMLError, ValueError, RecursionError) as exc:
+        problems.append(f"{what}not valid YAML: {' '.join(str(exc).split())}")
+        return None
+
+
+_SWITCHES = {"strategy": "name", "search": "backend"}  # another name: its options start afresh
+
+
+def _merge(base: dict[str, Any], changes: dict[str, Any], top: bool = True) -> dict[str, Any]:
+    """``changes`` deep-merged over ``base``: mappings merge key by key, anything else replaces."""
+    out = dict(base)
+    for key, value in changes.items():
+        old = out.get(key)
+        switched = (top and key in _SWITCHES and isinstance(value, dict) and isinstance(old, dict)
+                    and value.get(_SWITCHES[key], old.get(_SWITCHES[key])) != old.get(_SWITCHES[key]))
+        out[key] = _merge(old, value, False) if isinstance(old, dict) and isinstance(value, dict) and not switched else value
+    return out
+
+
+def _with_base(data: Any, folder: Path | None, problems: list[str], seen: tuple[str, ...] = ()) -> Any:
+    """``data`` merged over the recipe its ``base`` names (recursively); name and description are
+    never inherited."""
+    if not isinstance(data, dict) or "base" not in data:
+        return data
+    changes = {k: v for k, v in data.items() if k != "base"}
+    base = data["base"]
+    if not isinstance(base, str) or not base:
+        problems.append(f"base: expected a shipped recipe name or a YAML path, got {short_repr(base)}")
+        return changes
+    shipped = shipped_recipes()
+    if base.endswith((".yaml", ".yml")) or "/" in base:
+        path = Path(base) if folder is None else folder / base
+        key, where = str(path.resolve()), path.parent
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            problems.append(f"base: cannot read {base!r} ({getattr(exc, 'strerror', None) or 'not UTF-8 text'})")
+            return changes
+    else:
+        key, where = DEFAULT_RECIPE if base == "default" else base, None
+        if key not in shipped:
+            problems.append(f"base: no shipped recipe named {base!r}{did_you_mean(base, shipped)} (shipped: "
+                            f"{', '.join(sorted(shipped))}), or a path to a .yaml file")
+            return changes
+        text = shipped[key]
+    if key in seen:
+        problems.append(f"base: {' -> '.join((*seen, key))} goes round in a circle")
+        return changes
+    parent = _with_base(_parse_yaml(text, problems, f"base {base!r}: "), where, problems, (*seen, key))
+    if not isinstance(parent, dict):
+        problems.append(f"base: {base!r} is not a recipe (expected a mapping)")
+        return changes
+    return _merge({k: v for k, v in parent.items() if k not in ("name", "description")}, changes)
 
 
 def shipped_recipes() -> dict[str, str]:

@@ -62,7 +62,7 @@ def test_bad_fields(text, match):
 
 
 def test_unknown_recipe_name_lists_shipped(tmp_path):
-    with pytest.raises(RecipeError, match=r"no shipped recipe named 'nope' \(shipped: bitmixer, double_rounding, limpq, oneshot, quickstart; 'default' is oneshot\)"):
+    with pytest.raises(RecipeError, match=r"no shipped recipe named 'nope' \(shipped: bitmixer, double_rounding, imagenet, limpq, oneshot, quickstart; 'default' is oneshot\)"):
         Recipe.load("nope")
     with pytest.raises(RecipeError, match="cannot read"):
         Recipe.load(tmp_path / "missing.yaml")
@@ -110,3 +110,48 @@ def test_recipe_from_file(tmp_path):
     path.write_text("name: mine\nquant: {w_bits: [4, 8], a_bits: [8], bn: shared}\n")
     r = Recipe.load(path)
     assert r.quant.w_bits == (4, 8) and r.quant.bn is BnMode.SHARED
+
+
+def test_a_recipe_extends_a_shipped_one_with_only_the_keys_it_changes(tmp_path):
+    path = tmp_path / "mine.yaml"
+    path.write_text("name: mine\nbase: oneshot\ntrain: {epochs: 3, distill: {teacher: true}}\nquant: {w_bits: [2, 4]}\n")
+    mine, oneshot = Recipe.load(path), Recipe.load("oneshot")
+    assert mine.train.epochs == 3 and mine.train.distill.teacher is True and mine.quant.w_bits == (2, 4)
+    # everything else deep-merges from oneshot: the rest of train and train.distill, quant, strategy options
+    assert mine.train.lr == oneshot.train.lr == 0.04 and mine.train.warmup_epochs == 1
+    assert mine.train.distill.kl_weight == 0.5 and mine.quant.a_bits == (2, 3, 4, 5, 6)
+    assert mine.strategy == oneshot.strategy and mine.search == oneshot.search
+    assert mine.name == "mine" and mine.description == ""  # name and description are never inherited
+    assert "base" not in mine.to_dict() and Recipe.from_yaml(mine.to_yaml()) == mine  # saved whole
+
+
+def test_a_base_may_be_a_path_next_to_the_file_and_another_strategy_starts_its_options_afresh(tmp_path):
+    (tmp_path / "parent.yaml").write_text("base: limpq\ntrain: {epochs: 4}\n")
+    (tmp_path / "child.yaml").write_text("base: parent.yaml\nstrategy: {name: oneshot, options: {samples: 2}}\n")
+    child = Recipe.load(tmp_path / "child.yaml")
+    assert child.train.epochs == 4 and child.train.lr == Recipe.load("limpq").train.lr == 0.01
+    assert child.strategy.name == "oneshot" and child.strategy.options.samples == 2
+    assert child.strategy.options.idm_weight == 0.01  # oneshot's default, not limpq's random_policies
+
+
+@pytest.mark.parametrize("text,message", [
+    ("base: oneshoot\n", "base: no shipped recipe named 'oneshoot' (did you mean 'oneshot'?) (shipped: bitmixer,"),
+    ("base: missing.yaml\n", "base: cannot read 'missing.yaml' (No such file or directory)"),
+    ("base: self.yaml\n", "self.yaml goes round in a circle"),
+    ("base: [oneshot]\n", "base: expected a shipped recipe name or a YAML path, got ['oneshot']"),
+    ("base: oneshot\ntrain: {lrr: 1}\n", "train.lrr: unknown field"),
+])
+def test_bad_bases_are_named(text, message, tmp_path):
+    (tmp_path / "self.yaml").write_text(text)
+    with pytest.raises(RecipeError) as info:
+        Recipe.load(tmp_path / "self.yaml")
+    assert message in str(info.value)
+
+
+def test_the_imagenet_recipe_scales_rfq_s_learning_rate_to_its_batch():
+    imagenet, oneshot = Recipe.load("imagenet"), Recipe.load("oneshot")
+    assert imagenet.train.lr == pytest.approx(0.04 * imagenet.train.batch_size / 512)  # RFQ: 0.04 at 4 x 128
+    assert (imagenet.train.epochs, imagenet.train.warmup_epochs, imagenet.train.weight_decay) == (150, 5, 2.5e-5)
+    assert imagenet.train.distill.teacher and imagenet.train.quant_lr == 1e-5
+    assert imagenet.strategy == oneshot.strategy and imagenet.strategy.options.samples == 3
+    assert "supplementary sec. A" in imagenet.description

@@ -23,7 +23,7 @@ from torch import nn
 from mpqfx.compress.evaluation import PolicyEvaluator, PolicyResult, uniform_policies
 from mpqfx.compress.report import write_report
 from mpqfx.compress.timing import PhaseTimes
-from mpqfx.compress.warm_start import create_float_model, float_recipe, timm_spec_of
+from mpqfx.compress.warm_start import Adapted, create_float_model, float_recipe, timm_spec_of, warm_start_record
 from mpqfx.data.census import census_warnings, data_census
 from mpqfx.data.spec import DataSpec, search_indices
 from mpqfx.errors import Interrupted, MpqfxError
@@ -85,13 +85,16 @@ class ExportFailed(MpqfxError):
 
 def _resolve_recipe(recipe: Recipe | str | Path, overrides: dict[str, Any]) -> Recipe:
     recipe = Recipe.load(recipe)
-    train = {k: v for k, v in overrides.items() if k in ("epochs", "batch_size", "seed") and v is not None}
+    train = {k: v for k, v in overrides.items() if k in ("epochs", "batch_size", "seed", "lr") and v is not None}
     data = {k: v for k, v in overrides.items()
             if k in ("train_images", "val_images", "skip_bad_images") and v is not None}
     if train:
         recipe = dataclasses.replace(recipe, train=dataclasses.replace(recipe.train, **train))
     if data:
         recipe = dataclasses.replace(recipe, data=dataclasses.replace(recipe.data, **data))
+    if overrides.get("float_epochs") is not None:
+        recipe = dataclasses.replace(recipe, warm_start=dataclasses.replace(recipe.warm_start,
+                                                                            epochs=overrides["float_epochs"]))
     if overrides.get("search_images") is not None:
         recipe = dataclasses.replace(recipe, evaluate=dataclasses.replace(recipe.evaluate,
                                                                           search_images=overrides["search_images"]))
@@ -128,8 +131,8 @@ def compress(model: str | nn.Module | None, recipe: Recipe | str | Path = DEFAUL
              out: str | Path | None = None, checkpoint: str | Path | None = None, pretrained: bool = False,
              device: str | None = None, resume: bool = False, seed: int | None = None, data_dir: str | None = None,
              train_images: int | None = None, val_images: int | None = None, search_images: int | None = None,
-             skip_bad_images: bool | None = None, export: bool = True,
-             progress: bool = True, log: Log | None = None) -> CompressResult | None:
+             skip_bad_images: bool | None = None, float_epochs: int | None = None, lr: float | None = None,
+             export: bool = True, progress: bool = True, log: Log | None = None) -> CompressResult | None:
     """Compress a timm model: float warm start, supernet training, one search per target,
     evaluation, report and export, all in one run directory.
 
@@ -141,12 +144,15 @@ def compress(model: str | nn.Module | None, recipe: Recipe | str | Path = DEFAUL
         data: ``"fashion-mnist"`` (embedded) or the root of an ImageFolder tree (train/, val/).
         targets: budgets, e.g. ``"uniform:4"``, ``"4.5G"``, ``"size=8x"``, ``"avg=3.5"``; default:
             ``uniform:4`` and ``uniform:3`` where those are candidate bit-widths.
-        epochs, batch_size, seed, train_images, val_images, search_images, skip_bad_images: override the
-            recipe's values (``search_images``: the training images candidate policies are measured on in
-            the search; ``train_images``/``val_images`` draw a seeded class-stratified sample;
-            ``skip_bad_images``: leave out image files that do not decode instead of stopping).
+        epochs, batch_size, seed, train_images, val_images, search_images, skip_bad_images, float_epochs, lr:
+            override the recipe's values (``search_images``: the training images candidate policies are
+            measured on in the search; ``train_images``/``val_images`` draw a seeded class-stratified sample;
+            ``skip_bad_images``: leave out image files that do not decode instead of stopping;
+            ``float_epochs``: ``warm_start.epochs``; ``lr``: the supernet's ``train.lr``).
         out: the run directory (default ``runs/<model>-<recipe>-<timestamp>``).
-        checkpoint / pretrained: float weights from a local file / timm's hub (skips the float phase).
+        checkpoint / pretrained: float weights from a local file / timm's hub, loaded by timm, which
+            re-initialises a classifier of another size and adapts the input conv to the data's
+            channels; then a float fine-tune of ``warm_start.epochs`` runs (none when the weights fit).
         resume: continue the run in ``out`` from its last completed phase or checkpoint, with the
             settings it was started with.
         export: write the integer safetensors and ONNX files of every searched policy.
@@ -166,17 +172,18 @@ def compress(model: str | nn.Module | None, recipe: Recipe | str | Path = DEFAUL
     log = log if log is not None and main else (lambda message: None)
     module = model if isinstance(model, nn.Module) else None
     overrides = dict(epochs=epochs, batch_size=batch_size, seed=seed, train_images=train_images, val_images=val_images,
-                     search_images=search_images, skip_bad_images=skip_bad_images)
+                     search_images=search_images, skip_bad_images=skip_bad_images, float_epochs=float_epochs, lr=lr)
     if resume:
         if any(v is not None for v in overrides.values()):
             raise MpqfxError("--resume continues with the run's own settings; drop --epochs/--batch-size/--seed/"
-                             "--train-images/--val-images/--search-images/--skip-bad-images")
+                             "--train-images/--val-images/--search-images/--skip-bad-images/--float-epochs/--lr")
         run = on_main(lambda: _run_dir(out, "", "", resume=True))
         meta = run.meta()
         recipe_obj = Recipe.load(run.recipe)
         spec = DataSpec.from_dict(meta["data"])
         model_spec = ModelSpec(meta["model"]["name"], meta["model"]["kwargs"])
         targets, source = list(meta["targets"]), meta["weights"]
+        checkpoint = meta.get("checkpoint")
     else:
         if model is None:
             raise MpqfxError("compress: pass a timm model name or a timm model instance")
@@ -193,10 +200,14 @@ def compress(model: str | nn.Module | None, recipe: Recipe | str | Path = DEFAUL
         raise MpqfxError(f"--resume: {str(run.root)!r} started from a module whose weights were not saved yet; "
                          "pass that module to compress() again")
     if module is not None and not have_float:
-        float_model = copy.deepcopy(module)
+        float_model, adapted = copy.deepcopy(module), Adapted()
     else:  # a resumed run reads its float weights from float.pt, never from the hub again
-        float_model = create_float_model(model_spec.name, model_spec.kwargs, source == "pretrained" and not have_float,
-                                         checkpoint if source == "checkpoint" and not have_float else None)
+        float_model, adapted = create_float_model(model_spec.name, model_spec.kwargs,
+                                                  source == "pretrained" and not have_float,
+                                                  checkpoint if source == "checkpoint" and not have_float else None)
+    # what the warm start does (a resumed run keeps what its start decided)
+    warm = ((run.meta().get("warm_start") if resume else None)
+            or warm_start_record(source, adapted, recipe_obj, checkpoint))
     example = torch.randn(1, *spec.input_size(float_model), generator=torch.Generator().manual_seed(0))
     net = prepare(float_model, recipe_obj, example_input=example, inplace=True, model_spec=model_spec)
     if not targets:
@@ -211,7 +222,7 @@ def compress(model: str | nn.Module | None, recipe: Recipe | str | Path = DEFAUL
             run.write_meta({"model": {"name": model_spec.name, "kwargs": model_spec.kwargs}, "data": spec.to_dict(),
                             "input_size": list(example.shape[1:]), "recipe": recipe_obj.name, "targets": targets,
                             "weights": source, "checkpoint": str(checkpoint) if checkpoint else None,
-                            "started": datetime.now().isoformat(timespec="seconds")})
+                            "warm_start": warm, "started": datetime.now().isoformat(timespec="seconds")})
             return run
 
         run = on_main(start)
@@ -233,7 +244,7 @@ def compress(model: str | nn.Module | None, recipe: Recipe | str | Path = DEFAUL
     trained = False
     try:
         with times.phase("warm start"):
-            _warm_start(net, source, train_set, recipe_obj, run, device, resume, times, progress, log)
+            _warm_start(net, warm, train_set, recipe_obj, run, device, resume, times, progress, log)
             barrier()  # rank 0 has written float.pt
             float_result = _float_result(net, evaluator, run, log) if main else None
         with times.phase("supernet training"):
@@ -284,23 +295,24 @@ def _weights_source(module: nn.Module | None, pretrained: bool, checkpoint: str 
     return "module" if module is not None else "pretrained" if pretrained else "checkpoint" if checkpoint else "train"
 
 
-def _warm_start(net: Supernet, source: str, train_set, recipe: Recipe, run: RunDir, device, resume: bool,
+def _warm_start(net: Supernet, warm: dict[str, Any], train_set, recipe: Recipe, run: RunDir, device, resume: bool,
                 times: PhaseTimes, progress: bool, log: Log) -> None:
-    """Bring ``net`` to its float starting point and keep it in float.pt (what a resumed run reloads)."""
+    """Bring ``net`` to its float starting point and keep it in float.pt (what a resumed run reloads):
+    float training from random weights, or a fine-tune of weights whose classifier (or input conv)
+    timm adapted to the data, for ``warm["float_epochs"]`` epochs."""
     if run.float_weights.is_file():
         log(f"warm start: float weights from {run.float_weights}")
         loaded, _ = load_supernet(run.float_weights)
         net.load_state_dict(loaded.state_dict())
         return
-    if source == "train" and recipe.warm_start.epochs > 0:
-        log(f"warm start: {recipe.warm_start.epochs} float epoch(s)")
+    if warm["float_epochs"] > 0:
+        log(f"warm start: {warm['float_epochs']} float epoch(s)")
         trainer = Trainer(net, train_set, float_recipe(recipe), run_dir=run.root / "float", device=device,
                           progress=progress, log=lambda message: log(f"warm start: {message}"))
         trainer.fit(resume=resume and trainer.has_checkpoint)
         times.add("warm start", trainer.carried)
         net.refit_quantizers()  # the quantizers follow the trained float weights
-    else:
-        log(f"warm start: float weights from {source}")
+    log(f"warm start: {warm['note']}")
     if is_main():
         save_supernet(net, run.float_weights)
 

@@ -59,6 +59,7 @@ def report_dict(run: RunDir, net: Supernet, recipe: Recipe, results: list["Polic
             "input_size": list(net.example_input.shape[1:]), "recipe": recipe.name,
             "strategy": recipe.strategy.name, "search_backend": recipe.search.backend,
             "float_accuracy": next(r.accuracy for r in results if r.kind == "float"),
+            "warm_start": meta.get("warm_start"),
             "policies": [_row(r) for r in results], "searches": [],
             "layers": [{"name": l.name, "kind": l.kind.value, "role": l.role.value, "macs": l.macs, "params": l.params,
                         "traced": l.traced} for l in net.layers],
@@ -93,6 +94,8 @@ def _markdown(report: dict[str, Any]) -> str:
              f"{_data_line(report)}. Accuracies are top-1 on the held-out split after BatchNorm re-estimation; "
              "\"mixed\" rows are the searched mixed-precision policies, each under its budget.", "",
              f"**Float accuracy: {100 * report['float_accuracy']:.2f}%**", ""]
+    if report.get("warm_start"):
+        lines += [f"Float weights: {report['warm_start']['note']}.", ""]
     lines += _policy_table(report["policies"])
     later = report.get("searches", [])
     if later:

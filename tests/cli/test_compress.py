@@ -369,7 +369,9 @@ def test_a_finished_run_is_not_overwritten(run, fashion_dir):
 
 
 @pytest.mark.parametrize("args,message", [
-    (["--pretrained"], "cannot fetch timm's pretrained weights for 'test_resnet'"),
+    (["--pretrained"], "--pretrained: cannot fetch timm's pretrained weights for 'test_resnet'"),
+    (["--pretrained"], "offline, download them elsewhere and pass the file with --checkpoint PATH"),
+    (["--checkpoint", "{tmp}/a-file"], "a-file' is corrupt or not a weights file"),
     (["--checkpoint", "/nonexistent.pt"], "--checkpoint: no file at '/nonexistent.pt'"),
     (["--target", "0.0000001G"], "below the minimum"),
     (["--recipe", "nope"], "no shipped recipe named 'nope'"),
@@ -395,7 +397,7 @@ def test_recipes_lists_every_shipped_recipe():
     proc = mpqfx_cli("recipes")
     assert proc.returncode == 0
     names = [line.split(":")[0].split(" ")[0] for line in proc.stdout.strip().splitlines()]
-    assert names == ["bitmixer", "double_rounding", "limpq", "oneshot", "quickstart"]
+    assert names == ["bitmixer", "double_rounding", "imagenet", "limpq", "oneshot", "quickstart"]
     assert "oneshot (= default)" in proc.stdout
 
 
