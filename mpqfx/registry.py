@@ -49,7 +49,8 @@ class Registry(Generic[T]):
 
     def get(self, name: str) -> T:
         if name not in self._entries and name in self._declared:
-            _resolve(self._declared[name][0])  # importing the module registers the entry
+            entry = _resolve(self._declared[name][0])  # importing the module registers the entry
+            self._entries.setdefault(name, entry)  # its module imported before: into a registry since restored
         try:
             return self._entries[name]
         except KeyError:
