@@ -80,7 +80,8 @@ for _name, _module, _cls, _options in (
         ("oneshot", "oneshot", "OneShot", "OneShotOptions"), ("limpq", "limpq", "Limpq", "LimpqOptions"),
         ("bitmixer", "bitmixer", "BitMixer", "BitMixerOptions"),
         ("double_rounding", "double_rounding", "DoubleRounding", "DoubleRoundingOptions"),
-        ("float", "float_model", "FloatTraining", "NoOptions")):
+        ("float", "float_model", "FloatTraining", "NoOptions"),
+        ("calibrate", "calibrate", "Calibrate", "CalibrateOptions")):
     STRATEGIES.declare(_name, f"mpqfx.train.{_module}:{_cls}", f"mpqfx.train.options:{_options}")
 
 SEARCHES: Registry[Any] = Registry("search backend")

@@ -33,6 +33,7 @@ from mpqfx.io import atomic_write_text
 from mpqfx.prepare import prepare
 from mpqfx.quant.policy import Policy
 from mpqfx.recipe import Recipe, WeightQuantizer
+from mpqfx.registry import STRATEGIES
 from mpqfx.rundir import RunDir, policy_filename, search_data
 from mpqfx.search.constraints import candidate_bits, parse_target
 from mpqfx.search.candidates import describe_selection
@@ -40,6 +41,7 @@ from mpqfx.search.progress import SearchProgress
 from mpqfx.search.run import search_many
 from mpqfx.store import load_supernet, save_supernet
 from mpqfx.supernet import ModelSpec, Supernet
+from mpqfx.train.calibrate import calibrate, calibration_batches, float_start_problem
 from mpqfx.train.checkpoint import CheckpointError, reason
 from mpqfx.train.distributed import barrier, init_from_env, is_main, on_main, solo_group
 from mpqfx.train.loop import Trainer
@@ -208,6 +210,9 @@ def compress(model: str | nn.Module | None, recipe: Recipe | str | Path = DEFAUL
     # what the warm start does (a resumed run keeps what its start decided)
     warm = ((run.meta().get("warm_start") if resume else None)
             or warm_start_record(source, adapted, recipe_obj, checkpoint))
+    calibrates = not getattr(STRATEGIES.get(recipe_obj.strategy.name), "trains", True)  # post-training (ptq)
+    if calibrates and float_start_problem(warm):
+        raise MpqfxError(float_start_problem(warm))
     example = torch.randn(1, *spec.input_size(float_model), generator=torch.Generator().manual_seed(0))
     net = prepare(float_model, recipe_obj, example_input=example, inplace=True, model_spec=model_spec)
     if not targets:
@@ -248,7 +253,8 @@ def compress(model: str | nn.Module | None, recipe: Recipe | str | Path = DEFAUL
             barrier()  # rank 0 has written float.pt
             float_result = _float_result(net, evaluator, run, log) if main else None
         with times.phase("supernet training"):
-            extras = _train_supernet(net, train_set, recipe_obj, run, device, resume, times, progress, log)
+            extras = (_calibrate(net, evaluator.train_set, recipe_obj, run, log) if calibrates else
+                      _train_supernet(net, train_set, recipe_obj, run, device, resume, times, progress, log))
         trained = True
         if not main:  # rank 0 alone searches, evaluates, reports and exports; this rank waits below, then ends
             return None
@@ -345,6 +351,19 @@ def _train_supernet(net: Supernet, train_set, recipe: Recipe, run: RunDir, devic
     if is_main():
         save_supernet(net, run.supernet, extras=extras)
     return extras
+
+
+def _calibrate(net: Supernet, train_set, recipe: Recipe, run: RunDir, log: Log) -> dict[str, Any]:
+    """Post-training calibration (strategy ``calibrate``) instead of supernet training, kept in supernet.pt."""
+    if run.supernet.is_file():
+        log(f"calibration: steps from {run.supernet}")
+        net.load_state_dict(load_supernet(run.supernet)[0].state_dict())
+        return {}
+    options = recipe.strategy.options
+    calibrate(net, calibration_batches(train_set, options, recipe.evaluate.batch_size, log), options, log)
+    if is_main():
+        save_supernet(net, run.supernet)
+    return {}
 
 
 SELECTION_FILE = "search-selection.json"

@@ -105,3 +105,28 @@ class DoubleRoundingOptions:
         if recipe.quant.weight_quantizer is not WeightQuantizer.DOUBLE_ROUNDING:
             return ["quant.weight_quantizer: the double_rounding strategy needs 'double_rounding'"]
         return []
+
+
+MIN_CALIBRATION_IMAGES = 32  # fewer leave the activation and BatchNorm statistics of a layer to a batch or two
+
+
+@dataclass(frozen=True)
+class CalibrateOptions:
+    images: int = 1024  # calibration images (training split, no augmentation) the activation steps are fitted on
+    samples: int = 65536  # input values per layer kept for each layer's activation fit
+    grid: int = 40  # clipping scales tried per bit-width before the finer grid and least squares
+
+    def problems(self) -> list[str]:
+        found = []
+        if self.images < MIN_CALIBRATION_IMAGES:
+            found.append(f"images: must be >= {MIN_CALIBRATION_IMAGES}, got {self.images}")
+        if self.samples < 1024:
+            found.append(f"samples: must be >= 1024, got {self.samples}")
+        if self.grid < 4:
+            found.append(f"grid: must be >= 4, got {self.grid}")
+        return found
+
+    def recipe_problems(self, recipe: Recipe) -> list[str]:
+        if recipe.quant.weight_quantizer is WeightQuantizer.DOUBLE_ROUNDING:
+            return ["quant.weight_quantizer: calibrate fits one step per bit-width; it needs 'lsq' or 'lsq_channel'"]
+        return []
