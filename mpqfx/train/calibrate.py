@@ -30,8 +30,10 @@ from mpqfx.train.options import MIN_CALIBRATION_IMAGES, CalibrateOptions
 from mpqfx.train.strategy import Strategy, register_strategy
 
 Log = Callable[[str], None]
-FINE_POINTS = 12  # points of the finer grid between the best coarse scale's neighbours
-REFINEMENTS = 3  # least-squares steps after the grids
+FINE_POINTS = 8  # points of the finer grid between the best coarse scale's neighbours
+DENSE_WORK = 1 << 18  # small tensors get a denser grid, up to this many values x scales per bit-width
+MAX_POINTS = 2048
+REFINEMENTS = 2  # least-squares steps after the grids
 
 
 def quantization_error(x: torch.Tensor, step: torch.Tensor, qmin: int, qmax: int) -> torch.Tensor:
@@ -40,15 +42,17 @@ def quantization_error(x: torch.Tensor, step: torch.Tensor, qmin: int, qmax: int
     return (torch.div(x, s).clamp_(qmin, qmax).round_().mul_(s).sub_(x)).square_().sum(1)
 
 
-def mse_steps(x: torch.Tensor, qmin: int, qmax: int, per_channel: bool, points: int = 40) -> torch.Tensor:
+def mse_steps(x: torch.Tensor, qmin: int, qmax: int, per_channel: bool, points: int = 20) -> torch.Tensor:
     """The step minimising the squared quantization error of ``x`` to integers in [qmin, qmax]:
     one per slice ``x[c]`` with ``per_channel`` (shape [C]), else one (shape []).
 
     Every value counts (no subsample). Clipping scales s = r * s_max (s_max: no value clipped) are
-    tried at r = 1/points .. 1, then ``FINE_POINTS`` between the best one's neighbours, then
-    least-squares refinements are kept where they lower the error.
+    tried at r = 1/points .. 1 (more points for small tensors, whose error is the most jagged in s,
+    up to ``DENSE_WORK`` values x points), then ``FINE_POINTS`` between the best one's neighbours,
+    then least-squares refinements are kept where they lower the error.
     """
     rows = x.detach().float().reshape(x.shape[0] if per_channel else 1, -1)
+    points = max(points, min(MAX_POINTS, DENSE_WORK // rows.numel()))
     top = rows.amax(1) / qmax
     if qmin < 0:
         top = torch.maximum(top, rows.amin(1) / qmin)
@@ -75,7 +79,7 @@ def mse_steps(x: torch.Tensor, qmin: int, qmax: int, per_channel: bool, points: 
 
 
 @torch.no_grad()
-def fit_quantizer(quant: MultiBitLSQ, x: torch.Tensor, points: int = 40) -> None:
+def fit_quantizer(quant: MultiBitLSQ, x: torch.Tensor, points: int = 20) -> None:
     """Set every candidate bit-width's step of ``quant`` to the one minimising the error on ``x``
     (per output channel when ``quant`` has one step per channel)."""
     for bits in quant.bits:

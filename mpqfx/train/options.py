@@ -113,8 +113,8 @@ MIN_CALIBRATION_IMAGES = 32  # fewer leave the activation and BatchNorm statisti
 @dataclass(frozen=True)
 class CalibrateOptions:
     images: int = 1024  # calibration images (training split, no augmentation) the activation steps are fitted on
-    samples: int = 65536  # input values per layer kept for each layer's activation fit
-    grid: int = 40  # clipping scales tried per bit-width before the finer grid and least squares
+    samples: int = 16384  # input values per layer kept for each layer's activation fit
+    grid: int = 20  # clipping scales tried per bit-width before the finer grid and least squares
 
     def problems(self) -> list[str]:
         found = []
