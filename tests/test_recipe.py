@@ -62,7 +62,7 @@ def test_bad_fields(text, match):
 
 
 def test_unknown_recipe_name_lists_shipped(tmp_path):
-    with pytest.raises(RecipeError, match=r"no shipped recipe named 'nope' \(shipped: bitmixer, double_rounding, imagenet, limpq, oneshot, quickstart; 'default' is oneshot\)"):
+    with pytest.raises(RecipeError, match=r"no shipped recipe named 'nope' \(shipped: bitmixer, double_rounding, imagenet, limpq, oneshot, ptq, quickstart; 'default' is oneshot\)"):
         Recipe.load("nope")
     with pytest.raises(RecipeError, match="cannot read"):
         Recipe.load(tmp_path / "missing.yaml")

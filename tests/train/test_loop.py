@@ -177,7 +177,7 @@ def test_a_fresh_start_after_a_deleted_checkpoint_does_not_repeat_metrics(make_n
     ("strategy: {name: oneshot, options: {uniform_share: 1.5}}",
      ["strategy.options.uniform_share: must be in [0, 1], got 1.5"]),
     ("strategy: {name: nope}\ntrain: {epochs: 0, optimizer: sgdd}",
-     ["strategy.name: unknown strategy 'nope'; registered: bitmixer, double_rounding, float, limpq, oneshot",
+     ["strategy.name: unknown strategy 'nope'; registered: bitmixer, calibrate, double_rounding, float, limpq, oneshot",
       "train.epochs: must be >= 1", "train.optimizer: 'sgdd' is not allowed"]),
     ("strategy: {name: bitmixer, options: {stages: [0.5, 0.5, 0.5]}}\nquant: {bn: shared}",
      ["strategy.options.stages: [0.5, 0.5, 0.5] must add up to 1 (they add up to 1.5)",
