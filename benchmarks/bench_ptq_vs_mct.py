@@ -90,10 +90,12 @@ def kernel_budgets(args: argparse.Namespace, recipe: Recipe) -> tuple[int, dict[
 
 
 def run_mpqfx(args: argparse.Namespace, recipe: Recipe, targets: list[str]) -> tuple[dict[str, float], float]:
-    """One ``ptq`` compress run (no export) for every target: top-1 per target, and its wall seconds."""
+    """One ``ptq`` compress run (no export) for every target, in ``--out`` (default: a temporary
+    folder): top-1 per target, and its wall seconds."""
     start = time.perf_counter()
-    with tempfile.TemporaryDirectory() as out:
-        result = mpqfx.compress(args.model, recipe, targets=targets, checkpoint=args.float, out=Path(out) / "run",
+    with tempfile.TemporaryDirectory() as scratch:
+        out = Path(args.out) if args.out else Path(scratch) / "run"
+        result = mpqfx.compress(args.model, recipe, targets=targets, checkpoint=args.float, out=out,
                                 val_images=args.val_images, export=False, progress=False)
     seconds = time.perf_counter() - start
     return {r.target: r.accuracy for r in result.searched}, seconds
@@ -131,6 +133,8 @@ def main() -> None:
     parser.add_argument("--calibration", type=int, default=1024, help="calibration images (both tools)")
     parser.add_argument("--bits", type=int, nargs="+", default=[8, 6, 4, 3], help="average kernel bits per target")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    parser.add_argument("--out", default=None, help="keep mpqfx's run directory here")
+    parser.add_argument("--skip", choices=("mpqfx", "mct"), default=None, help="leave out one tool's rows")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -150,10 +154,11 @@ def main() -> None:
     print(f"float: top-1 {float_accuracy(model, held_out):.2%} on {sum(len(y) for _, y in held_out)} held-out images "
           f"(its own BatchNorm statistics); {args.calibration} calibration images\n")
     kernels, budgets = kernel_budgets(args, recipe)
-    ours, our_seconds = run_mpqfx(args, recipe, [target for _, target in budgets.values()])
+    targets = [target for _, target in budgets.values()]
+    ours, our_seconds = run_mpqfx(args, recipe, targets) if args.skip != "mpqfx" else (dict.fromkeys(targets, math.nan), math.nan)
     try:
         import model_compression_toolkit  # noqa: F401
-        have_mct = True
+        have_mct = args.skip != "mct"
     except ImportError:
         have_mct = False
         print("MCT rows skipped: model-compression-toolkit is not installed (pip install 'mpqfx[peers]')\n")
