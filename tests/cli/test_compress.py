@@ -397,7 +397,7 @@ def test_recipes_lists_every_shipped_recipe():
     proc = mpqfx_cli("recipes")
     assert proc.returncode == 0
     names = [line.split(":")[0].split(" ")[0] for line in proc.stdout.strip().splitlines()]
-    assert names == ["bitmixer", "double_rounding", "imagenet", "limpq", "oneshot", "quickstart"]
+    assert names == ["bitmixer", "double_rounding", "imagenet", "limpq", "oneshot", "ptq", "quickstart"]
     assert "oneshot (= default)" in proc.stdout
 
 

@@ -45,4 +45,4 @@ def test_lazy_exports_resolve_and_functions_keep_their_names_after_their_modules
             "SEARCHES.names(), STRATEGIES.names(), sorted(set(mpqfx.__all__) - set(dir(mpqfx))))")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert proc.stdout.strip() == ("True True True Policy ['greedy', 'hessian', 'ilp'] "
-                                   "['bitmixer', 'double_rounding', 'float', 'limpq', 'oneshot'] []")
+                                   "['bitmixer', 'calibrate', 'double_rounding', 'float', 'limpq', 'oneshot'] []")
