@@ -211,8 +211,9 @@ def compress(model: str | nn.Module | None, recipe: Recipe | str | Path = DEFAUL
     warm = ((run.meta().get("warm_start") if resume else None)
             or warm_start_record(source, adapted, recipe_obj, checkpoint))
     calibrates = not getattr(STRATEGIES.get(recipe_obj.strategy.name), "trains", True)  # post-training (ptq)
-    if calibrates and float_start_problem(warm):
-        raise MpqfxError(float_start_problem(warm))
+    problem = float_start_problem(warm) if calibrates else None
+    if problem:
+        raise MpqfxError(problem)
     example = torch.randn(1, *spec.input_size(float_model), generator=torch.Generator().manual_seed(0))
     net = prepare(float_model, recipe_obj, example_input=example, inplace=True, model_spec=model_spec)
     if not targets:
