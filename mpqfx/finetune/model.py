@@ -182,10 +182,12 @@ class FoldedLayer(nn.Module):
             y = self._op(x, weight, None)
             dims = [d for d in range(y.dim()) if d != 1]
             mean, var = y.mean(dims), y.var(dims, unbiased=False)
-            with torch.no_grad():
+            with torch.no_grad():  # as nn.BatchNorm updates them: momentum None is a cumulative average
                 n = y.numel() / y.shape[1]
-                bn.running_mean.lerp_(mean, bn.momentum or 0.1)
-                bn.running_var.lerp_(var * n / max(n - 1, 1), bn.momentum or 0.1)
+                bn.num_batches_tracked.add_(1)
+                factor = 1.0 / float(bn.num_batches_tracked) if bn.momentum is None else bn.momentum
+                bn.running_mean.lerp_(mean, factor)
+                bn.running_var.lerp_(var * n / max(n - 1, 1), factor)
             k = torch.rsqrt(var + bn.eps) * (bn.weight if bn.weight is not None else 1)
             y = (y - self._per_channel(mean, y, 1)) * self._per_channel(k, y, 1)
             return self.output_quant(y + self._per_channel(bn.bias, y, 1) if bn.bias is not None else y)

@@ -102,7 +102,7 @@ def test_onnxruntime_agrees_with_the_finetuned_model_on_the_whole_held_out_split
     net, _, folded, _, path, held_out = finetuned
     agreement = layer_agreement(path, folded.graph, folded.layers, held_out)
     assert agreement.images == 200
-    assert agreement.torch_accuracy > 0.1  # better than chance (10 classes, known labels): logits not tied
+    assert agreement.torch_accuracy > 0.5  # trained: 10 classes, chance is 0.1 (known labels)
     assert agreement.top1_agreement >= 0.995
     assert abs(agreement.onnx_accuracy - agreement.torch_accuracy) <= 0.002
     assert set(agreement.layer_within_one_step) == {info.name for info in net.layers}  # every layer an integer kernel
