@@ -13,7 +13,6 @@ from torch.utils.data import TensorDataset
 
 import mpqfx
 from mpqfx import Policy
-from mpqfx.data.fashion_mnist import FashionMNIST
 from mpqfx.evaluate import recalibrated_bn
 from mpqfx.export import deploy, export_onnx
 from mpqfx.export.deploy import input_quantizer
@@ -21,38 +20,6 @@ from mpqfx.export.qdq import ActivationQuantizer
 from mpqfx.finetune.agreement import layer_agreement
 from mpqfx.finetune.model import folded_model
 from mpqfx.finetune.train import FinetuneLoop, FinetuneSettings
-
-
-class InvertedResidual(nn.Module):
-    def __init__(self, channels: int, expand: int):
-        super().__init__()
-        hidden = channels * expand
-        self.expand = nn.Sequential(nn.Conv2d(channels, hidden, 1, bias=False), nn.BatchNorm2d(hidden), nn.ReLU6())
-        self.dw = nn.Sequential(nn.Conv2d(hidden, hidden, 3, padding=1, groups=hidden, bias=False),
-                                nn.BatchNorm2d(hidden), nn.ReLU6())
-        self.project = nn.Sequential(nn.Conv2d(hidden, channels, 1, bias=False), nn.BatchNorm2d(channels))
-
-    def forward(self, x):
-        return x + self.project(self.dw(self.expand(x)))
-
-
-class TinyMobile(nn.Module):
-    """A mobilenetv2-style network: stem, two inverted residual blocks with adds, pooled linear head."""
-
-    def __init__(self, classes: int = 10):
-        super().__init__()
-        self.stem = nn.Sequential(nn.Conv2d(3, 16, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(16), nn.ReLU6())
-        self.blocks = nn.Sequential(InvertedResidual(16, 3), InvertedResidual(16, 3))
-        self.head = nn.Linear(16, classes)
-
-    def forward(self, x):
-        return self.head(self.blocks(self.stem(x)).mean((2, 3)))
-
-
-def _split(fashion_dir, split: str, limit: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    data = FashionMNIST(split, fashion_dir, size=32, limit=limit)
-    images = torch.stack([data[i][0] for i in range(len(data))]).repeat(1, 3, 1, 1)
-    return images, data.labels
 
 
 def _train_float(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, steps: int = 60) -> nn.Module:
@@ -67,10 +34,10 @@ def _train_float(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, s
     return model.eval()
 
 
-def _finetuned(model: nn.Module, fashion_dir, tmp_path):
+def _finetuned(model: nn.Module, split, tmp_path):
     """(net, policy, fine-tuned model, deployed module, ONNX path, held-out batches) for ``model`` at uniform 4/4."""
     torch.manual_seed(0)
-    train_x, train_y = _split(fashion_dir, "train")
+    train_x, train_y = split("train")
     model = _train_float(model, train_x, train_y)
     net = mpqfx.prepare(model.eval(), "quickstart", example_input=train_x[:2]).eval()
     with torch.no_grad():  # fit every activation step on real images
@@ -87,15 +54,15 @@ def _finetuned(model: nn.Module, fashion_dir, tmp_path):
     loop.fit()
     deployed = folded.to_deployed(net, policy)
     path = export_onnx(deployed, train_x[:1], tmp_path / "model.onnx")
-    test_x, test_y = _split(fashion_dir, "test")
+    test_x, test_y = split("test")
     held_out = [(test_x[i:i + 50], test_y[i:i + 50]) for i in range(0, len(test_y), 50)]
     return net, policy, folded, deployed, path, held_out
 
 
 @pytest.fixture(scope="module", params=["test_resnet", "tiny_mobile"])
-def finetuned(request, fashion_dir, tmp_path_factory):
-    model = timm.create_model("test_resnet", num_classes=10) if request.param == "test_resnet" else TinyMobile()
-    return _finetuned(model, fashion_dir, tmp_path_factory.mktemp(request.param))
+def finetuned(request, fashion_split, tiny_mobile, tmp_path_factory):
+    model = timm.create_model("test_resnet", num_classes=10) if request.param == "test_resnet" else tiny_mobile()
+    return _finetuned(model, fashion_split, tmp_path_factory.mktemp(request.param))
 
 
 def test_onnxruntime_agrees_with_the_finetuned_model_on_the_whole_held_out_split(finetuned):
