@@ -44,13 +44,17 @@ import click
 @click.option("--resume", is_flag=True, help="Continue the run in --out from where it stopped.")
 @click.option("--seed", type=int, default=None, help="Seed (default: the recipe's).")
 @click.option("--no-export", is_flag=True, help="Skip the safetensors/ONNX export.")
+@click.option("--finetune-epochs", type=click.IntRange(1), default=None,
+              help="Fine-tune every searched policy in its deployed form for E epochs after the search "
+              "(as `mpqfx finetune`); the report shows supernet, fine-tuned and exported rows.")
 @click.option("--json", "as_json", is_flag=True,
               help="Print the summary as JSON on stdout (for scripts); progress and log lines go to stderr.")
 def compress_command(model_name: str | None, recipe: str, data: str, data_dir: str | None, targets: tuple[str, ...],
                      epochs: int | None, batch_size: int | None, lr: float | None, float_epochs: int | None,
                      train_images: int | None, val_images: int | None, search_images: int | None,
                      skip_bad_images: bool, out: Path | None, checkpoint: Path | None, pretrained: bool,
-                     device: str | None, resume: bool, seed: int | None, no_export: bool, as_json: bool) -> None:
+                     device: str | None, resume: bool, seed: int | None, no_export: bool, finetune_epochs: int | None,
+                     as_json: bool) -> None:
     """Train a supernet once, search every --target, evaluate, report and export."""
     import rich
     from rich.console import Console
@@ -71,7 +75,7 @@ def compress_command(model_name: str | None, recipe: str, data: str, data_dir: s
                           checkpoint=checkpoint, pretrained=pretrained, device=device, resume=resume, seed=seed,
                           data_dir=data_dir, train_images=train_images, val_images=val_images,
                           search_images=search_images, skip_bad_images=skip_bad_images or None,
-                          float_epochs=float_epochs, lr=lr, export=not no_export,
+                          float_epochs=float_epochs, lr=lr, export=not no_export, finetune_epochs=finetune_epochs,
                           log=lambda message: console.print(f"[dim]mpqfx:[/dim] {message}"))
     except ExportFailed as exc:  # the report is complete: show it, then the one line naming the failed policies
         result, failed = exc.result, exc

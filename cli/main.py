@@ -10,6 +10,7 @@ import click
 from mpqfx.cli.options import parse_input_size
 from mpqfx.cli.compress import compress_command
 from mpqfx.cli.export import export_command
+from mpqfx.cli.finetune import finetune_command
 from mpqfx.cli.recipes import recipes_command, validate_command
 from mpqfx.cli.report import report_command
 from mpqfx.cli.search import search_command
@@ -63,7 +64,7 @@ def bitops(model_name: str, bits: int | None, wbits: int | None, abits: int | No
                       per_layer=per_layer, as_json=as_json)
 
 
-for command in (compress_command, search_command, export_command, report_command, recipes_command,
+for command in (compress_command, search_command, export_command, finetune_command, report_command, recipes_command,
                 validate_command):
     cli.add_command(command)
 

@@ -134,7 +134,8 @@ def compress(model: str | nn.Module | None, recipe: Recipe | str | Path = DEFAUL
              device: str | None = None, resume: bool = False, seed: int | None = None, data_dir: str | None = None,
              train_images: int | None = None, val_images: int | None = None, search_images: int | None = None,
              skip_bad_images: bool | None = None, float_epochs: int | None = None, lr: float | None = None,
-             export: bool = True, progress: bool = True, log: Log | None = None) -> CompressResult | None:
+             export: bool = True, finetune_epochs: int | None = None, progress: bool = True,
+             log: Log | None = None) -> CompressResult | None:
     """Compress a timm model: float warm start, supernet training, one search per target,
     evaluation, report and export, all in one run directory.
 
@@ -158,6 +159,9 @@ def compress(model: str | nn.Module | None, recipe: Recipe | str | Path = DEFAUL
         resume: continue the run in ``out`` from its last completed phase or checkpoint, with the
             settings it was started with.
         export: write the integer safetensors and ONNX files of every searched policy.
+        finetune_epochs: after the export, fine-tune every searched policy in its deployed form for
+            that many epochs (``mpqfx finetune``, into RUN/finetuned/<policy>/); the report gets three
+            rows per policy: the supernet, the fine-tuned model, its exported file.
 
     Under ``torchrun`` every process calls it: all of them train (``train.batch_size`` is the global
     batch), rank 0 alone writes the run directory, searches, evaluates, reports and exports, and the
@@ -186,6 +190,7 @@ def compress(model: str | nn.Module | None, recipe: Recipe | str | Path = DEFAUL
         model_spec = ModelSpec(meta["model"]["name"], meta["model"]["kwargs"])
         targets, source = list(meta["targets"]), meta["weights"]
         checkpoint = meta.get("checkpoint")
+        finetune_epochs = meta.get("finetune_epochs")
     else:
         if model is None:
             raise MpqfxError("compress: pass a timm model name or a timm model instance")
@@ -228,7 +233,8 @@ def compress(model: str | nn.Module | None, recipe: Recipe | str | Path = DEFAUL
             run.write_meta({"model": {"name": model_spec.name, "kwargs": model_spec.kwargs}, "data": spec.to_dict(),
                             "input_size": list(example.shape[1:]), "recipe": recipe_obj.name, "targets": targets,
                             "weights": source, "checkpoint": str(checkpoint) if checkpoint else None,
-                            "warm_start": warm, "started": datetime.now().isoformat(timespec="seconds")})
+                            "warm_start": warm, "finetune_epochs": finetune_epochs,
+                            "started": datetime.now().isoformat(timespec="seconds")})
             return run
 
         run = on_main(start)
@@ -267,7 +273,11 @@ def compress(model: str | nn.Module | None, recipe: Recipe | str | Path = DEFAUL
         with times.phase("export"):
             if export:
                 _export_all(net, results, recipe_obj, run, evaluator, progress, log)
-        write_report(run, net, recipe_obj, results, times.wall, times.cpu, census)
+        finetuned = []
+        if finetune_epochs:
+            with times.phase("fine-tune"):
+                finetuned = _finetune_all(net, results, finetune_epochs, run, evaluator, train_set, device, progress, log)
+        write_report(run, net, recipe_obj, results, times.wall, times.cpu, census, finetuned)
     except KeyboardInterrupt:
         raise Interrupted(f"interrupted during {times.current or 'setup'}; `{command}` continues the run with "
                           f"{run.restart_point()}") from None
@@ -432,6 +442,22 @@ def _export_all(net: Supernet, results: list[PolicyResult], recipe: Recipe, run:
             path = save_double_rounding(net, run.export / "supernet.dr8.safetensors")
             log(f"export: {path.name} (every policy's weights derive from its 8-bit integers)")
             bar.update(task, advance=1)
+
+
+def _finetune_all(net: Supernet, results: list[PolicyResult], epochs: int, run: RunDir, evaluator: PolicyEvaluator,
+                  train_set, device, progress: bool, log: Log) -> list[dict[str, Any]]:
+    """Fine-tune every searched policy in its deployed form (RUN/finetuned/<policy>/, resumed where it stopped)."""
+    from mpqfx.finetune.run import finetune_supernet_policy, finetuned_dir
+
+    out = []
+    for result in (r for r in results if r.kind == "searched"):
+        stem = Path(result.policy_file).stem
+        row = {"accuracy": result.accuracy, "loss": result.loss, "bitops": result.bitops, "size_bits": result.size_bits}
+        out.append(finetune_supernet_policy(net, result.policy, stem, finetuned_dir(run.root, stem), evaluator, train_set,
+                                            epochs, resume=True, device=device, supernet_row=row, progress=progress,
+                                            log=log))
+        net.to(device).eval()
+    return out
 
 
 def _export(net: Supernet, result: PolicyResult, run: RunDir, evaluator: PolicyEvaluator, log: Log) -> dict[str, Any]:

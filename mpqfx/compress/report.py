@@ -49,7 +49,8 @@ def versions() -> dict[str, str]:
 
 
 def report_dict(run: RunDir, net: Supernet, recipe: Recipe, results: list["PolicyResult"],
-                seconds: dict[str, float], cpu_seconds: dict[str, float], census: dict[str, Any]) -> dict[str, Any]:
+                seconds: dict[str, float], cpu_seconds: dict[str, float], census: dict[str, Any],
+                finetuned: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     """The report of a run; ``census`` (mpqfx.data.census.data_census) gives the classes, the images
     of each class each use actually got (train, held_out, search, bn_calibration) and the files
     left out; ``images`` holds the totals."""
@@ -64,7 +65,7 @@ def report_dict(run: RunDir, net: Supernet, recipe: Recipe, results: list["Polic
             "layers": [{"name": l.name, "kind": l.kind.value, "role": l.role.value, "macs": l.macs, "params": l.params,
                         "traced": l.traced} for l in net.layers],
             "skipped": [{"name": s.name, "reason": s.reason} for s in net.skipped],
-            "seconds": seconds, "cpu_seconds": cpu_seconds, "versions": versions()}
+            "finetuned": finetuned or [], "seconds": seconds, "cpu_seconds": cpu_seconds, "versions": versions()}
 
 
 def _data_line(report: dict[str, Any]) -> str:
@@ -125,6 +126,13 @@ def _markdown(report: dict[str, Any]) -> str:
     if failed:
         lines += ["", "Failed exports (their rows above are measured on the supernet):", ""]
         lines += [f"- {p['target']} (`{Path(p['policy_file']).stem}`): {p['export_error']}" for p in failed]
+    if report.get("finetuned"):
+        from mpqfx.finetune.run import rows_markdown
+
+        lines += ["", "## Fine-tuned policies", "",
+                  "Each searched policy fine-tuned in its deployed form (BatchNorm folded, 8-bit requantization, int32 "
+                  "bias; RUN/finetuned/POLICY/), then exported; every row is top-1 on the held-out split.", ""]
+        lines += rows_markdown(report["finetuned"])
     lines += _classes_section(report["data"])
     lines += ["", "## Time per phase", "", "Over every process of a resumed run; CPU is the process's, all threads.", "",
               "| phase | wall (s) | CPU (s) |", "|---|---:|---:|"]
@@ -194,8 +202,10 @@ def render_report(run: RunDir, report: dict[str, Any]) -> None:
 
 
 def write_report(run: RunDir, net: Supernet, recipe: Recipe, results: list["PolicyResult"],
-                 seconds: dict[str, float], cpu_seconds: dict[str, float], census: dict[str, Any]) -> dict[str, Any]:
-    """Write report.json, report.md, pareto.png and bits.png into the run directory."""
-    report = report_dict(run, net, recipe, results, seconds, cpu_seconds, census)
+                 seconds: dict[str, float], cpu_seconds: dict[str, float], census: dict[str, Any],
+                 finetuned: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """Write report.json, report.md, pareto.png and bits.png into the run directory (``finetuned``: the
+    results of ``mpqfx.finetune`` for the searched policies, three rows each)."""
+    report = report_dict(run, net, recipe, results, seconds, cpu_seconds, census, finetuned)
     render_report(run, report)
     return report

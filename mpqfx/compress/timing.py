@@ -47,7 +47,7 @@ class PhaseTimes:
         self.run.write_meta(meta)
 
     def add(self, name: str, spent: Elapsed) -> None:
-        self.spent[name] = self.spent[name] + spent
+        self.spent[name] = self.spent.get(name, Elapsed()) + spent  # a phase only some runs have (fine-tune)
 
     @property
     def wall(self) -> dict[str, float]:

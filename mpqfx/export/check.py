@@ -10,6 +10,7 @@ plugin, counting the layers it executes in u8/i8.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -66,14 +67,15 @@ def _top1(logits: Iterable[np.ndarray]) -> np.ndarray:
 
 
 def _beside_supernet(run: Callable[[torch.Tensor], np.ndarray], net: Supernet, policy: Policy,
-                     batches: Iterable[Batch]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Top-1 of ``run`` and of the supernet at ``policy`` on ``batches``, and the labels."""
-    device = next(net.parameters()).device
+                     batches: Iterable[Batch], reference: nn.Module | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Top-1 of ``run`` and of the supernet at ``policy`` (or of ``reference``) on ``batches``, and the labels."""
+    model = net if reference is None else reference
+    device = next(model.parameters()).device
     runtime, supernet, labels = [], [], []
-    with net.use_policy(policy):
+    with net.use_policy(policy) if reference is None else contextlib.nullcontext():
         for x, y in batches:
             runtime.append(run(x))
-            supernet.append(net(x.to(device)).cpu().numpy())
+            supernet.append(model(x.to(device)).cpu().numpy())
             labels.append(np.asarray(y))
     return _top1(runtime), _top1(supernet), np.concatenate(labels) if labels else np.zeros(0)
 
@@ -84,9 +86,10 @@ def _accuracy(predicted: np.ndarray, truth: np.ndarray) -> float | None:
 
 @torch.no_grad()
 def check_onnx(path: str | Path, net: Supernet, policy: Policy, deployed: nn.Module,
-               batches: Iterable[Batch]) -> OnnxCheck:
+               batches: Iterable[Batch], reference: nn.Module | None = None) -> OnnxCheck:
     """Measure the ONNX file at ``path`` on ``batches`` (see the module docstring); ``net`` runs with
     the BatchNorm statistics it has now (re-estimate them first, as the report's evaluation does).
+    ``reference`` (eval mode) takes the supernet's place, e.g. the fine-tuned model the file comes from.
 
     Raises MpqfxError when a quantized layer does not run as an integer kernel. The agreement with
     the deployed module is recorded, not enforced: in a network far from trained (near-equal
@@ -103,7 +106,7 @@ def check_onnx(path: str | Path, net: Supernet, policy: Policy, deployed: nn.Mod
             module.append(exact(x.cpu().double()).numpy())
         return ort_session.run(None, {"input": x.cpu().numpy()})[0]
 
-    ours, theirs, truth = _beside_supernet(run, net, policy, batches)
+    ours, theirs, truth = _beside_supernet(run, net, policy, batches, reference)
     reference = _top1(module)
     kernels = integer_kernels(path)
     check = OnnxCheck(images=len(ours), accuracy=_accuracy(ours, truth), supernet_accuracy=_accuracy(theirs, truth),

@@ -21,7 +21,7 @@ from __future__ import annotations
 import copy
 import operator
 from types import EllipsisType
-from typing import Iterable
+from typing import Callable, Iterable
 
 import torch
 import torch.fx as fx
@@ -35,7 +35,7 @@ from mpqfx.errors import MpqfxError, PolicyError
 from mpqfx.export.qdq import ActivationQuantizer, dequantize_per_channel
 from mpqfx.export.bias import quantize_biases
 from mpqfx.export.decompose import decompose_unfolds
-from mpqfx.export.requantize import calibrate, place_output_quantizers
+from mpqfx.export.requantize import calibrate, eight_bit_quantizer, place_output_quantizers
 from mpqfx.graph.rewrite import BN_TYPES, set_submodule
 from mpqfx.quant.layers import LayerBits, MultiBitConvNd, MultiBitMixin
 from mpqfx.quant.lsq import STEP_EPS
@@ -289,15 +289,18 @@ def _annotate_shapes(gm: fx.GraphModule, example: torch.Tensor) -> None:
             node.meta["tensor_meta"] = shapes[node.name]
 
 
-def deploy(net: Supernet, policy: Policy, calibration: Iterable[Batch] | None = None) -> fx.GraphModule:
-    """``net`` at ``policy`` as a new eval-mode GraphModule with integer weights, BN folded in and
-    quantizers on every tensor an integer kernel reads or writes; ``net`` is left as it was.
+LayerFactory = Callable[[MultiBitMixin, LayerBits, bool, "nn.Module | None", "torch.Tensor | None | EllipsisType"],
+                        nn.Module]
 
-    ``calibration`` (training batches) sets the 8-bit quantizers of the tensors the supernet keeps
-    in float (conv outputs that feed no quantized layer, residual adds) from their min/max; without
-    it they stay uncalibrated (load their state, e.g. :func:`mpqfx.export.load_integer_model`).
-    Every layer must be quantized in ``policy``.
-    """
+
+def deployed_graph(net: Supernet, policy: Policy, new_layer: LayerFactory,
+                   new_requantizer: Callable[[], ActivationQuantizer] = eight_bit_quantizer) -> fx.GraphModule:
+    """The graph of the deployed module, shared by :func:`deploy` and fine-tuning
+    (:mod:`mpqfx.finetune`): ``net`` at ``policy`` copied, each BatchNorm that follows a conv folded
+    away, each quantized layer replaced by ``new_layer(module, bits, a_signed, folded_bn, call_bias)``
+    (a module with ``input_quant`` / ``output_quant`` / ``input_from``), and the output quantizers placed
+    by :func:`mpqfx.export.requantize.place_output_quantizers` (8-bit ones made by ``new_requantizer``).
+    The 8-bit quantizers are not calibrated yet; the module is in eval mode without gradients."""
     policy.validate(net.layers)
     floating = [name for name in policy if policy[name].w is None or policy[name].a is None]
     if floating:
@@ -315,15 +318,28 @@ def deploy(net: Supernet, policy: Policy, calibration: Iterable[Batch] | None = 
     decompose_unfolds(gm)  # ONNX export needs them as gathers
     for name, info in infos.items():
         module = gm.get_submodule(name)
-        set_submodule(gm, name, _quantized_layer(module, policy[name], info.a_signed, folded.get(name),
-                                                 call_biases.get(name, ...)))
-    for reader, producer in place_output_quantizers(gm, set(infos)).items():
+        set_submodule(gm, name, new_layer(module, policy[name], info.a_signed, folded.get(name),
+                                          call_biases.get(name, ...)))
+    for reader, producer in place_output_quantizers(gm, set(infos), new_requantizer).items():
         gm.get_submodule(reader).input_from = producer
     gm.graph.lint()
     gm.recompile()
+    return gm
+
+
+def deploy(net: Supernet, policy: Policy, calibration: Iterable[Batch] | None = None) -> fx.GraphModule:
+    """``net`` at ``policy`` as a new eval-mode GraphModule with integer weights, BN folded in and
+    quantizers on every tensor an integer kernel reads or writes; ``net`` is left as it was.
+
+    ``calibration`` (training batches) sets the 8-bit quantizers of the tensors the supernet keeps
+    in float (conv outputs that feed no quantized layer, residual adds) from their min/max; without
+    it they stay uncalibrated (load their state, e.g. :func:`mpqfx.export.load_integer_model`).
+    Every layer must be quantized in ``policy``.
+    """
+    gm = deployed_graph(net, policy, _quantized_layer)
     if calibration is not None:
         calibrate(gm, calibration)
-        quantize_biases(gm, {name: input_quantizer(gm, name).step for name in infos}, calibration)
+        quantize_biases(gm, {info.name: input_quantizer(gm, info.name).step for info in net.layers}, calibration)
     return gm
 
 

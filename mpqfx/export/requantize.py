@@ -22,7 +22,7 @@ is on the grid, so nothing changes, and the runtime pools the integers.
 from __future__ import annotations
 
 import operator
-from typing import Iterable
+from typing import Callable, Iterable
 
 import torch
 import torch.fx as fx
@@ -33,6 +33,11 @@ from mpqfx.export.qdq import ActivationQuantizer
 
 INF = float("inf")
 _ADDS = {operator.add, operator.iadd, torch.add}
+
+
+def eight_bit_quantizer() -> ActivationQuantizer:
+    """A new 8-bit quantizer for a tensor the supernet keeps in float (calibrated later)."""
+    return ActivationQuantizer(8, signed=True)
 
 
 def _clamp_range(gm: fx.GraphModule, node: fx.Node) -> tuple[float, float] | None:
@@ -136,10 +141,12 @@ def _quantizer_of(gm: fx.GraphModule, node: fx.Node, layers: set[str]) -> Activa
     return quant if isinstance(quant, ActivationQuantizer) else None
 
 
-def place_output_quantizers(gm: fx.GraphModule, layers: set[str]) -> dict[str, str]:
+def place_output_quantizers(gm: fx.GraphModule, layers: set[str],
+                            new_requantizer: Callable[[], ActivationQuantizer] = eight_bit_quantizer) -> dict[str, str]:
     """Give every quantized layer of ``gm`` its output quantizer and every residual add one (see the
     module docstring); folded activations leave the graph. Returns, for each layer whose input
-    quantizer moved up to its producer, the producer's name (a layer or a ``requantize_<add>``)."""
+    quantizer moved up to its producer, the producer's name (a layer or a ``requantize_<add>``).
+    ``new_requantizer`` makes the 8-bit quantizers (fine-tuning passes one that trains through them)."""
     moved: dict[str, str] = {}
     nodes = [n for n in gm.graph.nodes if n.op == "call_module" and n.target in layers]
     for node in nodes:
@@ -152,14 +159,14 @@ def place_output_quantizers(gm: fx.GraphModule, layers: set[str]) -> dict[str, s
                 gm.get_submodule(reader.target).input_quant = nn.Identity()
                 moved[reader.target] = node.target
         else:
-            quant = ActivationQuantizer(8, signed=True)
+            quant = new_requantizer()
             quant.reader_step = _finest_reader_step(gm, end, layers)
         quant.restrict(*bounds)
         layer.output_quant = quant
         _drop(chain, node)
     # untraced layers (inside leaf modules) are not graph nodes: their outputs get 8-bit quantizers
     for name in layers - {n.target for n in nodes}:
-        gm.get_submodule(name).output_quant = ActivationQuantizer(8, signed=True)
+        gm.get_submodule(name).output_quant = new_requantizer()
     for node in [n for n in gm.graph.nodes if _is_tensor_add(n)]:
         end, chain, bounds = _follow_clamps(gm, node)
         name = f"requantize_{node.name}"
@@ -170,7 +177,7 @@ def place_output_quantizers(gm: fx.GraphModule, layers: set[str]) -> dict[str, s
                 gm.get_submodule(reader.target).input_quant = nn.Identity()
                 moved[reader.target] = name
         else:
-            quant = ActivationQuantizer(8, signed=True)
+            quant = new_requantizer()
             quant.reader_step = _finest_reader_step(gm, end, layers)
         quant.restrict(*bounds)
         gm.add_module(name, quant)

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 import torch
+from torch import nn
 
 from mpqfx.errors import MpqfxError
 from mpqfx.evaluate import recalibrated_bn
@@ -37,7 +38,7 @@ def _limited(batches: Iterable[Batch], images: int | None) -> list[Batch]:
 
 
 @contextmanager
-def _on_cpu(net: Supernet) -> Iterator[None]:
+def on_cpu(net: Supernet) -> Iterator[None]:
     """``net`` on the CPU for the body, then back on its device: the integer module is built where the
     runtimes that check and run it are."""
     device = next(net.parameters()).device
@@ -49,7 +50,8 @@ def _on_cpu(net: Supernet) -> Iterator[None]:
 
 
 def export_policy_files(net: Supernet, policy: Policy, paths: Mapping[str, Path], calibration: Sequence[Batch],
-                        check_batches: Iterable[Batch], opset: int = DEFAULT_OPSET) -> dict[str, Any]:
+                        check_batches: Iterable[Batch], opset: int = DEFAULT_OPSET, deployed: nn.Module | None = None,
+                        reference: nn.Module | None = None) -> dict[str, Any]:
     """Write ``policy`` of ``net`` to ``paths`` (format -> file: ``safetensors``, ``onnx``, ``openvino``).
 
     BatchNorm statistics are re-estimated on ``calibration`` (training images, on the supernet's
@@ -57,6 +59,10 @@ def export_policy_files(net: Supernet, policy: Policy, paths: Mapping[str, Path]
     tensors the supernet keeps in float (on the CPU). The ONNX file is measured in onnxruntime on ``check_batches`` (held-out images)
     before it replaces an earlier file; the OpenVINO IR, converted from it, in OpenVINO. Returns
     what the report records of the files.
+
+    ``deployed``: the integer module, already built (a fine-tuned policy's: the supernet's BatchNorm is
+    then neither re-estimated nor used); ``reference``: the model the ONNX file is measured beside
+    instead of the supernet at ``policy``.
 
     When torch's exporter cannot write the module, the integer safetensors file is written all the
     same (beside the ONNX path when it was not asked for) and :class:`OnnxExportError` says where,
@@ -72,9 +78,12 @@ def export_policy_files(net: Supernet, policy: Policy, paths: Mapping[str, Path]
     if "openvino" in paths:
         openvino_module()
     out: dict[str, Any] = {}
-    with recalibrated_bn(net, policy, calibration):
-        with _on_cpu(net):
-            module = deploy(net, policy, calibration or [(net.example_input, None)])
+    with recalibrated_bn(net, policy, calibration if deployed is None else []):
+        if deployed is not None:
+            module = deployed
+        else:
+            with on_cpu(net):
+                module = deploy(net, policy, calibration or [(net.example_input, None)])
         if "safetensors" in paths:
             path = save_integer_model(net, policy, paths["safetensors"], deployed=module)
             out.update(safetensors=str(path), safetensors_bytes=path.stat().st_size)
@@ -91,7 +100,7 @@ def export_policy_files(net: Supernet, policy: Policy, paths: Mapping[str, Path]
                         out.update(safetensors=str(kept), safetensors_bytes=kept.stat().st_size)
                     raise OnnxExportError(f"{exc}; the policy's integer weights are in {out['safetensors']}",
                                           written=out) from None
-                check = check_onnx(staged, net, policy, module, check_batches)
+                check = check_onnx(staged, net, policy, module, check_batches, reference)
                 if "openvino" in paths:
                     xml = export_openvino(staged, paths["openvino"])
                     out.update(openvino=str(xml), openvino_bytes=xml.stat().st_size + xml.with_suffix(".bin").stat().st_size,

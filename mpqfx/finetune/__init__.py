@@ -1,0 +1,1 @@
+"""Quantization-aware fine-tuning of one searched policy in its deployed form (``mpqfx finetune``)."""
