@@ -406,3 +406,17 @@ def test_a_check_past_its_timeout_fails_but_one_cut_by_the_deadline_is_not_reach
 def test_a_check_that_ends_before_the_deadline_is_its_result(tmp_path, monkeypatch):
     monkeypatch.setitem(globals(), "CHECKER", fake_checker(tmp_path, "x = bytearray(100 * 2**20)"))
     assert run_before("m", timeout=60, memory_gib=8, deadline=time.time() + 60) == {"model": "m", "ok": True}
+
+
+def test_the_cache_fingerprint_changes_with_a_source_or_a_recipe(tmp_path, monkeypatch):
+    (tmp_path / "mpqfx" / "export").mkdir(parents=True)
+    (tmp_path / "recipes").mkdir()
+    source, recipe = tmp_path / "mpqfx" / "export" / "qdq.py", tmp_path / "recipes" / "oneshot.yaml"
+    source.write_text("x = 1\n")
+    recipe.write_text("train: {epochs: 1}\n")
+    monkeypatch.setitem(globals(), "ROOT", tmp_path)
+    first = fingerprint()
+    recipe.write_text("train: {epochs: 2}\n")
+    second = fingerprint()
+    source.write_text("x = 2\n")
+    assert len({first, second, fingerprint()}) == 3
