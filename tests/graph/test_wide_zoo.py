@@ -8,8 +8,10 @@ stopped and any code or recipe change starts over. Environment:
 
 - ``MPQFX_ZOO_WORKERS`` (default 1): checks run at once; ``MPQFX_ZOO_THREADS`` (default 2): each
   check's torch threads;
-- ``MPQFX_ZOO_TIMEOUT`` (default 600 s) and ``MPQFX_ZOO_MEMORY_GIB`` (default 8): a check that runs
-  longer, or whose resident memory grows larger, is killed and fails;
+- ``MPQFX_ZOO_TIMEOUT`` (default 600 s of CPU, all of its threads: the same on an idle or a shared
+  machine) and ``MPQFX_ZOO_MEMORY_GIB`` (default 8): a check that takes more CPU, or whose resident
+  memory grows larger, is killed and fails; so is one still running after ``WALL_FACTOR`` times the
+  CPU limit in wall time (a hang);
 - ``MPQFX_ZOO_DEADLINE`` (Unix time; CI sets it): no check starts after it and a check still
   running then is stopped; those models are listed as not reached, kept out of the result and
   checked by the next run. The test fails only on models that were checked and failed;
@@ -54,6 +56,7 @@ SEED = 0
 FRACTION = 0.10
 MAX_PARAMS = 100_000_000
 GOAL = 0.99
+WALL_FACTOR = 10  # a check's wall-time limit over its CPU limit: a hung check is killed too
 CI_MINUTES, CI_MARGIN_MINUTES = 90, 5  # .ci/run: the zoo's deadline is CI's limit less the margin
 CI_MAKE_TEST_MINUTES = (13, 19)  # fresh clone, 2 cores: venv build about 3 min, make test 10-16 min
 
@@ -101,18 +104,23 @@ def draw_sample(cache) -> tuple[list[str], dict[str, int], dict[str, str], int]:
         uncreatable, len(names)
 
 
-def resident_gib(pid: int) -> float:
-    """Resident memory of a running process (0 once it has exited)."""
+def usage(pid: int) -> tuple[float, float]:
+    """(resident GiB, CPU seconds of all its threads) of a running process; zeros once it has exited."""
     try:
         status = Path(f"/proc/{pid}/status").read_text()
+        stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
-        return 0.0
+        return 0.0, 0.0
     kib = next((int(l.split()[1]) for l in status.splitlines() if l.startswith("VmRSS:")), 0)
-    return kib / 2**20
+    utime, stime = stat.rsplit(")", 1)[1].split()[11:13]  # fields 14 and 15 of proc(5), in clock ticks
+    return kib / 2**20, (int(utime) + int(stime)) / os.sysconf("SC_CLK_TCK")
 
 
-def run_check(name: str, timeout: float, memory_gib: float) -> dict:
-    """The checker's JSON result for ``name``; killed after ``timeout`` s or above ``memory_gib`` resident."""
+def run_check(name: str, cpu_s: float, memory_gib: float, wall_s: float | None = None) -> dict:
+    """The checker's JSON result for ``name``; killed above ``cpu_s`` seconds of CPU (what a check costs
+    however shared the cores are), above ``memory_gib`` resident, or after ``wall_s`` seconds
+    (default ``WALL_FACTOR * cpu_s``: a check that hangs uses no CPU)."""
+    wall_s = WALL_FACTOR * cpu_s if wall_s is None else wall_s
     env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=str(ROOT))
     start = time.perf_counter()
     proc = subprocess.Popen([sys.executable, str(CHECKER), name], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -123,11 +131,14 @@ def run_check(name: str, timeout: float, memory_gib: float) -> dict:
             stdout, stderr = proc.communicate(timeout=1.0)
             break
         except subprocess.TimeoutExpired:
-            peak = max(peak, resident_gib(proc.pid))
+            resident, cpu = usage(proc.pid)
+            peak = max(peak, resident)
             if killed is None and peak > memory_gib:
                 killed, reason = "memory", f"killed at {peak:.1f} GiB resident (limit {memory_gib:g} GiB)"
-            elif killed is None and time.perf_counter() - start > timeout:
-                killed, reason = "time", f"timeout after {timeout:.0f} s"
+            elif killed is None and cpu > cpu_s:
+                killed, reason = "cpu", f"timeout: killed after {cpu_s:g} s of CPU"
+            elif killed is None and time.perf_counter() - start > wall_s:
+                killed, reason = "wall", f"timeout: killed after {wall_s:.0f} s of wall time ({cpu:.0f} s of CPU)"
             if killed is not None:
                 proc.kill()
     elapsed = round(time.perf_counter() - start, 1)
@@ -141,14 +152,14 @@ def run_check(name: str, timeout: float, memory_gib: float) -> dict:
     return json.loads(lines[-1])
 
 
-def run_before(name: str, timeout: float, memory_gib: float, deadline: float) -> dict | None:
+def run_before(name: str, cpu_s: float, memory_gib: float, deadline: float) -> dict | None:
     """``run_check`` cut short at the Unix time ``deadline``: None when the model is not started by
-    then, or is still running at it (a timeout of its own is a result)."""
+    then, or is still running at it (a limit of its own is a result)."""
     left = deadline - time.time()
     if left <= 0:
         return None
-    result = run_check(name, min(timeout, left), memory_gib)
-    return None if result.get("killed") == "time" and left < timeout else result
+    result = run_check(name, cpu_s, memory_gib, min(WALL_FACTOR * cpu_s, left))
+    return None if result.get("killed") == "wall" and left < WALL_FACTOR * cpu_s else result
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -294,7 +305,7 @@ class Settings:
 
     workers: int
     threads: int
-    timeout: float
+    timeout: float  # CPU seconds
     memory_gib: float
     deadline: float  # Unix time; inf: none
 
@@ -308,7 +319,8 @@ class Settings:
     def describe(self) -> str:
         return (f"`MPQFX_ZOO_WORKERS={self.workers} MPQFX_ZOO_THREADS={self.threads} MPQFX_ZOO_TIMEOUT={self.timeout:.0f} "
                 f"MPQFX_ZOO_MEMORY_GIB={self.memory_gib:g} python -m pytest -m slow tests/graph/test_wide_zoo.py` "
-                f"(one process per model, killed after {self.timeout:.0f} s or above {self.memory_gib:g} GiB resident"
+                f"(one process per model, killed after {self.timeout:.0f} s of CPU, {WALL_FACTOR * self.timeout:.0f} s of "
+                f"wall time or above {self.memory_gib:g} GiB resident"
                 f"{'' if math.isinf(self.deadline) else ', no model started after the deadline MPQFX_ZOO_DEADLINE'})")
 
 
@@ -401,25 +413,32 @@ def fake_checker(tmp_path: Path, body: str) -> Path:
 def test_a_check_above_its_memory_limit_is_killed_and_fails(tmp_path, monkeypatch):
     monkeypatch.setitem(globals(), "CHECKER", fake_checker(tmp_path, "x = b\"x\" * (400 * 2**20); time.sleep(30)"))
     start = time.perf_counter()
-    result = run_check("m", timeout=60, memory_gib=0.25)
+    result = run_check("m", cpu_s=60, memory_gib=0.25)
     assert time.perf_counter() - start < 15
     assert result["ok"] is False and result["killed"] == "memory"
     assert result["reason"].startswith("killed at 0.") and result["reason"].endswith("GiB resident (limit 0.25 GiB)")
 
 
-def test_a_check_past_its_timeout_fails_but_one_cut_by_the_deadline_is_not_reached(tmp_path, monkeypatch):
-    monkeypatch.setitem(globals(), "CHECKER", fake_checker(tmp_path, "time.sleep(30)"))
-    result = run_before("m", timeout=2, memory_gib=8, deadline=time.time() + 60)
-    assert (result["ok"], result["killed"], result["reason"]) == (False, "time", "timeout after 2 s")
+def test_a_check_past_its_cpu_limit_fails(tmp_path, monkeypatch):
+    monkeypatch.setitem(globals(), "CHECKER", fake_checker(tmp_path, "while True: pass"))
+    result = run_check("m", cpu_s=0.5, memory_gib=8, wall_s=60)  # the CPU limit kills it, however loaded the machine
+    assert (result["ok"], result["killed"], result["reason"]) == (False, "cpu", "timeout: killed after 0.5 s of CPU")
+
+
+def test_a_hung_check_fails_at_its_wall_limit_but_one_cut_by_the_deadline_is_not_reached(tmp_path, monkeypatch):
+    monkeypatch.setitem(globals(), "CHECKER", fake_checker(tmp_path, "time.sleep(60)"))  # no CPU
+    result = run_before("m", cpu_s=0.2, memory_gib=8, deadline=time.time() + 60)
+    assert (result["ok"], result["killed"]) == (False, "wall")
+    assert result["reason"].startswith(f"timeout: killed after {0.2 * WALL_FACTOR:.0f} s of wall time")
     start = time.perf_counter()
-    assert run_before("m", timeout=60, memory_gib=8, deadline=time.time() + 2) is None
+    assert run_before("m", cpu_s=60, memory_gib=8, deadline=time.time() + 2) is None
     assert time.perf_counter() - start < 10
-    assert run_before("m", timeout=60, memory_gib=8, deadline=time.time() - 1) is None  # not started
+    assert run_before("m", cpu_s=60, memory_gib=8, deadline=time.time() - 1) is None  # not started
 
 
 def test_a_check_that_ends_before_the_deadline_is_its_result(tmp_path, monkeypatch):
     monkeypatch.setitem(globals(), "CHECKER", fake_checker(tmp_path, "x = bytearray(100 * 2**20)"))
-    assert run_before("m", timeout=60, memory_gib=8, deadline=time.time() + 60) == {"model": "m", "ok": True}
+    assert run_before("m", cpu_s=60, memory_gib=8, deadline=time.time() + 60) == {"model": "m", "ok": True}
 
 
 def test_the_cache_fingerprint_changes_with_a_source_or_a_recipe(tmp_path, monkeypatch):
