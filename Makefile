@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export HF_HUB_OFFLINE := 1
 
-.PHONY: install data test test-slow mutate demo bench clean
+.PHONY: install data test test-slow test-zoo mutate demo bench clean
 
 install: $(STAMP)
 
@@ -29,8 +29,17 @@ data:
 test: install data
 	$(BIN)/python -m pytest -q --durations=15
 
-test-slow: install data
-	$(BIN)/python -m pytest -q -m slow
+# The wide timm zoo (tests/graph/test_wide_zoo.py, writes docs/coverage.md): two checks at once, one
+# torch thread each, on 2 cores. CI (.ci/run) runs this target after `make test`, with
+# MPQFX_ZOO_DEADLINE set; the environment overrides these settings.
+export MPQFX_ZOO_WORKERS ?= 2
+export MPQFX_ZOO_THREADS ?= 1
+test-zoo: install data
+	$(BIN)/python -m pytest -q -m slow tests/graph/test_wide_zoo.py
+
+# Every slow test: the wide zoo, then the other long runs.
+test-slow: test-zoo
+	$(BIN)/python -m pytest -q -m slow --ignore=tests/graph/test_wide_zoo.py
 
 MUTATE_STAMP := $(VENV)/.installed-mutate
 

@@ -1,4 +1,4 @@
-"""Ops torch's TorchScript ONNX exporter cannot write, rewritten in the deployed graph into ops it can.
+"""Ops torch's TorchScript ONNX exporter cannot write, rewritten into ops it can.
 
 ``Tensor.unfold(dim, size, step)`` (sliding windows, as timm's HaloAttn cuts its key/value
 blocks) exports only when the exporter knows the size of ``dim``, which it loses after a
@@ -11,12 +11,25 @@ indices: window ``i`` holds elements ``i * step .. i * step + size - 1`` of ``di
 
 which ONNX writes as Gather -> Reshape -> Transpose. The rewrite moves no values and keeps the
 quantizers around it, so onnxruntime fuses the layers before and after as before.
+
+``F.adaptive_max_pool2d`` / ``F.adaptive_avg_pool2d`` to an output size other than 1x1 export
+only when the exporter knows the input's height and width, which it loses after a reshape to
+sizes computed from the batch (timm's BilinearAttnTransform, in bat_resnext26ts, after another
+one). These often run inside a leaf module, out of the graph's reach, so they are rewritten while
+the exporter traces (:func:`static_adaptive_pools`): when the size ``n`` of a pooled dimension is
+a multiple of its output size ``m``, bin ``i`` is elements ``i * n / m`` to ``(i + 1) * n / m - 1``,
+so the pool is ``max_pool2d`` / ``avg_pool2d`` with kernel = stride = ``n / m``, whose sizes are
+constants of the file.
 """
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import torch
 import torch.fx as fx
+import torch.nn.functional as F
 
 
 def unfold_index(length: int, size: int, step: int) -> torch.Tensor:
@@ -59,3 +72,41 @@ def decompose_unfolds(gm: fx.GraphModule) -> int:
         gm.graph.lint()
         gm.recompile()
     return len(matches)
+
+
+def _pool_kernel(x: torch.Tensor, output_size: int | tuple[int | None, int | None]) -> tuple[int, int] | None:
+    """Kernel (= stride) of the plain pool equal to an adaptive pool of ``x`` to ``output_size``; None
+    for a global pool (the exporter writes GlobalMaxPool / GlobalAveragePool) and when a dimension
+    is not a multiple of its output size."""
+    sizes = (output_size, output_size) if isinstance(output_size, int) else tuple(output_size)
+    if sizes == (1, 1):
+        return None
+    kernel = []
+    for n, m in zip(x.shape[-2:], sizes):
+        m = int(n) if m is None else int(m)  # None keeps the input's size
+        if m <= 0 or int(n) % m:
+            return None
+        kernel.append(int(n) // m)
+    return kernel[0], kernel[1]
+
+
+@contextlib.contextmanager
+def static_adaptive_pools() -> Iterator[None]:
+    """While the exporter traces: ``F.adaptive_max_pool2d`` and ``F.adaptive_avg_pool2d`` whose
+    input sizes are multiples of their output sizes run as ``max_pool2d`` / ``avg_pool2d`` with
+    constant kernels (module docstring); others, and max pools returning indices, as before."""
+    adaptive_max, adaptive_avg = F.adaptive_max_pool2d, F.adaptive_avg_pool2d
+
+    def max_pool(x, output_size, return_indices=False):
+        kernel = None if return_indices else _pool_kernel(x, output_size)
+        return adaptive_max(x, output_size, return_indices) if kernel is None else F.max_pool2d(x, kernel, kernel)
+
+    def avg_pool(x, output_size):
+        kernel = _pool_kernel(x, output_size)
+        return adaptive_avg(x, output_size) if kernel is None else F.avg_pool2d(x, kernel, kernel)
+
+    F.adaptive_max_pool2d, F.adaptive_avg_pool2d = max_pool, avg_pool
+    try:
+        yield
+    finally:
+        F.adaptive_max_pool2d, F.adaptive_avg_pool2d = adaptive_max, adaptive_avg

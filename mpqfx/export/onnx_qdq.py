@@ -31,6 +31,7 @@ import torch
 from torch import nn
 
 from mpqfx.errors import MpqfxError
+from mpqfx.export.decompose import static_adaptive_pools
 from mpqfx.export.integer_file import ExportFileError
 from mpqfx.io import atomic_write_bytes
 
@@ -137,7 +138,7 @@ def export_onnx(module: nn.Module, example_input: torch.Tensor, path: str | Path
     check_opset(opset)
     module = module.cpu().eval()
     buffer = io.BytesIO()
-    with warnings.catch_warnings(), torch.no_grad():
+    with warnings.catch_warnings(), torch.no_grad(), static_adaptive_pools():
         warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation and tracer warnings
         try:
             torch.onnx.export(module, (example_input.detach().cpu(),), buffer, opset_version=opset, dynamo=False,

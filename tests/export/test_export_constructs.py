@@ -1,6 +1,7 @@
 """Constructs the wide zoo found that torch's TorchScript exporter or deploy could not take:
-``Tensor.unfold`` after a ``Pad`` (timm's HaloAttn), and a leaf that reads ``.weight.device`` of a
-quantized layer (XCiT's PositionalEncodingFourier). Each is checked on its own and in a small
+``Tensor.unfold`` after a ``Pad`` (timm's HaloAttn), a leaf that reads ``.weight.device`` of a
+quantized layer (XCiT's PositionalEncodingFourier), and an adaptive pool whose input sizes the
+exporter lost (timm's BilinearAttnTransform after another, in bat_resnext26ts). Each is checked on its own and in a small
 model of the family that has it, exported with every quantized layer as an integer kernel."""
 
 from __future__ import annotations
@@ -13,13 +14,14 @@ import timm
 import torch
 import torch.fx as fx
 import torch.nn.functional as F
+from timm.layers.non_local_attn import BilinearAttnTransform
 from timm.models.byobnet import ByobNet, ByoBlockCfg, ByoModelCfg
 from torch import nn
 
 import mpqfx
 from mpqfx import Policy
 from mpqfx.export import deploy, export_onnx, integer_kernels, load_integer_model
-from mpqfx.export.decompose import decompose_unfolds
+from mpqfx.export.decompose import decompose_unfolds, static_adaptive_pools
 from mpqfx.export.onnx_qdq import INTEGER_KERNELS, OnnxExportError, session
 from mpqfx.export.run import export_policy_files
 from mpqfx.supernet import ModelSpec
@@ -159,6 +161,50 @@ def test_tiny_halo_regnet_exports_with_integer_kernels(tmp_path):
     assert not [n for n in module.graph.nodes if n.target == "unfold"]
     kernels, agreement = _integer_layers(net, module, _images(), tmp_path / "model.onnx")
     assert kernels == len(net.layers)
+    assert agreement >= 7 / 8
+
+
+@pytest.mark.parametrize("pool, output_size, plain", [
+    ("max", (4, 1), "aten::max_pool2d"), ("max", (1, 4), "aten::max_pool2d"), ("avg", (3, 2), "aten::avg_pool2d"),
+    ("max", 4, "aten::max_pool2d"), ("max", (None, 2), "aten::max_pool2d"),
+    ("max", (5, 3), "aten::adaptive_max_pool2d"),  # 12 rows in 5 bins: overlapping bins, no plain pool
+    ("avg", (1, 1), "aten::adaptive_avg_pool2d"),  # global: the exporter writes GlobalAveragePool
+])
+@pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning", "ignore:.*torch.jit.trace.*:FutureWarning")
+def test_adaptive_pools_trace_as_plain_pools_with_constant_kernels_while_exporting(pool, output_size, plain):
+    x = torch.randn(2, 3, 12, 8, generator=torch.Generator().manual_seed(0))
+    adaptive = {"max": F.adaptive_max_pool2d, "avg": F.adaptive_avg_pool2d}[pool]
+    expected = adaptive(x, output_size)  # torch's own adaptive pool
+    with static_adaptive_pools():
+        got = {"max": F.adaptive_max_pool2d, "avg": F.adaptive_avg_pool2d}[pool](x, output_size)
+        traced = torch.jit.trace(lambda t: getattr(F, f"adaptive_{pool}_pool2d")(t, output_size), (x,))
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-6)
+    assert plain in str(traced.graph)
+    assert (F.adaptive_max_pool2d, F.adaptive_avg_pool2d) == (torch.nn.functional.adaptive_max_pool2d,
+                                                            torch.nn.functional.adaptive_avg_pool2d)
+    assert "static_adaptive_pools" not in F.adaptive_max_pool2d.__qualname__  # restored
+
+
+class TwoBilinear(nn.Module):
+    """bat_resnext26ts's construct: the second BilinearAttnTransform pools a tensor whose height and
+    width the exporter lost in the first one's batch-sized reshapes."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, stride=2, padding=1)
+        self.ba1, self.ba2 = BilinearAttnTransform(8, 4, 2), BilinearAttnTransform(8, 4, 2)
+        self.fc = nn.Linear(8, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.ba2(self.ba1(self.conv(x))).mean((2, 3)))
+
+
+def test_an_adaptive_pool_after_batch_sized_reshapes_exports_with_integer_kernels(tmp_path):
+    torch.manual_seed(0)
+    net, module = _deployed(TwoBilinear(), _images())
+    kernels, agreement = _integer_layers(net, module, _images(), tmp_path / "model.onnx")
+    # hand count: the stem conv, 4 in each BilinearAttnTransform (conv1, conv_p, conv_q, conv2), the head
+    assert kernels == len(net.layers) == 1 + 2 * 4 + 1
     assert agreement >= 7 / 8
 
 

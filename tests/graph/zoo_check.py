@@ -23,6 +23,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import resource
 import sys
 import tempfile
 import time
@@ -216,6 +217,9 @@ def main() -> None:
         result.update(error=type(exc).__name__, reason=f"{type(exc).__name__}: {' '.join(str(exc).split())[:400]}",
                       at=f"{os.path.basename(where.filename)}:{where.lineno}")
     result["time_s"] = round(time.perf_counter() - start, 1)
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    result["cpu_s"] = round(usage.ru_utime + usage.ru_stime, 1)  # all threads: the time on an idle machine's cores
+    result["peak_rss_mb"] = usage.ru_maxrss // 1024  # Linux reports KiB
     print(json.dumps(result), flush=True)
 
 
