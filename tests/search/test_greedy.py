@@ -89,3 +89,10 @@ def test_greedy_lands_within_the_margin_of_the_exhaustive_optimum(small):
     assert result.policy in losses  # feasible
     assert losses[result.policy] <= (1 + MARGIN) * optimum, (losses[result.policy], optimum)
     assert result.details["selection"]["chosen"] == "search"  # not rescued by the uniform baseline
+
+
+def test_losses_and_costs_are_scaled_by_their_range_before_eq_9():
+    from mpqfx.search.greedy import _normalise
+
+    assert _normalise([2.0, 4.0, 3.0, 2.5]) == pytest.approx([0.0, 1.0, 0.5, 0.25])  # (v - 2) / (4 - 2)
+    assert _normalise([1.5, 1.5]) == [0.0, 0.0]
