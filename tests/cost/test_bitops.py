@@ -46,6 +46,7 @@ def test_toy_model_bitops_and_size_by_hand(toy_net):
     assert report.rows()[1] == {"layer": "dw", "kind": "depthwise", "macs": dw, "params": 8 * 9, "w_bits": 3,
                                 "a_bits": 4, "bitops": dw * 3 * 4, "weight_bits": 8 * 9 * 3}
     assert [r["layer"] for r in report.rows()] == ["stem", "dw", "pw", "fc"]
+    assert report.macs == stem + dw + pw + fc
 
 
 def test_bitops_from_a_plain_layer_table(toy_net):

@@ -157,3 +157,12 @@ def test_decodes_is_remembered_per_file_version_not_per_path(tmp_path):
     same_time.write_bytes(png)  # same mtime, another size: a new version
     os.utime(same_time, ns=(10**18, 10**18))
     assert decodes(str(same_time)) is True
+
+
+def test_a_worker_s_error_keeps_only_its_own_last_line():
+    """A DataLoader worker re-raises with the whole traceback; the message keeps the original one."""
+    own = "a/b.png: cannot read the image (BadImageError: truncated); --skip-bad-images leaves such files out"
+    worker = ("Caught BadImageError in DataLoader worker process 0.\nOriginal Traceback (most recent call last):\n"
+              f'  File "x.py", line 1, in load\nmpqfx.data.imagefolder.BadImageError: {own}\n  \n')
+    assert str(BadImageError(worker)) == own
+    assert str(BadImageError(own)) == own
