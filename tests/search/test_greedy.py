@@ -96,3 +96,35 @@ def test_losses_and_costs_are_scaled_by_their_range_before_eq_9():
 
     assert _normalise([2.0, 4.0, 3.0, 2.5]) == pytest.approx([0.0, 1.0, 0.5, 0.25])  # (v - 2) / (4 - 2)
     assert _normalise([1.5, 1.5]) == [0.0, 0.0]
+
+
+def test_eq_9_cost_counts_each_bound_down_to_its_limit_only():
+    from mpqfx.search.constraints import Constraints
+    from mpqfx.search.greedy import _budget_cost
+
+    measured = {"bitops": 50.0, "size_bits": 30.0, "avg_w_bits": 3.0, "avg_a_bits": 6.0}
+    assert _budget_cost(Constraints(bitops=100.0), measured) == 1.0  # met: counts as the limit itself
+    assert _budget_cost(Constraints(bitops=100.0, size_bits=10.0, avg_bits=4.0), measured) == 1 + 3 + 1 + 1.5
+
+
+def test_moves_are_one_candidate_step_of_one_layer_s_weights_or_activations(small):
+    from mpqfx.search.backend import SearchContext
+    from mpqfx.search.greedy import GreedySearch
+    from mpqfx.search.options import GreedyOptions
+
+    net, _ = small  # searchable a and b, bits {2, 4, 6}
+    policy = Policy.max(net).replace(a=(4, 4), b=(2, 6))
+    moves = GreedySearch(net, GreedyOptions(), SearchContext()).moves(policy)
+    got = sorted((name, p[name].w, p[name].a) for name, p in moves)
+    assert got == [("a", 2, 4), ("a", 4, 2), ("a", 4, 6), ("a", 6, 4), ("b", 2, 4), ("b", 4, 6)]
+
+
+def test_a_uniform_start_that_meets_the_budget_is_the_answer(small):
+    from mpqfx.search.backend import SearchContext
+    from mpqfx.search.greedy import GreedySearch
+    from mpqfx.search.options import GreedyOptions
+
+    net, batches = small
+    greedy = GreedySearch(net, GreedyOptions(start="uniform:4"), SearchContext(batches=batches))
+    with one_thread():
+        assert greedy.run(parse_target("uniform:4", net)).policy == Policy.uniform(net, 4)
