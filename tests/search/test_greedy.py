@@ -15,6 +15,7 @@ import mpqfx
 from mpqfx import Policy, Recipe, Role
 from mpqfx.evaluate import evaluate
 from mpqfx.search import parse_target, search
+from mpqfx.search.backend import SearchError
 
 MARGIN = 0.25  # the greedy's loss may exceed the exhaustive optimum's by this fraction of it
 
@@ -128,3 +129,15 @@ def test_a_uniform_start_that_meets_the_budget_is_the_answer(small):
     greedy = GreedySearch(net, GreedyOptions(start="uniform:4"), SearchContext(batches=batches))
     with one_thread():
         assert greedy.run(parse_target("uniform:4", net)).policy == Policy.uniform(net, 4)
+
+
+def test_an_unreachable_budget_stops_after_twice_the_steps_from_max_to_min(small):
+    from mpqfx.search.backend import SearchContext
+    from mpqfx.search.constraints import Constraints
+    from mpqfx.search.greedy import GreedySearch
+    from mpqfx.search.options import GreedyOptions
+
+    net, batches = small  # a and b: 2 + 2 one-bit steps each from 6/6 down to 2/2; stem and fc fixed
+    greedy = GreedySearch(net, GreedyOptions(), SearchContext(batches=batches[:1]))
+    with one_thread(), pytest.raises(SearchError, match="within 17 iterations"):
+        greedy.run(Constraints(bitops=1.0))
