@@ -141,3 +141,25 @@ def test_an_unreachable_budget_stops_after_twice_the_steps_from_max_to_min(small
     greedy = GreedySearch(net, GreedyOptions(), SearchContext(batches=batches[:1]))
     with one_thread(), pytest.raises(SearchError, match="within 17 iterations"):
         greedy.run(Constraints(bitops=1.0))
+
+
+@pytest.mark.parametrize("options", [{}, {"reuse_activations": False}, {"recalibrate_batches": 1}])
+def test_one_move_below_max_is_one_iteration_of_four_candidates(small, options):
+    from mpqfx.search.backend import SearchContext
+    from mpqfx.search.constraints import Constraints
+    from mpqfx.search.greedy import GreedySearch
+    from mpqfx.search.options import GreedyOptions
+
+    net, batches = small  # from max (6/6 on a and b) the only moves are one step down: 4 candidates
+    progress = []
+    context = SearchContext(batches=batches, calibration=batches[:1], report=lambda *step: progress.append(step))
+    budget = Constraints(bitops=mpqfx.bitops(net, Policy.max(net)).total - 1)
+    with one_thread():
+        result = GreedySearch(net, GreedyOptions(**options), context).run(budget)
+    moved = [name for name in ("a", "b") if result.policy[name] != Policy.max(net)[name]]
+    assert len(moved) == 1 and budget.satisfied_by(net, result.policy)
+    assert progress == [("greedy candidates", done, 4) for done in range(4)]
+    details = result.details
+    assert (details["iterations"], details["evaluations"], details["batch_forwards"]) == (1, 4, 4 * len(batches))
+    assert 0 < details["seconds"] < 60
+    assert ("recomputed_fraction" in details) is (not options) and 0 < details.get("recomputed_fraction", 0.5) < 1
