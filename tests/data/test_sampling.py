@@ -157,8 +157,19 @@ def test_exclude_is_left_out_while_exactly_enough_others_remain():
 
 
 def test_an_empty_data_set_is_a_clear_error():
-    with pytest.raises(DataError, match="empty"):
+    with pytest.raises(DataError, match="^the data set is empty$"):
         fixed_batches(Labelled([]), 1, 1)
+    with pytest.raises(DataError, match=r"^data sampling: 'random' is not one of stratified, first$"):
+        DataSpec("fashion-mnist", sampling="random")
+
+
+def test_a_fashion_mnist_spec_reads_the_folder_it_names_split_by_split(fashion_dir, monkeypatch):
+    monkeypatch.delenv("MPQFX_DATA_DIR", raising=False)
+    spec = DataSpec.parse("fashion-mnist", str(fashion_dir))
+    assert spec.root == str(fashion_dir) and spec.input_size(None) == (1, 32, 32)
+    assert len(spec.split("train", None, train=False)) == 600 and len(spec.split("val", None, train=False)) == 200
+    legacy = DataSpec.from_dict({"name": "fashion-mnist", "root": str(fashion_dir), "train_limit": None})
+    assert list(legacy.split("train", None, train=False).indices) == list(range(600))  # "first", no limit: all
 
 
 def test_fashion_mnist_and_imagefolder_specs_know_their_classes_and_model_arguments(tree):
