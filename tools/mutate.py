@@ -1,13 +1,14 @@
 """Mutation testing of mpqfx's core modules with mutmut 3 (``make mutate``; docs/testing.md).
 
-Usage: ``python tools/mutate.py [--retest] [MODULE ...]`` from the repository root (default: every module in
-``[tool.mutmut] only_mutate`` of pyproject.toml). mutmut copies ``mpqfx/`` to ``mutants/``, turns
-each function of these modules into a trampoline over its one-token mutants, runs the test files of
-``pytest_add_cli_args_test_selection`` once to learn which tests call which function, then forks a
-worker per mutant (torch, timm and pytest imported once) that runs only those tests, ``pytest -x``.
-Results are kept per function hash in ``mutants/``: a second run tests only the functions that
-changed (``rm -r mutants`` starts over); after adding tests, ``--retest`` runs the mutants that
-survived (or had no test) again. Naming modules re-tests all their mutants. The last line printed is ``mutation: killed K of M (P%)``.
+Usage: ``python tools/mutate.py [--retest] [MODULE ...]`` from the repository root (default: every
+module in ``[tool.mutmut] only_mutate`` of pyproject.toml). mutmut copies ``mpqfx/`` to ``mutants/``,
+turns each function of these modules into a trampoline over its one-token mutants, runs the test
+files of ``pytest_add_cli_args_test_selection`` once to learn which tests call which function, then
+forks a worker per mutant (torch, timm and pytest imported once) that runs those tests, cut to the
+module's own files (``SCOPE``) and fastest first, ``pytest -x``. Results are kept per function hash
+in ``mutants/``: a second run tests only the functions that changed (``rm -r mutants`` starts over);
+after adding tests, ``--retest`` runs the mutants that survived (or had no test) again. Naming
+modules re-tests all their mutants. The last line printed is ``mutation: killed K of M (P%)``.
 
 mutmut 3 leaves decorated functions alone; here functions whose decorators are all in
 ``TRANSPARENT`` are mutated too: the decorators stay on the trampoline, the mutants run bare
