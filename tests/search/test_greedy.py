@@ -163,3 +163,19 @@ def test_one_move_below_max_is_one_iteration_of_four_candidates(small, options):
     assert (details["iterations"], details["evaluations"], details["batch_forwards"]) == (1, 4, 4 * len(batches))
     assert 0 < details["seconds"] < 60
     assert ("recomputed_fraction" in details) is (not options) and 0 < details.get("recomputed_fraction", 0.5) < 1
+
+
+def test_without_the_cost_term_the_move_with_the_lowest_measured_loss_wins(small):
+    from mpqfx.search.backend import SearchContext
+    from mpqfx.search.constraints import Constraints
+    from mpqfx.search.greedy import GreedySearch
+    from mpqfx.search.options import GreedyOptions
+
+    net, batches = small
+    top = Policy.max(net)
+    moves = [top.replace(a=(4, 6)), top.replace(a=(6, 4)), top.replace(b=(4, 6)), top.replace(b=(6, 4))]
+    budget = Constraints(bitops=mpqfx.bitops(net, top).total - 1)  # any one move meets it: one iteration
+    with one_thread():
+        losses = [evaluate(net, p, batches).loss for p in moves]
+        result = GreedySearch(net, GreedyOptions(lam=0.0), SearchContext(batches=batches)).run(budget)
+    assert result.policy == moves[losses.index(min(losses))] != moves[0]  # not merely the first candidate
