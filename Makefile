@@ -47,8 +47,9 @@ $(MUTATE_STAMP): $(STAMP)
 	$(BIN)/python -m pip install --quiet -e '.[test,mutate]'
 	touch $@
 
-# Mutation testing of the core modules, each against its own test files (docs/testing.md); not part
-# of `make test`. MODULES="mpqfx/evaluate.py ..." limits it; it ends with "mutation: killed K of M (P%)".
+# Mutation testing of the core modules (mutmut 3, [tool.mutmut] in pyproject.toml, docs/testing.md);
+# not part of `make test`. MODULES="mpqfx/evaluate.py ..." limits it; it ends with
+# "mutation: killed K of M (P%)". Results are kept in mutants/ (rm -r mutants starts over).
 mutate: install data $(MUTATE_STAMP)
 	$(BIN)/python tools/mutate.py $(MODULES)
 

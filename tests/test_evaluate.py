@@ -103,6 +103,18 @@ def test_recalibrated_statistics_are_the_average_over_the_calibration_batches_an
     assert net.training is False
 
 
+def test_no_calibration_batches_leave_the_trained_statistics_in_place():
+    torch.manual_seed(0)
+    net = mpqfx.prepare(ConvBN().eval(), example_input=torch.randn(1, 3, 4, 4)).eval()
+    policy = Policy.bypass(net)
+    with net.use_policy(policy):
+        (bn,) = [m for m in mpqfx.evaluate.active_batchnorms(net) if m.num_features == 4]
+    bn.running_mean.fill_(0.5)
+    bn.running_var.fill_(2.0)
+    with mpqfx.evaluate.recalibrated_bn(net, policy, [], restore=False):
+        assert bn.running_mean.tolist() == [0.5] * 4 and bn.running_var.tolist() == [2.0] * 4
+
+
 def test_one_image_and_no_images(net):
     row, label = LOGITS[4], LABELS[4]  # a miss: the label's logit is the smallest
     result = evaluate(net, Policy.bypass(net), [(torch.tensor([row]), torch.tensor([label]))])

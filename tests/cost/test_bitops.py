@@ -43,12 +43,18 @@ def test_toy_model_bitops_and_size_by_hand(toy_net):
     assert mpqfx.model_size(net, policy) == report.size_bits
     assert report.float_size_bits == 32 * sum(p.numel() for p in toy_net.parameters())
     assert report.compression == pytest.approx(report.float_size_bits / report.size_bits)
+    assert report.rows()[1] == {"layer": "dw", "kind": "depthwise", "macs": dw, "params": 8 * 9, "w_bits": 3,
+                                "a_bits": 4, "bitops": dw * 3 * 4, "weight_bits": 8 * 9 * 3}
+    assert [r["layer"] for r in report.rows()] == ["stem", "dw", "pw", "fc"]
+    assert report.macs == stem + dw + pw + fc
 
 
 def test_bitops_from_a_plain_layer_table(toy_net):
     net = mpqfx.prepare(toy_net, example_input=torch.randn(1, 3, 8, 8))
     p = Policy.uniform(net, 5)
     assert mpqfx.bitops(list(net.layers), p).total == mpqfx.bitops(net, p).total
+    weights = 8 * 27 * 8 + 8 * 9 * 5 + 8 * 8 * 5 + 80 * 8  # stem and fc at 8 bits
+    assert mpqfx.bitops(list(net.layers), p).size_bits == weights  # a table knows no other parameters
     assert mpqfx.bitops(net, Policy.bypass(net)).total == 32 * 32 * sum(l.macs for l in net.layers)
 
 
@@ -89,3 +95,4 @@ def test_size_with_a_float_kept_layer_by_hand():
     assert report.float_size_bits == 32 * (4 * 27 + 6 * 4 * 9 + 6 + 5 * 6 + 5 + 3 * 80 + 3)
     macs = {"0": 16 * 4 * 27, "2": 16 * 6 * 4 * 9, "4": 16 * 5 * 6, "6": 3 * 80}
     assert report.total == macs["0"] * 64 + macs["2"] * 32 * 32 + macs["4"] * 15 + macs["6"] * 64
+    assert {r["layer"]: r["kind"] for r in report.rows()}["2"] == "float (_ScaledWeightConv)"

@@ -127,3 +127,42 @@ def test_unmatched_classes_are_one_line_naming_the_class(tmp_path, layout, match
     with pytest.raises(DataError, match=match) as caught:
         class_names(tmp_path)
     assert "\n" not in str(caught.value)
+
+
+def _png_and_garbage() -> tuple[bytes, bytes]:
+    import io
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (4, 4), (10, 200, 30)).save(buffer, format="PNG")
+    return buffer.getvalue(), b"\0" * len(buffer.getvalue())
+
+
+def test_decodes_is_remembered_per_file_version_not_per_path(tmp_path):
+    import os
+
+    from mpqfx.data.imagefolder import decodes
+
+    png, garbage = _png_and_garbage()
+    same_size, same_time = tmp_path / "a.png", tmp_path / "b.png"
+    same_size.write_bytes(garbage)
+    os.utime(same_size, ns=(10**18, 10**18))
+    assert decodes(str(same_size)) is False
+    same_size.write_bytes(png)  # same size, another mtime: a new version
+    os.utime(same_size, ns=(2 * 10**18, 2 * 10**18))
+    assert decodes(str(same_size)) is True
+
+    same_time.write_bytes(garbage + b"\0")
+    os.utime(same_time, ns=(10**18, 10**18))
+    assert decodes(str(same_time)) is False
+    same_time.write_bytes(png)  # same mtime, another size: a new version
+    os.utime(same_time, ns=(10**18, 10**18))
+    assert decodes(str(same_time)) is True
+
+
+def test_a_worker_s_error_keeps_only_its_own_last_line():
+    """A DataLoader worker re-raises with the whole traceback; the message keeps the original one."""
+    own = "a/b.png: cannot read the image (BadImageError: truncated); --skip-bad-images leaves such files out"
+    worker = ("Caught BadImageError in DataLoader worker process 0.\nOriginal Traceback (most recent call last):\n"
+              f'  File "x.py", line 1, in load\nmpqfx.data.imagefolder.BadImageError: {own}\n  \n')
+    assert str(BadImageError(worker)) == own
+    assert str(BadImageError(own)) == own

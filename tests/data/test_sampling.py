@@ -10,12 +10,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import timm
+import torch
 from PIL import Image
 
 from mpqfx.data.census import census_warnings, data_census
-from mpqfx.data.fashion_mnist import CLASSES, DEFAULT_DIR
+from mpqfx.data.fashion_mnist import CLASSES, DEFAULT_DIR, DataError
 from mpqfx.data.sampling import proportional_counts
-from mpqfx.data.spec import DataSpec, calibration_indices, search_indices
+from mpqfx.data.spec import DataSpec, calibration_indices, fixed_batches, fixed_indices, search_indices
 
 TRAIN = {"ant": 30, "bee": 12, "cat": 6, "dog": 2}  # unbalanced on purpose
 VAL = {"ant": 9, "bee": 5, "cat": 3, "dog": 3}
@@ -122,3 +123,59 @@ def test_a_class_left_with_fewer_than_five_images_is_a_warning_naming_it(tree, m
         "class 'cat' has 2 training images (fewer than 5)", "class 'dog' has 1 training image (fewer than 5)",
         "class 'ant' has 4 held-out images (fewer than 5)", "class 'bee' has 2 held-out images (fewer than 5)",
         "class 'cat' has 1 held-out image (fewer than 5)", "class 'dog' has 1 held-out image (fewer than 5)"]
+
+
+class Labelled(torch.utils.data.Dataset):
+    """Image i is a 1x2x2 tensor filled with i; its label is targets[i]."""
+
+    def __init__(self, targets):
+        self.targets = list(targets)
+
+    def __len__(self):
+        return len(self.targets)
+
+    def __getitem__(self, i):
+        return torch.full((1, 2, 2), float(i)), self.targets[i]
+
+
+def test_fixed_batches_hold_the_drawn_images_in_order_and_leave_out_exclude():
+    data = Labelled([0, 1] * 10)  # even indices class 0, odd class 1
+    batches = fixed_batches(data, 6, batch_size=4, exclude=range(10))
+    assert [len(y) for _, y in batches] == [4, 2]
+    drawn = [int(x[0, 0, 0]) for images, _ in batches for x in images]
+    assert all(i >= 10 for i in drawn) and len(set(drawn)) == 6
+    assert [int(y) for _, labels in batches for y in labels] == [i % 2 for i in drawn]
+    assert sorted(i % 2 for i in drawn) == [0, 0, 0, 1, 1, 1]  # 6 of two equal classes: 3 each
+    assert drawn == fixed_indices(data, 6, 0, exclude=range(10))  # the seed defaults to 0, order kept
+
+
+def test_exclude_is_left_out_while_exactly_enough_others_remain():
+    data = Labelled([0, 1] * 10)
+    assert sorted(fixed_indices(data, 10, 3, exclude=range(10))) == list(range(10, 20))
+    fallback = fixed_indices(data, 12, 3, exclude=range(10))  # 10 left for 12: drawn from all 20
+    assert len(set(fallback)) == 12 and set(fallback) & set(range(10))
+
+
+def test_an_empty_data_set_is_a_clear_error():
+    with pytest.raises(DataError, match="^the data set is empty$"):
+        fixed_batches(Labelled([]), 1, 1)
+    with pytest.raises(DataError, match=r"^data sampling: 'random' is not one of stratified, first$"):
+        DataSpec("fashion-mnist", sampling="random")
+
+
+def test_a_fashion_mnist_spec_reads_the_folder_it_names_split_by_split(fashion_dir, monkeypatch):
+    monkeypatch.delenv("MPQFX_DATA_DIR", raising=False)
+    spec = DataSpec.parse("fashion-mnist", str(fashion_dir))
+    assert spec.root == str(fashion_dir) and spec.input_size(None) == (1, 32, 32)
+    assert len(spec.split("train", None, train=False)) == 600 and len(spec.split("val", None, train=False)) == 200
+    legacy = DataSpec.from_dict({"name": "fashion-mnist", "root": str(fashion_dir), "train_limit": None})
+    assert list(legacy.split("train", None, train=False).indices) == list(range(600))  # "first", no limit: all
+
+
+def test_fashion_mnist_and_imagefolder_specs_know_their_classes_and_model_arguments(tree):
+    fashion = DataSpec("fashion-mnist", "/unused")
+    assert fashion.model_kwargs() == {"in_chans": 1, "num_classes": 10}  # 28x28 grayscale, 10 classes
+    assert fashion.classes()[:2] == ["T-shirt/top", "Trouser"] and len(fashion.classes()) == 10
+    folder = DataSpec.parse(str(tree))
+    assert folder.classes() == ["ant", "bee", "cat", "dog"]
+    assert folder.model_kwargs() == {"num_classes": 4}
