@@ -193,6 +193,9 @@ def export_policy(run_dir: str | Path, policy: str | Path | None, fmt: str, out:
         if policy is None:
             raise MpqfxError(f"--format {fmt} needs --policy (a policy file or one of the run's policy names)")
         name, source = resolve_policy(run.root, policy)
+        if out is None and isinstance(source, int) and (run.policies / f"{name}.yaml").is_file():
+            raise MpqfxError(f"--policy {name}: this run was made before the mixed@ names, and its "
+                             f"export/{name}.* files hold the mixed policy mixed@{name}; pass --out FILE")
     if not run.supernet.is_file():
         raise MpqfxError(f"--run: {str(run.root)!r} has no trained supernet (supernet.pt); "
                          f"finish the run with `mpqfx compress --resume --out {run.root}`")

@@ -359,10 +359,11 @@ def test_a_run_directory_of_the_old_names_still_loads_reports_resumes_and_export
     for name in ("mixed@uniform-4", "uniform:4"):  # the old file, by its new name and by its budget
         path, _ = export_policy(root, name, "safetensors", tmp_path / f"{name}.safetensors")
         assert read_integer_file(path)[0]["policy"] == old
-    path, _ = export_policy(root, "uniform-4", "safetensors")
-    assert path == root / "export" / "uniform-4.safetensors"  # the uniform policy, replacing the old mixed file
+    with pytest.raises(MpqfxError, match="export/uniform-4.* files hold the mixed policy mixed@uniform-4; pass --out"):
+        export_policy(root, "uniform-4", "safetensors")  # the report's files stay what it says they are
+    path, _ = export_policy(root, "uniform-4", "safetensors", tmp_path / "u4.safetensors")
     assert {(layer["w_bits"], layer["a_bits"]) for layer in read_integer_file(path)[0]["layers"].values()} == {
-        (8, 8), (4, 4)}
+        (8, 8), (4, 4)}  # the uniform policy, not the old file
     with pytest.raises(MpqfxError, match="the run's policies: mixed@bitops-uniform-6_size-6x, mixed@uniform-4, "
                                          "uniform-8, uniform-4, uniform-3"):
         export_policy(root, "mixed@uniform-9", "safetensors")
