@@ -120,7 +120,4 @@ def print_report_summary(report: dict[str, Any], run_dir: Path, console: Console
         rows = [row for row in later if row["search"] == name]
         console.print(_policy_rows(f"later search {name} (mixed precision), in {run_dir / 'searches' / name}", rows,
                                    label=False))
-    names = [name for name in map(policy_name, report["policies"] + later) if name]
-    console.print(f"policy names (mpqfx export --run RUN --policy NAME): {', '.join(names)}", markup=False,
-                  highlight=False)
     console.print(f"report: {run_dir / 'report.md'}")
