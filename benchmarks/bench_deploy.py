@@ -11,11 +11,11 @@ The models are timm's random initialisation with every BatchNorm's scale, shift 
 redrawn (timm zero-initialises the last BatchNorm of a residual block: those branches would be
 all-zero weights, which exporters deduplicate and which make the files unrepresentative); the
 float, onnxruntime int8 and mpqfx files are made from the same weights. The mpqfx policy is a searched one from a run (``--policy MODEL=FILE``, e.g. a run's
-policies/uniform-4.yaml) or, without one, uniform 4/4. For OpenVINO it also reads the compiled
+policies/mixed@uniform-4.yaml) or, without one, uniform 4/4. For OpenVINO it also reads the compiled
 model's executed precision of every convolution / fully connected layer (u8/i8 is integer).
 
 Usage: python benchmarks/bench_deploy.py [--models resnet18 mobilenetv2_100 efficientnet_lite0]
-       [--policy resnet18=runs/r18/policies/uniform-4.yaml] [--rounds 7] [--iters 16] [--json out.json]
+       [--policy resnet18=runs/r18/policies/mixed@uniform-4.yaml] [--rounds 7] [--iters 16] [--json out.json]
 """
 
 from __future__ import annotations

@@ -26,9 +26,8 @@ from mpqfx.evaluate import recalibrated_bn  # noqa: E402
 from mpqfx.export import deploy  # noqa: E402
 from mpqfx.export.deploy import QUANTIZED_TYPES  # noqa: E402
 from mpqfx.export.qdq import ActivationQuantizer  # noqa: E402
-from mpqfx.export.run import resolve_policy  # noqa: E402
+from mpqfx.export.run import named_policy, resolve_policy  # noqa: E402
 from mpqfx.models import create_model  # noqa: E402
-from mpqfx.quant.policy import Policy  # noqa: E402
 from mpqfx.rundir import RunDir  # noqa: E402
 from mpqfx.store import load_supernet  # noqa: E402
 
@@ -63,7 +62,7 @@ def main() -> None:
     print(header(f"Deployed module vs supernet: {net.model_spec.name}, {sum(len(y) for _, y in held_out)} held-out images"))
     print("| policy | supernet top-1 (%) | variant | deployed top-1 (%) | top-1 agreement (%) |\n|---|---:|---|---:|---:|")
     for name in args.policies:
-        policy = Policy.load(resolve_policy(run.root, name)).validate(net.layers)
+        policy = named_policy(net, resolve_policy(run.root, name)[1], name)
         with recalibrated_bn(net, policy, calibration), net.use_policy(policy):
             module = deploy(net, policy, calibration)
             for m in module.modules():

@@ -10,7 +10,9 @@ import click
 
 @click.command("compress")
 @click.option("--model", "model_name", default=None, help="timm model name, e.g. efficientnet_lite0 (not needed with --resume).")
-@click.option("--recipe", default="quickstart", show_default=True, help="Shipped recipe name (see `mpqfx recipes`) or YAML path.")
+@click.option("--recipe", default="quickstart", show_default=True,
+              help="Shipped recipe name (see `mpqfx recipes`) or YAML path; quickstart is a few-minute CPU run "
+                   "(bitops and search --model, which train nothing, default to oneshot's layer rules).")
 @click.option("--data", default="fashion-mnist", show_default=True,
               help="fashion-mnist (embedded) or the root of an ImageFolder tree with train/ and val/.")
 @click.option("--data-dir", default=None, help="Folder with the Fashion-MNIST IDX files (default: $MPQFX_DATA_DIR, "

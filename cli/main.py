@@ -43,7 +43,8 @@ def cli() -> None:
 @click.option("--wbits", type=click.IntRange(1, 8), default=None, help="Weight bit-width (overrides --bits).")
 @click.option("--abits", type=click.IntRange(1, 8), default=None, help="Activation bit-width (overrides --bits).")
 @click.option("--input-size", default=None, help="H (square) or C,H,W; default: the model's timm pretrained_cfg.")
-@click.option("--recipe", default="default", show_default=True, help="Shipped recipe name or YAML path (layer rules).")
+@click.option("--recipe", default="oneshot", show_default=True,
+              help="Shipped recipe name or YAML path (layer rules; the same as prepare()'s default).")
 @click.option("--per-layer/--total-only", default=True, show_default=True, help="Print the per-layer table.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON (for scripts) instead of a table.")
 def bitops(model_name: str, bits: int | None, wbits: int | None, abits: int | None, input_size: str | None,

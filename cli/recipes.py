@@ -10,11 +10,13 @@ import click
 @click.command("recipes")
 def recipes_command() -> None:
     """List the shipped recipes, one line each."""
-    from mpqfx.recipe import DEFAULT_RECIPE, Recipe, shipped_recipes
+    from mpqfx.recipe import COMPRESS_RECIPE, DEFAULT_RECIPE, Recipe, shipped_recipes
 
+    uses = {COMPRESS_RECIPE: " (the default of compress)",
+            DEFAULT_RECIPE: " (the default of prepare, search --model and bitops; also loads as 'default')"}
     for name in sorted(shipped_recipes()):
         recipe = Recipe.load(name)
-        alias = " (= default)" if name == DEFAULT_RECIPE else ""
+        alias = uses.get(name, "")
         click.echo(f"{name}{alias}: {recipe.description}")
 
 

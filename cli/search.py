@@ -26,7 +26,7 @@ from mpqfx.errors import MpqfxError
               help="A backend option (repeatable), e.g. objective=limpq for ilp; the others stay the recipe's.")
 @click.option("--search-images", type=click.IntRange(0), default=None,
               help="Training images of the run that candidate policies are measured on (default: the recipe's).")
-@click.option("--recipe", default="default", show_default=True,
+@click.option("--recipe", default="oneshot", show_default=True,
               help="With --model: shipped recipe name or YAML path whose layer rules (bit candidates) apply.")
 @click.option("--input-size", default=None, help="With --model: H or C,H,W (default: the model's timm pretrained_cfg).")
 @click.option("--name", default=None,

@@ -10,7 +10,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from mpqfx.compress.evaluation import policy_label
+from mpqfx.compress.evaluation import policy_label, policy_name
 from mpqfx.cost.report import bitops
 from mpqfx.quant.policy import Policy
 
@@ -110,7 +110,8 @@ def print_report_summary(report: dict[str, Any], run_dir: Path, console: Console
         print_json({"run_dir": str(run_dir), "report": str(run_dir / "report.md"),
                     "float_accuracy": report["float_accuracy"], "images": report["images"],
                     "input_size": report["input_size"],
-                    "policies": [{key: row.get(key) for key in keys} for row in report["policies"] + later],
+                    "policies": [{**{key: row.get(key) for key in keys}, "policy_name": policy_name(row)}
+                                 for row in report["policies"] + later],
                     "seconds": report["seconds"], "cpu_seconds": report["cpu_seconds"]})
         return
     console = console or Console()

@@ -15,7 +15,7 @@ from mpqfx.graph.layer_graph import build_layer_graph
 from mpqfx.graph.rewrite import rewrite
 from mpqfx.graph.tracer import trace
 from mpqfx.models import create_model
-from mpqfx.recipe import Recipe
+from mpqfx.recipe import DEFAULT_RECIPE, Recipe
 from mpqfx.supernet import ModelSpec, Supernet
 
 MIN_COVERAGE = 0.99
@@ -41,7 +41,7 @@ def default_example_input(model: nn.Module, recipe: Recipe) -> torch.Tensor:
     return torch.randn(1, *size, generator=torch.Generator().manual_seed(0)).to(device)
 
 
-def prepare(model: nn.Module | str, recipe: Recipe | str | Path = "default",
+def prepare(model: nn.Module | str, recipe: Recipe | str | Path = DEFAULT_RECIPE,
             example_input: torch.Tensor | None = None, inplace: bool = False,
             model_spec: ModelSpec | None = None) -> Supernet:
     """Turn a timm model (or any traceable ``nn.Module``) into a weight-shared mixed-precision supernet.
@@ -58,7 +58,8 @@ def prepare(model: nn.Module | str, recipe: Recipe | str | Path = "default",
 
     Args:
         model: an ``nn.Module`` or a timm model name (created with ``pretrained=False``).
-        recipe: a :class:`Recipe`, the name of a shipped recipe, or a path to a YAML file.
+        recipe: a :class:`Recipe`, the name of a shipped recipe, or a path to a YAML file; default ``oneshot``
+            (``compress`` trains with ``quickstart`` unless told).
         example_input: a batch used to read shapes, MACs and calibration data; default: one
             seeded random image of the size in the recipe or the model's timm ``pretrained_cfg``.
         inplace: reuse ``model``'s modules and parameters instead of a deep copy; ``model``

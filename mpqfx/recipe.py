@@ -22,7 +22,8 @@ from mpqfx.errors import RecipeError, closest, did_you_mean
 from mpqfx.registry import SEARCHES, STRATEGIES, Registry
 
 MIN_BITS, MAX_BITS = 1, 8
-DEFAULT_RECIPE = "oneshot"  # what the name "default" loads
+DEFAULT_RECIPE = "oneshot"  # the layer rules of prepare(), `mpqfx search --model` and `mpqfx bitops`; "default" loads it
+COMPRESS_RECIPE = "quickstart"  # what compress() and `mpqfx compress` train with unless told: a few-minute CPU run
 
 
 class BnMode(str, enum.Enum):

@@ -8,7 +8,9 @@
     checkpoint.pt     supernet training checkpoint (resume); checkpoint.prev.pt the one before it
     supernet.pt       the trained supernet (search, export)
     metrics.jsonl     training metrics
-    policies/*.yaml   searched policies
+    policies/*.yaml   searched policies, ``mixed@<budget>.yaml`` (``mixed@uniform-4.yaml``: the mixed
+                      policy searched under the BitOPs of uniform 4/4); runs before that name wrote
+                      ``uniform-4.yaml``, still read
     sensitivities.json  measured per-layer sensitivities (ILP objective), reused by later searches
     report.json / report.md / pareto.png / bits.png
     export/           ONNX and integer safetensors files
@@ -30,6 +32,7 @@ from mpqfx.supernet import Supernet
 from mpqfx.train.checkpoint import peek_progress, previous_path
 
 RUN_FORMAT = "mpqfx.run/1"
+SEARCHED_PREFIX = "mixed@"  # a searched policy's name: mixed@<budget>, beside the uniform policies' uniform-<bits>
 
 
 class RunDir:
@@ -68,7 +71,7 @@ class RunDir:
         if not self.supernet.is_file():
             return _training_point("supernet training", self.checkpoint)
         targets = self.meta().get("targets", [])
-        found = sum((self.policies / policy_filename(t)).is_file() for t in targets)
+        found = sum(searched_policy_path(self.policies, t).is_file() for t in targets)
         if found < len(targets):
             return f"the search ({found} of {len(targets)} policies found)"
         return "the evaluation (warm start, supernet training and search are done)"
@@ -100,10 +103,33 @@ def run_root(path: str | Path) -> Path:
     return path if path.is_dir() else path.parent
 
 
+def policy_stem(target: str) -> str:
+    """A target string as a file-name part: ``uniform:4`` -> ``uniform-4``, ``bitops=uniform:6,size=6x`` ->
+    ``bitops-uniform-6_size-6x``."""
+    return re.sub(r"[^A-Za-z0-9._]+", "-", target.replace(",", "_")).strip("-") or "policy"
+
+
+def searched_name(target: str) -> str:
+    """The name of the mixed policy searched for a target: ``uniform:4`` -> ``mixed@uniform-4`` (``uniform-4``
+    names the uniform policy itself). Letters, digits and ``@._-`` only: a file name on every OS."""
+    return f"{SEARCHED_PREFIX}{policy_stem(target)}"
+
+
+def uniform_name(bits: int) -> str:
+    """The name of the uniform policy at ``bits``/``bits``: ``uniform-4``."""
+    return f"uniform-{bits}"
+
+
 def policy_filename(target: str) -> str:
-    """A file name for a target string: ``uniform:4`` -> ``uniform-4.yaml``."""
-    stem = re.sub(r"[^A-Za-z0-9._]+", "-", target.replace(",", "_")).strip("-")
-    return f"{stem or 'policy'}.yaml"
+    """The file name of the policy searched for a target: ``uniform:4`` -> ``mixed@uniform-4.yaml``."""
+    return f"{searched_name(target)}.yaml"
+
+
+def searched_policy_path(folder: Path, target: str) -> Path:
+    """Where ``folder`` keeps the policy searched for ``target``: ``mixed@<stem>.yaml``, or ``<stem>.yaml``
+    when only that file is there (the name runs and searches made before ``mixed@`` used)."""
+    path, legacy = folder / policy_filename(target), folder / f"{policy_stem(target)}.yaml"
+    return legacy if legacy.is_file() and not path.is_file() else path
 
 
 def search_data(run_dir: str | Path, net: Supernet, search_images: int | None = None) -> tuple[list, list]:

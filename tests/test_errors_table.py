@@ -64,7 +64,7 @@ def scratch(tmp_path_factory, fashion_dir):
                    train_images=96, val_images=64, progress=False)
     (root / "bad-recipe.yaml").write_text("train: {lr: -1, epochs: 0}\nstrategy: {name: magic}\n")
     (root / "garbage-policy.yaml").write_text("layers: [1, 2\n")
-    policy = yaml.safe_load((run / "policies" / "uniform-4.yaml").read_text())
+    policy = yaml.safe_load((run / "policies" / "mixed@uniform-4.yaml").read_text())
     (root / "unknown-layer-policy.yaml").write_text(yaml.safe_dump(
         {**policy, "layers": {**policy["layers"], "fc2": {"w": 4, "a": 4}}}))
     (root / "forbidden-bits-policy.yaml").write_text(yaml.safe_dump(
@@ -82,11 +82,11 @@ def scratch(tmp_path_factory, fashion_dir):
     (cut / "checkpoint.pt").write_bytes(data[: len(data) // 2])
     (cut / "checkpoint.prev.pt").unlink(missing_ok=True)
     net, _ = load_supernet(run)
-    mpqfx.Policy.max(net).save(run / "searches" / "mine" / "uniform-4.yaml")  # left by an earlier search
+    mpqfx.Policy.max(net).save(run / "searches" / "mine" / "mixed@uniform-4.yaml")  # left by an earlier search
     truncated = shutil.copytree(run, root / "truncated-run")
     data = (truncated / "supernet.pt").read_bytes()
     (truncated / "supernet.pt").write_bytes(data[: len(data) // 2])
-    data = bytearray((run / "export" / "uniform-4.safetensors").read_bytes())
+    data = bytearray((run / "export" / "mixed@uniform-4.safetensors").read_bytes())
     data[-100] ^= 0xFF
     (root / "flipped.safetensors").write_bytes(bytes(data))
     layers = mpqfx.prepare(timm.create_model("test_resnet"), example_input=torch.randn(1, 3, 32, 32)).layers

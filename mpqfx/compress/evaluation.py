@@ -3,9 +3,10 @@ policies, each on the held-out split after BatchNorm re-estimation on training i
 
 from __future__ import annotations
 
+import re
 from dataclasses import asdict, dataclass, field
 from functools import cached_property
-from typing import Any, Iterable
+from typing import Any, Iterable, Mapping
 
 from torch.utils.data import DataLoader
 
@@ -15,6 +16,7 @@ from mpqfx.data.spec import DataSpec, batches_at, calibration_indices
 from mpqfx.evaluate import evaluate, recalibrated_bn
 from mpqfx.quant.policy import Policy
 from mpqfx.recipe import Recipe
+from mpqfx.rundir import searched_name, uniform_name
 from mpqfx.supernet import Supernet
 
 
@@ -51,6 +53,15 @@ def policy_label(kind: str, name: str) -> str:
     """What a person reads for a reported model: "float", "uniform 4/4", or "mixed" for a searched
     mixed-precision policy (its budget is shown next to it)."""
     return "mixed" if kind == "searched" else name
+
+
+def policy_name(row: Mapping[str, Any]) -> str | None:
+    """The name ``mpqfx export --policy`` takes for a report row: ``uniform-4``, ``mixed@uniform-4``, or
+    ``SEARCH/mixed@uniform-4`` for a later search kept in RUN/searches/SEARCH; None for the float model."""
+    if row["kind"] == "searched":
+        return f"{row['search']}/{searched_name(row['target'])}" if row.get("search") else searched_name(row["target"])
+    uniform = re.fullmatch(r"uniform (\d+)/\1", row["name"]) if row["kind"] == "uniform" else None
+    return uniform_name(int(uniform[1])) if uniform else None
 
 
 class PolicyEvaluator:

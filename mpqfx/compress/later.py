@@ -13,7 +13,7 @@ from typing import Any, Callable
 
 import torch
 
-from mpqfx.compress.evaluation import PolicyEvaluator
+from mpqfx.compress.evaluation import PolicyEvaluator, policy_name
 from mpqfx.compress.report import render_report
 from mpqfx.data.spec import DataSpec
 from mpqfx.errors import MpqfxError
@@ -80,8 +80,9 @@ def update_report(run_dir: str | Path, log: Callable[[str], None] | None = None,
 
 def _row(folder: Path, entry: dict[str, Any], net) -> dict[str, Any]:
     policy = Policy.load(folder / entry["policy_file"]).validate(net.layers)
-    return {"name": f"searched {entry['target']}", "kind": "searched", "search": folder.name,
-            "target": entry["target"], "accuracy": entry["accuracy"], "loss": entry["loss"],
-            "bitops": entry["bitops"], "size_bits": entry["size_bits"], "size_bytes": entry["size_bits"] / 8,
-            "compression": entry["compression"], "policy_file": str(folder / entry["policy_file"]), "exports": {},
-            "bits": {k: [b.w, b.a] for k, b in policy.items()}}
+    row = {"name": f"searched {entry['target']}", "kind": "searched", "search": folder.name,
+           "target": entry["target"], "accuracy": entry["accuracy"], "loss": entry["loss"],
+           "bitops": entry["bitops"], "size_bits": entry["size_bits"], "size_bytes": entry["size_bits"] / 8,
+           "compression": entry["compression"], "policy_file": str(folder / entry["policy_file"]), "exports": {},
+           "bits": {k: [b.w, b.a] for k, b in policy.items()}}
+    return {**row, "policy_name": policy_name(row)}

@@ -32,9 +32,9 @@ from mpqfx.export.run import export_policy_files
 from mpqfx.io import atomic_write_text
 from mpqfx.prepare import prepare
 from mpqfx.quant.policy import Policy
-from mpqfx.recipe import Recipe, WeightQuantizer
+from mpqfx.recipe import COMPRESS_RECIPE, Recipe, WeightQuantizer
 from mpqfx.registry import STRATEGIES
-from mpqfx.rundir import RunDir, policy_filename, search_data
+from mpqfx.rundir import RunDir, search_data, searched_policy_path
 from mpqfx.search.constraints import candidate_bits, parse_target
 from mpqfx.search.candidates import describe_selection
 from mpqfx.search.progress import SearchProgress
@@ -47,7 +47,6 @@ from mpqfx.train.distributed import barrier, init_from_env, is_main, on_main, so
 from mpqfx.train.loop import Trainer
 from mpqfx.train.metrics import phase_bar
 
-DEFAULT_RECIPE = "quickstart"
 DEFAULT_TARGETS = ("uniform:4", "uniform:3")  # those of them whose bit-widths are candidates of the recipe
 
 Log = Callable[[str], None]
@@ -128,7 +127,7 @@ def _run_dir(out: str | Path | None, model_name: str, recipe_name: str, resume: 
     return run
 
 
-def compress(model: str | nn.Module | None, recipe: Recipe | str | Path = DEFAULT_RECIPE, data: str = "fashion-mnist",
+def compress(model: str | nn.Module | None, recipe: Recipe | str | Path = COMPRESS_RECIPE, data: str = "fashion-mnist",
              targets: Sequence[str] = (), *, epochs: int | None = None, batch_size: int | None = None,
              out: str | Path | None = None, checkpoint: str | Path | None = None, pretrained: bool = False,
              device: str | None = None, resume: bool = False, seed: int | None = None, data_dir: str | None = None,
@@ -386,7 +385,7 @@ def _search(net: Supernet, targets: list[str], recipe: Recipe, run: RunDir, extr
     The searches share one backend instance (search_many), so budget-independent statistics are computed once.
     Each comes with the line saying which candidate won on the search images (kept in
     search-selection.json, so a resumed run reports the same)."""
-    paths = {target: run.policies / policy_filename(target) for target in targets}
+    paths = {target: searched_policy_path(run.policies, target) for target in targets}
     missing = [target for target in targets if not paths[target].is_file()]
     found: dict[str, Policy] = {t: Policy.load(paths[t]).validate(net.layers) for t in targets if t not in missing}
     verdicts = run.root / SELECTION_FILE  # which candidate won, kept for a resumed run's report

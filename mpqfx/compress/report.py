@@ -13,7 +13,7 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from mpqfx.compress.evaluation import policy_label
+from mpqfx.compress.evaluation import policy_label, policy_name
 from mpqfx.compress.plots import bits_plot, pareto_plot
 from mpqfx.data.census import FEW_IMAGES, USES, WARNED_USES, census_warnings
 from mpqfx.io import atomic_write_text
@@ -29,7 +29,8 @@ VERSIONED = ("mpqfx", "torch", "timm", "onnx", "onnxruntime")
 
 
 def _row(r: "PolicyResult") -> dict[str, Any]:
-    return {"name": r.name, "kind": r.kind, "target": r.target, "accuracy": r.accuracy, "loss": r.loss,
+    return {"name": r.name, "kind": r.kind, "target": r.target, "policy_name": policy_name(vars(r)),
+            "accuracy": r.accuracy, "loss": r.loss,
             "bitops": r.bitops, "size_bits": r.size_bits, "size_bytes": r.size_bits / 8, "compression": r.compression,
             "policy_file": r.policy_file, "exports": r.exports, "export_error": r.export_error, "selection": r.selection,
             "bits": None if r.policy is None else {k: [b.w, b.a] for k, b in r.policy.items()}}
@@ -84,7 +85,9 @@ def _policy_table(rows: list[dict[str, Any]], extra: str | None = None) -> list[
     for p in rows:
         cell = f"| {p[extra]} " if extra else ""
         accuracy = "not measured" if p["accuracy"] is None else f"{100 * p['accuracy']:.2f}"
-        lines.append(f"{cell}| {policy_label(p['kind'], p['name'])} | {p['target'] or ''} | {accuracy} | "
+        name = policy_name(p)
+        label = policy_label(p["kind"], p["name"]) + (f" (`{name}`)" if name else "")
+        lines.append(f"{cell}| {label} | {p['target'] or ''} | {accuracy} | "
                      f"{p['bitops'] / 1e9:.4g} | {p['size_bytes'] / 1e6:.3f} | {p['compression']:.2f}x |")
     return lines
 
@@ -93,7 +96,8 @@ def _markdown(report: dict[str, Any]) -> str:
     lines = [f"# mpqfx report: {report['model']['name']}", "",
              f"Recipe `{report['recipe']}` (strategy `{report['strategy']}`, search `{report['search_backend']}`), "
              f"{_data_line(report)}. Accuracies are top-1 on the held-out split after BatchNorm re-estimation; "
-             "\"mixed\" rows are the searched mixed-precision policies, each under its budget.", "",
+             "\"mixed\" rows are the searched mixed-precision policies, each under its budget; "
+             "`mpqfx export --run RUN --policy NAME` exports a row by the name in its brackets.", "",
              f"**Float accuracy: {100 * report['float_accuracy']:.2f}%**", ""]
     if report.get("warm_start"):
         lines += [f"Float weights: {report['warm_start']['note']}.", ""]

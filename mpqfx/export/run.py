@@ -3,6 +3,7 @@ on a finished run."""
 
 from __future__ import annotations
 
+import re
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -16,6 +17,7 @@ from mpqfx.evaluate import recalibrated_bn
 from mpqfx.export.deploy import deploy
 from mpqfx.export.onnx_qdq import DEFAULT_OPSET, OnnxExportError, check_opset, export_onnx, onnx_modules
 from mpqfx.quant.policy import Policy
+from mpqfx.rundir import SEARCHED_PREFIX
 from mpqfx.supernet import Supernet
 
 Batch = tuple[torch.Tensor, torch.Tensor]
@@ -112,20 +114,59 @@ def export_policy_files(net: Supernet, policy: Policy, paths: Mapping[str, Path]
     return out
 
 
-def resolve_policy(run_root: Path, policy: str | Path) -> Path:
-    """A policy file given by path, or by name among the run's policies (``uniform-4``, ``uniform:4``)."""
-    from mpqfx.rundir import RunDir, policy_filename
+UNIFORM_NAME = re.compile(r"uniform-(\d+)")  # the uniform policy at b/b; mixed@uniform-4 the one searched at its budget
+
+
+def resolve_policy(run_root: Path, policy: str | Path) -> tuple[str, Path | int]:
+    """A policy of a run: (name, file) for a file path, a searched policy's name (``mixed@uniform-4``, a
+    later search's ``SEARCH/mixed@uniform-4``) or its budget (``uniform:4``); (name, bits) for a uniform
+    policy (``uniform-4``)."""
+    from mpqfx.rundir import RunDir, searched_name, searched_policy_path
 
     path = Path(policy)
     if path.is_file():
-        return path
-    folder = RunDir(run_root).policies
-    for candidate in (folder / f"{policy}.yaml", folder / policy_filename(str(policy)), folder / path.name):
-        if candidate.is_file():
-            return candidate
-    names = sorted(p.stem for p in folder.glob("*.yaml")) if folder.is_dir() else []
-    listing = f"the run's policies: {', '.join(names)}" if names else "the run has no policies yet"
+        return path.stem, path
+    search, _, name = str(policy).removesuffix(".yaml").rpartition("/")
+    uniform = UNIFORM_NAME.fullmatch(name)
+    if uniform and not search:
+        return name, int(uniform[1])
+    folder = RunDir(run_root).root / "searches" / search if search else RunDir(run_root).policies
+    target = name.removeprefix(SEARCHED_PREFIX)
+    found = searched_policy_path(folder, target)
+    if found.is_file():
+        return "/".join(filter(None, (search, searched_name(target)))), found
+    listing = policy_names(run_root)
+    listing = f"the run's policies: {', '.join(listing)}" if listing else "the run has no policies yet"
     raise MpqfxError(f"--policy {str(policy)!r}: no such file or policy of {str(run_root)!r} ({listing})")
+
+
+def policy_names(run_root: Path) -> list[str]:
+    """The names of a run's policies: its searched ``mixed@...`` ones (those of runs before that name
+    included) and the uniform ones its report measures."""
+    from mpqfx.recipe import Recipe
+    from mpqfx.rundir import RunDir, uniform_name
+
+    run = RunDir(run_root)
+    searched = {p.stem if p.stem.startswith(SEARCHED_PREFIX) else SEARCHED_PREFIX + p.stem
+                for p in run.policies.glob("*.yaml")} if run.policies.is_dir() else set()
+    recipe = Recipe.load(run.recipe) if run.recipe.is_file() else None
+    uniform = [uniform_name(b) for b in recipe.evaluate.uniform_bits
+               if b in recipe.quant.w_bits and b in recipe.quant.a_bits] if recipe else []
+    return sorted(searched) + uniform
+
+
+def named_policy(net: Supernet, source: Path | int, name: str) -> Policy:
+    """The policy ``resolve_policy`` found: the file's, validated against ``net``, or the uniform one."""
+    from mpqfx.compress.evaluation import uniform_policies
+
+    if isinstance(source, Path):
+        return Policy.load(source).validate(net.layers)
+    found = uniform_policies(net, [source])
+    if not found:
+        raise MpqfxError(f"--policy {name!r}: {source} bits is not a candidate of every searchable layer "
+                         f"(candidates: weights {sorted(set().union(*(l.w_bits for l in net.layers)))}, "
+                         f"activations {sorted(set().union(*(l.a_bits for l in net.layers)))})")
+    return found[0][1]
 
 
 def export_policy(run_dir: str | Path, policy: str | Path | None, fmt: str, out: str | Path | None = None,
@@ -160,7 +201,10 @@ def export_policy(run_dir: str | Path, policy: str | Path | None, fmt: str, out:
     if fmt != "double-rounding":
         if policy is None:
             raise MpqfxError(f"--format {fmt} needs --policy (a policy file or one of the run's policy names)")
-        policy_path = resolve_policy(run.root, policy)
+        name, source = resolve_policy(run.root, policy)
+        if out is None and isinstance(source, int) and (run.policies / f"{name}.yaml").is_file():
+            raise MpqfxError(f"--policy {name}: this run was made before the mixed@ names, and its "
+                             f"export/{name}.* files hold the mixed policy mixed@{name}; pass --out FILE")
     if not run.supernet.is_file():
         raise MpqfxError(f"--run: {str(run.root)!r} has no trained supernet (supernet.pt); "
                          f"finish the run with `mpqfx compress --resume --out {run.root}`")
@@ -169,12 +213,12 @@ def export_policy(run_dir: str | Path, policy: str | Path | None, fmt: str, out:
     if fmt == "double-rounding":
         path = Path(out) if out else run.export / f"supernet{SUFFIX[fmt]}"
         return save_double_rounding(net, path), {}
-    chosen = Policy.load(policy_path).validate(net.layers)
+    chosen = named_policy(net, source, name)
     spec = DataSpec.from_dict(run.meta()["data"])
     evaluate = net.recipe.evaluate
     float_model = create_model(net.model_spec.name, **net.model_spec.kwargs)
     calibration = fixed_batches(spec.split("train", float_model, train=False), evaluate.bn_images,
                                 evaluate.batch_size, seed=2) if evaluate.bn_images else []
     held_out = DataLoader(spec.split("val", float_model, train=False), batch_size=evaluate.batch_size, shuffle=False)
-    path = Path(out) if out else run.export / f"{policy_path.stem}{SUFFIX[fmt]}"
+    path = Path(out) if out else run.export / f"{name.replace('/', '-')}{SUFFIX[fmt]}"
     return path, export_policy_files(net, chosen, {fmt: path}, calibration, _limited(held_out, check_images), opset)

@@ -174,12 +174,12 @@ def finetune(run_dir: str | Path, policy: str | Path, epochs: int = 1, lr: float
     (``RUN/finetuned/<name>/result.json``).
 
     Example:
-        >>> result = mpqfx.finetune.run.finetune("runs/demo", "uniform-4", epochs=1)
+        >>> result = mpqfx.finetune.run.finetune("runs/demo", "mixed@uniform-4", epochs=1)
         >>> result["finetuned"]["accuracy"], result["exported"]["top1_agreement"]
     """
     from mpqfx.compress.evaluation import PolicyEvaluator
     from mpqfx.data.spec import DataSpec
-    from mpqfx.export.run import resolve_policy
+    from mpqfx.export.run import named_policy, resolve_policy
     from mpqfx.models import create_model
     from mpqfx.store import load_supernet
     from mpqfx.train.distributed import resolve_device
@@ -189,19 +189,18 @@ def finetune(run_dir: str | Path, policy: str | Path, epochs: int = 1, lr: float
     run = RunDir(run_dir)
     if not run.root.is_dir():
         raise MpqfxError(f"--run: {str(run.root)!r} does not exist")
-    policy_path = resolve_policy(run.root, policy)
+    name, source = resolve_policy(run.root, policy)
     if not run.supernet.is_file():
         raise MpqfxError(f"--run: {str(run.root)!r} has no trained supernet (supernet.pt); "
                          f"finish the run with `mpqfx compress --resume --out {run.root}`")
-    name = policy_path.stem
-    folder = finetuned_dir(run.root, name)
+    folder = finetuned_dir(run.root, name.replace("/", "-"))
     _check_folder(folder, resume, f"mpqfx finetune --run {run.root} --policy {name}")
     if resume:
         run.remove_temp_files()
     device = resolve_device(device)
     net, _ = load_supernet(run.supernet, device=device)
     net.eval()
-    chosen = Policy.load(policy_path).validate(net.layers)
+    chosen = named_policy(net, source, name)
     spec = DataSpec.from_dict(run.meta()["data"])
     float_model = create_model(net.model_spec.name, **net.model_spec.kwargs)
     evaluator = PolicyEvaluator(spec, float_model, net.recipe)

@@ -17,7 +17,7 @@ from mpqfx.cost.report import bitops
 from mpqfx.errors import MpqfxError
 from mpqfx.io import atomic_write_text
 from mpqfx.quant.policy import Policy
-from mpqfx.rundir import RunDir, policy_filename
+from mpqfx.rundir import RunDir, searched_policy_path
 from mpqfx.search.backend import SearchResult
 from mpqfx.supernet import Supernet
 
@@ -63,10 +63,10 @@ def write_record(folder: Path, record: dict[str, Any]) -> None:
 
 def save_search(net: Supernet, folder: Path, targets: Sequence[str], results: Sequence[SearchResult],
                 options: Mapping[str, Any] | None, record: bool = True) -> list[Path]:
-    """Write each result's policy to ``folder/<target>.yaml`` and (``record``) add it to
+    """Write each result's policy to ``folder/mixed@<target>.yaml`` and (``record``) add it to
     ``search.json``; the policy files, in order. A file that already holds a different policy is an
     error, raised before anything is written; the same policy found again is left as it is."""
-    paths = [folder / policy_filename(target) for target in targets]
+    paths = [searched_policy_path(folder, target) for target in targets]
     for path, result in zip(paths, results):
         if path.is_file() and Policy.load(path) != result.policy:
             raise MpqfxError(f"{str(path)!r} already holds a different policy for this target (an earlier search "

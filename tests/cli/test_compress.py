@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import shutil
 import subprocess
 import sys
+from contextlib import redirect_stdout
 from pathlib import Path
 
 import numpy as np
@@ -15,10 +17,15 @@ import onnxruntime as ort
 import pytest
 import timm
 import torch
+import yaml
 
 import mpqfx
 from mpqfx import Policy
+from mpqfx.cli.tables import print_report_summary
+from mpqfx.errors import MpqfxError
 from mpqfx.export import load_integer_model
+from mpqfx.export.integer_file import read_integer_file
+from mpqfx.export.run import export_policy
 from mpqfx.search import parse_target
 from mpqfx.store import load_supernet
 
@@ -57,9 +64,9 @@ def test_run_directory_holds_every_promised_file(run):
         assert (root / name).is_file(), name
     for png in ("pareto.png", "bits.png"):
         assert (root / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert sorted(p.name for p in (root / "policies").iterdir()) == ["bitops-uniform-6_size-6x.yaml", "uniform-4.yaml"]
+    assert sorted(p.name for p in (root / "policies").iterdir()) == ["mixed@bitops-uniform-6_size-6x.yaml", "mixed@uniform-4.yaml"]
     exports = sorted(p.name for p in (root / "export").iterdir())
-    assert exports == sorted(f"{s}.{e}" for s in ("bitops-uniform-6_size-6x", "uniform-4") for e in ("onnx", "safetensors"))
+    assert exports == sorted(f"{s}.{e}" for s in ("mixed@bitops-uniform-6_size-6x", "mixed@uniform-4") for e in ("onnx", "safetensors"))
     assert str(root) in proc.stdout and "uniform 4/4" in proc.stdout and "report.md" in proc.stdout
     for line in (root / "metrics.jsonl").read_text().splitlines():
         assert "loss" in json.loads(line)
@@ -114,7 +121,7 @@ def test_a_later_search_changes_nothing_the_run_reported_and_the_report_can_add_
     assert tree_digest(root) == before  # report, figures, policies, exports: byte-identical
     found = json.loads(proc.stdout)
     folder = root / "searches" / "ilp-objective=limpq"
-    assert [Path(r["policy_file"]) for r in found] == [folder / "uniform-4.yaml", folder / "uniform-3.yaml"]
+    assert [Path(r["policy_file"]) for r in found] == [folder / "mixed@uniform-4.yaml", folder / "mixed@uniform-3.yaml"]
     kept = tree_digest(root, skip=())
     again = mpqfx_cli("search", "--run", root, "--target", "uniform:4", "--option", "objective=limpq", "--device", "cpu",
                       env={**os.environ, "COLUMNS": "80"})
@@ -122,14 +129,14 @@ def test_a_later_search_changes_nothing_the_run_reported_and_the_report_can_add_
     assert tree_digest(root, skip=()) == kept  # the same policy found again: nothing changes
     assert max(len(line) for line in again.stdout.splitlines()) <= 80
     cells = [line.split("│")[1].strip() for line in again.stdout.splitlines() if line.startswith("│")]
-    assert cells == ["uniform:4", "uniform-4.yaml"]  # budget and file name each whole, in the one cell
+    assert cells == ["uniform:4", "mixed@uniform-4.yaml"]  # budget and file name each whole, in the one cell
 
     net, _ = load_supernet(root)
-    Policy.max(net).save(root / "searches" / "mine" / "uniform-4.yaml")  # what an earlier, other search left
+    Policy.max(net).save(root / "searches" / "mine" / "mixed@uniform-4.yaml")  # what an earlier, other search left
     kept = tree_digest(root, skip=())
     conflict = mpqfx_cli("search", "--run", root, "--target", "uniform:3", "--target", "uniform:4", "--name", "mine")
-    one_line_error(conflict, "mine/uniform-4.yaml' already holds a different policy for this target")
-    assert tree_digest(root, skip=()) == kept  # refused before writing anything, uniform-3.yaml included
+    one_line_error(conflict, "mine/mixed@uniform-4.yaml' already holds a different policy for this target")
+    assert tree_digest(root, skip=()) == kept  # refused before writing anything, mixed@uniform-3.yaml included
     shutil.rmtree(root / "searches" / "mine")
     one_line_error(mpqfx_cli("search", "--run", root, "--target", "uniform:4", "--out", root / "policies"),
                    "holds the policies `mpqfx compress` evaluated, reported and exported")
@@ -147,7 +154,7 @@ def test_a_later_search_changes_nothing_the_run_reported_and_the_report_can_add_
         assert entry["bitops"] == mpqfx.bitops(net, Policy.load(entry["policy_file"])).total
     assert [p["kind"] for p in json.loads(proc.stdout)["policies"]][-2:] == ["searched", "searched"]
     markdown = (root / "report.md").read_text()
-    assert "## Later searches" in markdown and "| ilp-objective=limpq | mixed | uniform:3 |" in markdown
+    assert "## Later searches" in markdown and "| ilp-objective=limpq | mixed (`ilp-objective=limpq/mixed@uniform-3`) | uniform:3 |" in markdown
     for name in ("policies", "export"):
         assert {k: v for k, v in tree_digest(root).items() if k.startswith(name)} == {
             k: v for k, v in before.items() if k.startswith(name)}
@@ -155,7 +162,7 @@ def test_a_later_search_changes_nothing_the_run_reported_and_the_report_can_add_
 
 def test_compress_json_prints_only_json_on_stdout(run, tmp_path):
     root = shutil.copytree(run[0], tmp_path / "run")
-    proc = mpqfx_cli("compress", "--out", root, "--resume", "--json")
+    proc = mpqfx_cli("compress", "--out", root, "--resume", "--json", "--no-export")  # the export: the tests below
     assert proc.returncode == 0, proc.stderr
     summary = json.loads(proc.stdout)  # progress bars and log lines went to stderr
     report = json.loads((root / "report.json").read_text())
@@ -168,8 +175,8 @@ def test_compress_json_prints_only_json_on_stdout(run, tmp_path):
 
 def test_a_failed_export_is_a_row_of_the_report_and_the_other_policies_still_export(run, tmp_path, monkeypatch,
                                                                                     capsys):
-    """A resume whose export of uniform-4 raises (as the ONNX exporter can) writes the whole report, exports the
-    other policy and ends with exit code 1 and one line naming uniform-4; the next resume exports it."""
+    """A resume whose export of mixed@uniform-4 raises (as the ONNX exporter can) writes the whole report, exports
+    the other policy and ends with exit code 1 and one line naming mixed@uniform-4; the next resume exports it."""
     from mpqfx.cli.main import main
     from mpqfx.compress import pipeline
 
@@ -180,7 +187,7 @@ def test_a_failed_export_is_a_row_of_the_report_and_the_other_policies_still_exp
     real = pipeline.export_policy_files
 
     def failing(net, policy, paths, *args, **kwargs):
-        if paths["onnx"].stem == "uniform-4":
+        if paths["onnx"].stem == "mixed@uniform-4":
             raise RuntimeError("exporter crashed at /layer1/conv1\n  a second line")
         return real(net, policy, paths, *args, **kwargs)
 
@@ -191,7 +198,7 @@ def test_a_failed_export_is_a_row_of_the_report_and_the_other_policies_still_exp
     out, err = capsys.readouterr()
     reason = "RuntimeError: exporter crashed at /layer1/conv1"
     assert ended.value.code == 1 and "Traceback" not in err
-    assert err.strip().splitlines() == [f"mpqfx: error: export failed for policy uniform-4 ({reason}); the other "
+    assert err.strip().splitlines() == [f"mpqfx: error: export failed for policy mixed@uniform-4 ({reason}); the other "
                                         f"policies were exported and {root / 'report.md'} reports every row"]
     assert "uniform 4/4" in out and f"report: {root / 'report.md'}" in " ".join(out.split())  # the summary first
     for name in ("report.json", "report.md", "pareto.png", "bits.png"):
@@ -202,10 +209,10 @@ def test_a_failed_export_is_a_row_of_the_report_and_the_other_policies_still_exp
     assert (failed["target"], failed["export_error"], failed["exports"]) == ("uniform:4", reason, {})
     assert 0 <= failed["accuracy"] <= 1  # measured on the supernet like every row
     assert exported["export_error"] is None and exported["exports"]["onnx_integer_kernels"] > 0
-    assert sorted(p.name for p in (root / "export").iterdir()) == ["bitops-uniform-6_size-6x.onnx",
-                                                                   "bitops-uniform-6_size-6x.safetensors"]
+    assert sorted(p.name for p in (root / "export").iterdir()) == ["mixed@bitops-uniform-6_size-6x.onnx",
+                                                                   "mixed@bitops-uniform-6_size-6x.safetensors"]
     markdown = (root / "report.md").read_text()
-    assert f"- uniform:4 (`uniform-4`): {reason}\n" in markdown and "## Time per phase" in markdown
+    assert f"- uniform:4 (`mixed@uniform-4`): {reason}\n" in markdown and "## Time per phase" in markdown
 
     monkeypatch.setattr(pipeline, "export_policy_files", real)  # whatever failed is fixed: the next resume exports it
     with pytest.raises(SystemExit) as ended:
@@ -213,7 +220,7 @@ def test_a_failed_export_is_a_row_of_the_report_and_the_other_policies_still_exp
     assert ended.value.code == 0, capsys.readouterr().err
     report = json.loads((root / "report.json").read_text())
     assert [p["export_error"] for p in report["policies"]] == [None] * 6
-    assert (root / "export" / "uniform-4.onnx").is_file() and "Failed exports" not in (root / "report.md").read_text()
+    assert (root / "export" / "mixed@uniform-4.onnx").is_file() and "Failed exports" not in (root / "report.md").read_text()
 
 
 def test_the_report_is_regenerated_byte_for_byte(run, tmp_path):
@@ -276,11 +283,11 @@ def test_exported_onnx_runs_integer_kernels_computes_the_integer_file_and_is_mea
 def test_export_command_writes_a_policy_again(run, tmp_path):
     root, _ = run
     out = tmp_path / "again.safetensors"
-    proc = mpqfx_cli("export", "--run", root, "--policy", root / "policies" / "uniform-4.yaml", "--format",
+    proc = mpqfx_cli("export", "--run", root, "--policy", root / "policies" / "mixed@uniform-4.yaml", "--format",
                      "safetensors", "--out", out)
     assert proc.returncode == 0, proc.stderr
     x = torch.randn(2, 1, 32, 32)
-    assert torch.equal(load_integer_model(out)(x), load_integer_model(root / "export" / "uniform-4.safetensors")(x))
+    assert torch.equal(load_integer_model(out)(x), load_integer_model(root / "export" / "mixed@uniform-4.safetensors")(x))
     proc = mpqfx_cli("export", "--run", root, "--format", "double-rounding")  # needs no --policy
     one_line_error(proc, "weight_quantizer: double_rounding")
 
@@ -289,17 +296,85 @@ def _snapshot(root):
     return {p: p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
 
 
-def test_export_takes_a_policy_name_and_measures_the_onnx_file(run, tmp_path):
-    root, _ = run
-    out = tmp_path / "by-name.onnx"
-    proc = mpqfx_cli("export", "--run", root, "--policy", "uniform:4", "--out", out, "--device", "cpu")
+def _summary_names(report, root) -> list[str | None]:
+    """The policy names `mpqfx report --json` prints for a report."""
+    out = io.StringIO()
+    with redirect_stdout(out):
+        print_report_summary(report, root, as_json=True)
+    return [row["policy_name"] for row in json.loads(out.getvalue())["policies"]]
+
+
+def test_every_policy_of_the_report_is_exported_by_its_name(run, tmp_path):
+    """The report names each row; `mpqfx export --policy NAME` takes that name, uniform policies included:
+    uniform-4 is every layer at 4/4 (first and last at the recipe's 8/8), not the mixed@uniform-4 policy."""
+    root = shutil.copytree(run[0], tmp_path / "run", ignore=shutil.ignore_patterns("checkpoint*.pt", "float"))
+    report = json.loads((root / "report.json").read_text())
+    names = [p["policy_name"] for p in report["policies"]]
+    assert names == [None, "uniform-8", "uniform-4", "uniform-3", "mixed@uniform-4", "mixed@bitops-uniform-6_size-6x"]
+    markdown = (root / "report.md").read_text()
+    assert "| uniform 4/4 (`uniform-4`) |" in markdown and "| mixed (`mixed@uniform-4`) | uniform:4 |" in markdown
+    assert _summary_names(report, root) == names
+    proc = mpqfx_cli("export", "--run", root, "--policy", "uniform-4", "--device", "cpu")
     assert proc.returncode == 0, proc.stderr
-    assert out.is_file() and "top-1 agreement" in proc.stdout and "64 held-out images" in proc.stdout
-    assert f"{len(load_supernet(root)[0].layers)}/" in proc.stdout
+    onnx = root / "export" / "uniform-4.onnx"
+    assert f"wrote {onnx}" in proc.stdout and "top-1 agreement" in proc.stdout and "64 held-out images" in proc.stdout
+    assert "16/16 layers run as integer kernels" in proc.stdout
+    weights, _ = export_policy(root, "uniform-4", "safetensors")
+    assert weights == root / "export" / "uniform-4.safetensors"
+    meta, _ = read_integer_file(weights)
+    bits = {name: (layer["w_bits"], layer["a_bits"]) for name, layer in meta["layers"].items()}
+    assert len(bits) == 16 and {bits.pop("conv1.0"), bits.pop("fc")} == {(8, 8)} and set(bits.values()) == {(4, 4)}
+    x = torch.randn(4, 1, 32, 32, generator=torch.Generator().manual_seed(0))
+    expected = load_integer_model(weights)(x).detach().numpy()
+    got = ort.InferenceSession(str(onnx), providers=["CPUExecutionProvider"]).run(None, {"input": x.numpy()})[0]
+    assert np.abs(got - expected).max() <= 1e-4 * (expected.max() - expected.min())
+
+
+def _old_layout(root: Path) -> None:
+    """Rewrite a run directory as mpqfx wrote it before the mixed@ names: policies and exports named after
+    the budget alone (uniform-4.yaml held the mixed policy), no policy_name in report.json."""
+    for folder in (root / "policies", root / "export"):
+        for path in folder.iterdir():
+            path.rename(path.with_name(path.name.removeprefix("mixed@")))
+    report = json.loads((root / "report.json").read_text())
+    for row in report["policies"]:
+        row.pop("policy_name")
+        if row["policy_file"]:
+            row["policy_file"] = row["policy_file"].replace("mixed@", "")
+        row["exports"] = {k: v.replace("mixed@", "") if isinstance(v, str) else v for k, v in row["exports"].items()}
+    (root / "report.json").write_text(json.dumps(report, indent=1))
+
+
+def test_a_run_directory_of_the_old_names_still_loads_reports_resumes_and_exports(run, tmp_path):
+    from mpqfx.compress.later import update_report
+    from mpqfx.rundir import RunDir
+
+    root = shutil.copytree(run[0], tmp_path / "run", ignore=shutil.ignore_patterns("checkpoint*.pt", "float"))
+    _old_layout(root)
+    assert sorted(p.name for p in (root / "policies").iterdir()) == ["bitops-uniform-6_size-6x.yaml", "uniform-4.yaml"]
+    assert RunDir(root).restart_point() == "the evaluation (warm start, supernet training and search are done)"
+    report = update_report(root)
+    assert _summary_names(report, root) == [None, "uniform-8", "uniform-4", "uniform-3", "mixed@uniform-4",
+                                            "mixed@bitops-uniform-6_size-6x"]  # old rows name none themselves
+    assert "| mixed (`mixed@uniform-4`) | uniform:4 |" in (root / "report.md").read_text()
+    old = yaml.safe_load((root / "policies" / "uniform-4.yaml").read_text())
+    for name in ("mixed@uniform-4", "uniform:4"):  # the old file, by its new name and by its budget
+        path, _ = export_policy(root, name, "safetensors", tmp_path / f"{name}.safetensors")
+        assert read_integer_file(path)[0]["policy"] == old
+    with pytest.raises(MpqfxError, match="export/uniform-4.* files hold the mixed policy mixed@uniform-4; pass --out"):
+        export_policy(root, "uniform-4", "safetensors")  # the report's files stay what it says they are
+    path, _ = export_policy(root, "uniform-4", "safetensors", tmp_path / "u4.safetensors")
+    assert {(layer["w_bits"], layer["a_bits"]) for layer in read_integer_file(path)[0]["layers"].values()} == {
+        (8, 8), (4, 4)}  # the uniform policy, not the old file
+    with pytest.raises(MpqfxError, match="the run's policies: mixed@bitops-uniform-6_size-6x, mixed@uniform-4, "
+                                         "uniform-8, uniform-4, uniform-3"):
+        export_policy(root, "mixed@uniform-9", "safetensors")
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--policy", "uniform-9"], "the run's policies: bitops-uniform-6_size-6x, uniform-4"),
+    (["--policy", "mixed@uniform-9"], "the run's policies: mixed@bitops-uniform-6_size-6x, mixed@uniform-4, uniform-8, "
+                                         "uniform-4, uniform-3"),
+    (["--policy", "uniform-5"], "--policy 'uniform-5': 5 bits is not a candidate of every searchable layer"),
     (["--policy", "uniform-4", "--opset", "11"], "--opset 11: the QDQ form needs opset 13 to 20"),
     (["--format", "onnx"], "--format onnx needs --policy"),
 ])
@@ -317,7 +392,7 @@ def test_export_needs_a_trained_supernet_and_onnxruntime(run, tmp_path):
     for name in ("run.json", "recipe.yaml"):
         (unfinished / name).write_bytes((root / name).read_bytes())
     (unfinished / "policies").mkdir()
-    (unfinished / "policies" / "uniform-4.yaml").write_bytes((root / "policies" / "uniform-4.yaml").read_bytes())
+    (unfinished / "policies" / "mixed@uniform-4.yaml").write_bytes((root / "policies" / "mixed@uniform-4.yaml").read_bytes())
     one_line_error(mpqfx_cli("export", "--run", unfinished, "--policy", "uniform-4"), "has no trained supernet")
     blocker = tmp_path / "no-ort"
     (blocker / "onnxruntime").mkdir(parents=True)
@@ -398,7 +473,8 @@ def test_recipes_lists_every_shipped_recipe():
     assert proc.returncode == 0
     names = [line.split(":")[0].split(" ")[0] for line in proc.stdout.strip().splitlines()]
     assert names == ["bitmixer", "double_rounding", "imagenet", "limpq", "oneshot", "ptq", "quickstart"]
-    assert "oneshot (= default)" in proc.stdout
+    assert "oneshot (the default of prepare, search --model and bitops; also loads as 'default')" in proc.stdout
+    assert "quickstart (the default of compress)" in proc.stdout
 
 
 def test_validate_prints_every_problem(tmp_path):

@@ -58,11 +58,11 @@ def test_ptq_run_reports_and_exports_every_target_within_its_budget(run):
     assert "strategy `calibrate`" in report and "| mixed | size=8x |" in report and "| mixed | uniform:4 |" in report
     net, _ = load_supernet(root / "supernet.pt")
     full = cost_report(net, Policy.bypass(net.layers)).size_bits
-    policy = Policy.load(root / "policies" / "size-8x.yaml")
+    policy = Policy.load(root / "policies" / "mixed@size-8x.yaml")
     assert cost_report(net, policy).size_bits <= full / 8
     uniform4 = cost_report(net, Policy.uniform(net, 4)).total
-    assert cost_report(net, Policy.load(root / "policies" / "uniform-4.yaml")).total <= uniform4
-    for stem in ("size-8x", "uniform-4"):
+    assert cost_report(net, Policy.load(root / "policies" / "mixed@uniform-4.yaml")).total <= uniform4
+    for stem in ("mixed@size-8x", "mixed@uniform-4"):
         assert (root / "export" / f"{stem}.onnx").stat().st_size > 0
         with safe_open(str(root / "export" / f"{stem}.safetensors"), "pt") as f:
             assert len(list(f.keys())) > 0

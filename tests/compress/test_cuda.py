@@ -90,5 +90,5 @@ def test_search_report_and_export_run_on_the_gpu(fashion_dir, tmp_path):
     later = json.loads((root / "report.json").read_text())["searches"]
     assert [r["target"] for r in later] == ["uniform:3"] and 0 <= later[0]["accuracy"] <= 1
     layers = len(load_supernet(root)[0].layers)
-    proc = cli("export", "--run", root, "--policy", "uniform-4", "--out", tmp_path / "u4.onnx")
+    proc = cli("export", "--run", root, "--policy", "mixed@uniform-4", "--out", tmp_path / "u4.onnx")
     assert f"{layers}/{layers} layers run as integer kernels" in proc.stdout and (tmp_path / "u4.onnx").is_file()

@@ -91,7 +91,7 @@ def test_search_evaluation_and_export_complete(folder_run):
     assert set(rows) == {"float", "searched uniform:4"}
     assert all(p["accuracy"] is not None for p in rows.values())
     exports = rows["searched uniform:4"]["exports"]
-    assert (run / "export" / "uniform-4.onnx").is_file() and (run / "export" / "uniform-4.safetensors").is_file()
+    assert (run / "export" / "mixed@uniform-4.onnx").is_file() and (run / "export" / "mixed@uniform-4.safetensors").is_file()
     assert exports["onnx_images"] == report["images"]["held_out"] == 100
 
 

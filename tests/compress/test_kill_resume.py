@@ -115,7 +115,8 @@ def uninterrupted(tmp_path_factory, tiny_recipe, fashion_dir):
     return outcome(root)
 
 
-@pytest.mark.parametrize("kill", [("float", "6"), ("supernet", "5"), ("search", "2")],
+@pytest.mark.parametrize("kill", [pytest.param(("float", "6"), marks=pytest.mark.slow), ("supernet", "5"),
+                                  pytest.param(("search", "2"), marks=pytest.mark.slow)],
                          ids=["during-float-warm-start", "during-supernet-training", "during-search"])
 def test_killed_and_resumed_run_equals_an_uninterrupted_one(kill, uninterrupted, tiny_recipe, fashion_dir, tmp_path):
     root = tmp_path / "run"
@@ -166,6 +167,7 @@ def test_ctrl_c_names_the_phase_and_the_command_and_the_resume_says_where_it_con
     assert outcome(root)[1] == uninterrupted[1]  # the same policies as a run never stopped
 
 
+@pytest.mark.slow  # tests/train covers the fallback to checkpoint.prev.pt in the Trainer
 def test_a_damaged_last_checkpoint_falls_back_and_the_run_ends_the_same(uninterrupted, tiny_recipe, fashion_dir,
                                                                       tmp_path):
     root = tmp_path / "run"

@@ -81,7 +81,7 @@ def test_two_processes_train_and_rank_0_alone_writes_the_whole_run_directory(ddp
     _, run, proc = ddp_run
     for name in ("run.json", "recipe.yaml", "float.pt", "float.json", "float/checkpoint.pt", "checkpoint.pt",
                  "supernet.pt", "metrics.jsonl", "report.json", "report.md", "pareto.png", "bits.png",
-                 "policies/uniform-4.yaml", "export/uniform-4.onnx", "export/uniform-4.safetensors"):
+                 "policies/mixed@uniform-4.yaml", "export/mixed@uniform-4.onnx", "export/mixed@uniform-4.safetensors"):
         assert (run / name).is_file(), name
     assert_written_by_rank_0_alone(run)
     report = json.loads((run / "report.json").read_text())
@@ -112,7 +112,7 @@ def test_resume_under_torchrun_continues_from_the_two_process_checkpoint(ddp_run
     assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
     rows = [json.loads((r / "report.json").read_text())["policies"] for r in (first, run)]
     assert [(p["name"], p["accuracy"]) for p in rows[1]] == [(p["name"], p["accuracy"]) for p in rows[0]]
-    assert (run / "export" / "uniform-4.onnx").is_file()
+    assert (run / "export" / "mixed@uniform-4.onnx").is_file()
 
 
 @pytest.mark.cuda

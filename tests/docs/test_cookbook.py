@@ -6,7 +6,10 @@ came from (docs/img/quickstart-report.json, see docs/refresh_quickstart.py).
 
 Tiny settings keep it fast: ``mpqfx compress`` (from the shell through a wrapper first on PATH,
 from Python by wrapping ``mpqfx.compress``) gets ``--train-images 96 --val-images 64 --epochs 1``
-unless the block sets them. The data are the Fashion-MNIST-format files of the ``fashion_dir``
+unless the block sets them. The default suite runs the blocks once with fewer settings still
+(``FAST``: one float epoch, one target unless the block names its own, no export inside
+``compress``; the blocks' own ``mpqfx export`` commands still export), leaving out the few in
+``COVERED``, whose commands default tests of their own run; ``-m slow`` runs every block at ``TINY``. The data are the Fashion-MNIST-format files of the ``fashion_dir``
 fixture (``MPQFX_DATA_DIR``) and a small ImageFolder tree ``flowers/``.
 """
 
@@ -19,6 +22,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -36,14 +40,23 @@ ADVANCED = DOCS / "advanced.md"
 PAGES = (COOKBOOK, ADVANCED)  # their blocks run in this order, in one scratch folder
 FENCE = re.compile(r"^```(\w+)([^\n]*)\n(.*?)^```", re.S | re.M)
 TINY = {"--train-images": "96", "--val-images": "64", "--epochs": "1"}
+FAST = {**TINY, "--float-epochs": "1", "--target": "uniform:4", "--no-export": None}  # None: a flag
+# Blocks the default run leaves to `-m slow` (text in the block -> the default test that runs the same path); a
+# text that is in no block fails the test, so a block is never dropped silently.
+COVERED = {
+    "--data flowers --checkpoint": "tests/compress/test_folder_end_to_end.py (compress on an ImageFolder)",
+    "torchrun --standalone": "tests/compress/test_torchrun.py, tests/train/test_ddp.py (two processes)",
+    "--format openvino --out model-4bit.xml": "tests/cli/test_compress.py::test_export_to_openvino_writes_the_ir...",
+    'compiled_model("model-4bit.xml")': "tests/export/test_openvino.py (OpenVINO runs the IR)",
+}
 
 WRAPPER = f"""#!{sys.executable}
-import sys
+import json, os, sys
 args = sys.argv[1:]
 if args[:1] == ["compress"] and "--resume" not in args:
-    for flag, value in {TINY!r}.items():
+    for flag, value in json.loads(os.environ["COOKBOOK_SETTINGS"]).items():
         if flag not in args:
-            args += [flag, value]
+            args += [flag] if value is None else [flag, value]
 sys.argv = ["mpqfx", *args]
 from mpqfx.cli.main import main
 main()
@@ -75,14 +88,16 @@ def scratch(tmp_path, fashion_dir, monkeypatch, write_imagefolder):
     return work, env
 
 
-def tiny_compress(monkeypatch):
+def tiny_compress(monkeypatch, settings=TINY):
     import mpqfx
 
     real = mpqfx.compress
+    keywords = {"--target": ("targets", [settings.get("--target")]), "--no-export": ("export", False)}
 
     def compress(*args, **kwargs):
-        for flag, value in TINY.items():
-            kwargs.setdefault(flag.lstrip("-").replace("-", "_"), int(value))
+        for flag, value in settings.items():
+            key, given = keywords.get(flag, (flag.lstrip("-").replace("-", "_"), value))
+            kwargs.setdefault(key, int(given) if isinstance(given, str) else given)
         kwargs.setdefault("progress", False)
         return real(*args, **kwargs)
 
@@ -96,14 +111,22 @@ def test_the_recipes_are_numbered_in_order(page, at_least):
     assert titles == [str(i) for i in range(1, len(titles) + 1)]
 
 
-def test_every_block_of_the_cookbook_runs(scratch, monkeypatch):
+def test_every_block_of_the_cookbook_runs(scratch, monkeypatch, settings=FAST, covered=COVERED):
+    """Every block in order but the ``covered`` ones; its output (``-rP``) lists the blocks' times, slowest first."""
     work, env = scratch
-    tiny_compress(monkeypatch)
+    env = {**env, "COOKBOOK_SETTINGS": json.dumps(settings)}
+    tiny_compress(monkeypatch, settings)
+    seconds = {}
+    everything = [block for page in PAGES for block in blocks(page.read_text())]
+    assert [text for text in covered if not any(text in body for _, _, body in everything)] == []
     for registry in (STRATEGIES, SEARCHES):  # names the cookbook registers are gone after the test
         monkeypatch.setattr(registry, "_entries", dict(registry._entries))
     for page, number, (lang, target, body) in [(page, number, block) for page in PAGES
                                                for number, block in enumerate(blocks(page.read_text()))]:
         where = f"{page.name} block {number} ({lang} {target})".strip()
+        if any(text in body for text in covered):
+            continue
+        start = time.perf_counter()
         if target:
             (work / target).write_text(body)
         elif lang == "bash":
@@ -117,6 +140,14 @@ def test_every_block_of_the_cookbook_runs(scratch, monkeypatch):
                 raise AssertionError(f"{where} failed:\n{body}") from exc
         else:
             assert lang == "text", f"{where}: unknown block language {lang!r}"
+        seconds[where] = time.perf_counter() - start
+    print("blocks, slowest first:", ", ".join(f"{where} {s:.1f} s" for where, s in sorted(seconds.items(), key=lambda i: -i[1])))
+
+
+@pytest.mark.slow
+def test_every_block_of_the_cookbook_runs_at_the_tiny_settings(scratch, monkeypatch):
+    """Every block, at ``TINY``: each ``compress`` also searches the default targets and exports."""
+    test_every_block_of_the_cookbook_runs(scratch, monkeypatch, TINY, {})
 
 
 def test_a_python_block_that_misses_an_import_fails(scratch, monkeypatch):
@@ -125,7 +156,7 @@ def test_a_python_block_that_misses_an_import_fails(scratch, monkeypatch):
     monkeypatch.setattr(sys.modules[__name__], "PAGES", (scratch[0] / "two-blocks.md",))
     (scratch[0] / "two-blocks.md").write_text(text)
     with pytest.raises(AssertionError, match="block 1 .* failed"):
-        test_every_block_of_the_cookbook_runs(scratch, monkeypatch)
+        test_every_block_of_the_cookbook_runs(scratch, monkeypatch, covered={})
 
 
 def quickstart_report() -> dict:

@@ -21,7 +21,7 @@ def run(tmp_path):
     """A run directory with two searched policies and no supernet yet."""
     root = tmp_path / "RUN"
     (root / "policies").mkdir(parents=True)
-    for name in ("uniform-4", "mixed@uniform-3"):
+    for name in ("mixed@uniform-4", "mixed@uniform-3"):
         (root / "policies" / f"{name}.yaml").write_text("layers: {}\n")
     (root / "run.json").write_text(json.dumps({"format": "mpqfx.run/1"}))
     return root
@@ -34,10 +34,10 @@ def test_a_missing_run_is_named(tmp_path):
 
 
 def test_an_unknown_policy_lists_the_runs_policies(run):
-    code, output = _finetune("--run", str(run), "--policy", "uniform-9")
+    code, output = _finetune("--run", str(run), "--policy", "mixed@uniform-9")
     assert code == 2 and len(output.splitlines()) == 1 and "Traceback" not in output
-    assert "--policy 'uniform-9': no such file or policy of" in output
-    assert output.endswith("(the run's policies: mixed@uniform-3, uniform-4)")
+    assert "--policy 'mixed@uniform-9': no such file or policy of" in output
+    assert output.endswith("(the run's policies: mixed@uniform-3, mixed@uniform-4)")
 
 
 def test_a_run_without_supernet_says_how_to_finish_it(run):

@@ -114,7 +114,7 @@ def test_cli_searches_a_model_with_indicators_and_no_run_directory(net, tmp_path
                            "--indicators", str(path), "--target", "uniform:4", "--out", str(tmp_path / "out")],
                           capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
-    found = Policy.load(tmp_path / "out" / "uniform-4.yaml")
+    found = Policy.load(tmp_path / "out" / "mixed@uniform-4.yaml")
     reference = mpqfx.prepare(timm.create_model("test_resnet"), example_input=torch.randn(1, 3, 32, 32))
     assert found == mpqfx.search(reference, "uniform:4", indicators=path).policy
     assert "not compared with uniform policies: no search images" in proc.stdout

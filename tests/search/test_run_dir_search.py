@@ -61,8 +61,8 @@ def test_cli_search_writes_one_policy_per_target(run_dir, tmp_path):
                           capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     files = sorted(p.name for p in out.iterdir())
-    assert files == ["bitops-uniform-3_size-6x.yaml", "uniform-4.yaml"]
-    policy = Policy.load(out / "uniform-4.yaml").validate(net.layers)
+    assert files == ["mixed@bitops-uniform-3_size-6x.yaml", "mixed@uniform-4.yaml"]
+    policy = Policy.load(out / "mixed@uniform-4.yaml").validate(net.layers)
     assert mpqfx.bitops(net, policy).total <= mpqfx.bitops(net, Policy.uniform(net, 4)).total
     assert "searched policies" in proc.stdout
 
