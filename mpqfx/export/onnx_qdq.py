@@ -26,7 +26,6 @@ import warnings
 from pathlib import Path
 from typing import Any, Mapping
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -198,6 +197,15 @@ def session(path: str | Path, optimized: bool = True, threads: int = 0, save_opt
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
+def optimized_graph(path: str | Path):
+    """The ONNX model onnxruntime runs for ``path`` after its graph optimizations (integer kernels fused)."""
+    onnx, _ = onnx_modules()
+    with tempfile.TemporaryDirectory() as tmp:
+        optimized_path = Path(tmp) / "optimized.onnx"
+        session(path, save_optimized=optimized_path)
+        return onnx.load(str(optimized_path))
+
+
 def integer_kernels(path: str | Path) -> dict[str, str]:
     """Weight initializer (``<layer>.weight_int``) -> the op that reads it in onnxruntime's saved
     optimized graph. An integer kernel (QLinearConv, QGemm, ...) means the layer runs in integers;
@@ -206,10 +214,7 @@ def integer_kernels(path: str | Path) -> dict[str, str]:
     source = onnx.load(str(path))
     weights = {init.name for init in source.graph.initializer if init.data_type == onnx.TensorProto.INT8
                and len(init.dims) > 1}
-    with tempfile.TemporaryDirectory() as tmp:
-        optimized_path = Path(tmp) / "optimized.onnx"
-        session(path, save_optimized=optimized_path)
-        optimized = onnx.load(str(optimized_path))
+    optimized = optimized_graph(path)
     readers: dict[str, str] = {}
     for node in optimized.graph.node:
         for name in node.input:

@@ -9,7 +9,6 @@ output quantizer in torch.
 
 from __future__ import annotations
 
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Iterable
@@ -17,7 +16,7 @@ from typing import Any, Iterable
 import numpy as np
 import torch
 
-from mpqfx.export.onnx_qdq import INTEGER_KERNELS, onnx_modules, session
+from mpqfx.export.onnx_qdq import INTEGER_KERNELS, onnx_modules, optimized_graph
 from torch import nn
 
 Batch = tuple[torch.Tensor, torch.Tensor]
@@ -48,10 +47,7 @@ def _kernel_outputs(path: Path, layers: list[str]):
     output (after the Clip of a b-bit range, when one follows); (model, layer -> (output name,
     whether the kernel writes channels last))."""
     onnx, _ = onnx_modules()
-    with tempfile.TemporaryDirectory() as tmp:
-        optimized_path = Path(tmp) / "optimized.onnx"
-        session(path, save_optimized=optimized_path)
-        model = onnx.load(str(optimized_path))
+    model = optimized_graph(path)
     readers: dict[str, list] = {}
     for node in model.graph.node:
         for name in node.input:
