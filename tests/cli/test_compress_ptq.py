@@ -55,7 +55,8 @@ def test_ptq_run_calibrates_without_training_and_keeps_the_float_weights(run, ch
 def test_ptq_run_reports_and_exports_every_target_within_its_budget(run):
     root, _ = run
     report = (root / "report.md").read_text()
-    assert "strategy `calibrate`" in report and "| mixed | size=8x |" in report and "| mixed | uniform:4 |" in report
+    assert "strategy `calibrate`" in report
+    assert "| mixed (`mixed@size-8x`) | size=8x |" in report and "| mixed (`mixed@uniform-4`) | uniform:4 |" in report
     net, _ = load_supernet(root / "supernet.pt")
     full = cost_report(net, Policy.bypass(net.layers)).size_bits
     policy = Policy.load(root / "policies" / "mixed@size-8x.yaml")
