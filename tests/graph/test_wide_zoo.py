@@ -239,7 +239,7 @@ def write_doc(results: list[dict], planned: int, params: dict[str, int], uncreat
         "",
         "Written by `make test-zoo` (tests/graph/test_wide_zoo.py, each model checked by",
         "tests/graph/zoo_check.py in its own process); do not edit by hand. CI (`.ci/run`) runs the same",
-        "command after `make test` with a deadline 85 minutes after its start: models not reached by then",
+        "command after `make test` with a deadline 80 minutes after its start: models not reached by then",
         "are listed, not failed.",
         "",
         *([f"**Partial sample: {n} of the {planned} planned models have run"
