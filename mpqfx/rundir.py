@@ -115,6 +115,9 @@ def searched_name(target: str) -> str:
     return f"{SEARCHED_PREFIX}{policy_stem(target)}"
 
 
+UNIFORM_NAME = re.compile(r"uniform-(\d+)")  # what uniform_name writes; mixed@uniform-4 is the policy searched at its budget
+
+
 def uniform_name(bits: int) -> str:
     """The name of the uniform policy at ``bits``/``bits``: ``uniform-4``."""
     return f"uniform-{bits}"

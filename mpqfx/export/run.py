@@ -3,7 +3,6 @@ on a finished run."""
 
 from __future__ import annotations
 
-import re
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -17,7 +16,7 @@ from mpqfx.evaluate import recalibrated_bn
 from mpqfx.export.deploy import deploy
 from mpqfx.export.onnx_qdq import DEFAULT_OPSET, OnnxExportError, check_opset, export_onnx, onnx_modules
 from mpqfx.quant.policy import Policy
-from mpqfx.rundir import SEARCHED_PREFIX
+from mpqfx.rundir import SEARCHED_PREFIX, UNIFORM_NAME
 from mpqfx.supernet import Supernet
 
 Batch = tuple[torch.Tensor, torch.Tensor]
@@ -112,9 +111,6 @@ def export_policy_files(net: Supernet, policy: Policy, paths: Mapping[str, Path]
                     out.update(onnx=str(path), onnx_bytes=path.stat().st_size, opset=opset,
                                **{f"onnx_{k}": v for k, v in check.to_dict().items()})
     return out
-
-
-UNIFORM_NAME = re.compile(r"uniform-(\d+)")  # the uniform policy at b/b; mixed@uniform-4 the one searched at its budget
 
 
 def resolve_policy(run_root: Path, policy: str | Path) -> tuple[str, Path | int]:
