@@ -20,11 +20,18 @@ the exporter traces (:func:`static_adaptive_pools`): when the size ``n`` of a po
 a multiple of its output size ``m``, bin ``i`` is elements ``i * n / m`` to ``(i + 1) * n / m - 1``,
 so the pool is ``max_pool2d`` / ``avg_pool2d`` with kernel = stride = ``n / m``, whose sizes are
 constants of the file.
+
+``aten::rms_norm`` (``F.rms_norm``, timm's ``RmsNorm``) has no TorchScript symbolic below opset
+23, which that exporter does not reach. :func:`register_rms_norm` gives it one from the definition
+``x / sqrt(mean(x^2 over the normalized dims) + eps) * weight`` (Mul, ReduceMean, Add, Sqrt, Div,
+Mul), registered once for every opset the QDQ form uses; float ops between quantizers, so the
+layers around it fuse as before.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import Iterator
 
 import torch
@@ -110,3 +117,26 @@ def static_adaptive_pools() -> Iterator[None]:
         yield
     finally:
         F.adaptive_max_pool2d, F.adaptive_avg_pool2d = adaptive_max, adaptive_avg
+
+
+def _rms_norm_symbolic(g, x, normalized_shape, weight, eps):
+    """ONNX ops for ``rms_norm(x, normalized_shape, weight, eps)`` (module docstring); ``eps`` None is
+    torch's default, the machine epsilon of float32."""
+    from torch.onnx import symbolic_helper
+
+    axes = list(range(-len(symbolic_helper._get_const(normalized_shape, "is", "normalized_shape")), 0))
+    eps = torch.finfo(torch.float32).eps if symbolic_helper._is_none(eps) else symbolic_helper._get_const(eps, "f", "eps")
+    square = g.op("Mul", x, x)
+    if g.opset >= 18:  # ReduceMean's axes became an input in opset 18
+        mean = g.op("ReduceMean", square, g.op("Constant", value_t=torch.tensor(axes)), keepdims_i=1)
+    else:
+        mean = g.op("ReduceMean", square, axes_i=axes, keepdims_i=1)
+    rms = g.op("Sqrt", g.op("Add", mean, g.op("Constant", value_t=torch.tensor(eps, dtype=torch.float32))))
+    normalized = g.op("Div", x, rms)
+    return normalized if symbolic_helper._is_none(weight) else g.op("Mul", normalized, weight)
+
+
+@functools.cache
+def register_rms_norm(opset: int) -> None:
+    """Let torch's TorchScript exporter write ``aten::rms_norm`` from ``opset`` on (module docstring)."""
+    torch.onnx.register_custom_op_symbolic("aten::rms_norm", _rms_norm_symbolic, opset)

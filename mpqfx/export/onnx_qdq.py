@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from mpqfx.errors import MpqfxError
-from mpqfx.export.decompose import static_adaptive_pools
+from mpqfx.export.decompose import register_rms_norm, static_adaptive_pools
 from mpqfx.export.integer_file import ExportFileError
 from mpqfx.io import atomic_write_bytes
 
@@ -136,6 +136,7 @@ def export_onnx(module: nn.Module, example_input: torch.Tensor, path: str | Path
     onnx, _ = onnx_modules()
     check_opset(opset)
     module = module.cpu().eval()
+    register_rms_norm(MIN_OPSET)
     buffer = io.BytesIO()
     with warnings.catch_warnings(), torch.no_grad(), static_adaptive_pools():
         warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation and tracer warnings

@@ -1,8 +1,9 @@
 """Constructs the wide zoo found that torch's TorchScript exporter or deploy could not take:
 ``Tensor.unfold`` after a ``Pad`` (timm's HaloAttn), a leaf that reads ``.weight.device`` of a
 quantized layer (XCiT's PositionalEncodingFourier), and an adaptive pool whose input sizes the
-exporter lost (timm's BilinearAttnTransform after another, in bat_resnext26ts). Each is checked on its own and in a small
-model of the family that has it, exported with every quantized layer as an integer kernel."""
+exporter lost (timm's BilinearAttnTransform after another, in bat_resnext26ts), and ``aten::rms_norm``, which has
+no symbolic below opset 23 (timm's RmsNorm, in vit_dpwee_patch16_reg1_gap_256). Each is checked on its own and in a
+small model of the family that has it, exported with every quantized layer as an integer kernel."""
 
 from __future__ import annotations
 
@@ -228,3 +229,39 @@ def test_a_failed_onnx_export_still_writes_the_integer_weights(tmp_path, formats
     assert sorted(p.name for p in tmp_path.iterdir()) == ["uniform-4.safetensors"]  # no ONNX file, no staging folder
     x = _images(2)
     assert torch.equal(load_integer_model(weights)(x), deploy(net, policy, [(_images(), None)])(x))
+
+
+class RmsNet(nn.Module):
+    """conv -> tokens -> RMSNorm (torch's module: aten::rms_norm) -> linear -> F.rms_norm without weight -> head."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv, self.norm, self.fc, self.head = nn.Conv2d(3, 16, 4, 4), nn.RMSNorm(16, eps=1e-5), nn.Linear(16, 16), nn.Linear(16, 10)
+        with torch.no_grad():
+            self.norm.weight.uniform_(0.5, 1.5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        tokens = self.norm(self.conv(x).flatten(2).transpose(1, 2))
+        return self.head(F.rms_norm(self.fc(tokens).relu(), (16,)).mean(1))
+
+
+@pytest.mark.parametrize("opset", [17, 18])  # ReduceMean's axes: an attribute up to 17, an input from 18
+def test_rms_norm_exports_as_its_definition_and_matches_torchs_kernel(tmp_path, opset):
+    model = RmsNet().eval()
+    x = _images(4)
+    path = export_onnx(model, x[:1], tmp_path / "rms.onnx", opset=opset)
+    got = session(path).run(None, {"input": x.numpy()})[0]
+    with torch.no_grad():
+        expected = model(x).numpy()  # torch's own rms_norm kernel
+    assert abs(got - expected).max() <= 1e-5 * abs(expected).max()
+
+
+def test_a_vit_with_rms_norm_exports_with_integer_kernels(tmp_path):
+    """vit_dpwee's blocks (DiffParallelScalingBlock with timm's RmsNorm) at 32x32."""
+    torch.manual_seed(0)
+    model = timm.create_model("vit_dpwee_patch16_reg1_gap_256", img_size=32, patch_size=8, embed_dim=32, depth=1,
+                              num_heads=2, num_classes=10)
+    net, module = _deployed(model, _images())
+    kernels, agreement = _integer_layers(net, module, _images(), tmp_path / "model.onnx")
+    assert kernels == len(net.layers)
+    assert agreement >= 7 / 8
