@@ -26,8 +26,11 @@ data:
 	  $$([ "$$(id -u)" = 0 ] || echo sudo) apt-get install -y dataset-fashion-mnist; \
 	fi
 
+# Two pytest-xdist workers of one torch thread each (tests/conftest.py), a test file per worker at a
+# time so that module fixtures are built once; TEST_WORKERS=0 runs in one process.
+TEST_WORKERS ?= 2
 test: install data
-	$(BIN)/python -m pytest -q --durations=15
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile --durations=15
 
 # The wide timm zoo (tests/graph/test_wide_zoo.py, writes docs/coverage.md): two checks at once, one
 # torch thread each, on 2 cores. CI (.ci/run) runs this target after `make test`, with

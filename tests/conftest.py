@@ -8,6 +8,8 @@ import struct
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+if os.environ.get("PYTEST_XDIST_WORKER"):  # `make test` runs two workers on 2 cores: one thread each, subprocesses too
+    os.environ["OMP_NUM_THREADS"] = "1"
 
 import pytest
 import timm
@@ -15,6 +17,9 @@ import torch
 from torch import nn
 
 import mpqfx
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    torch.set_num_threads(1)
 
 
 class ToyNet(nn.Module):
