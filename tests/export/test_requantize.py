@@ -115,3 +115,35 @@ def test_clamp_activations_fold_with_their_own_bounds(act, bounds):
     gm = fx.symbolic_trace(Act())
     node = next(n for n in gm.graph.nodes if n.op in ("call_module", "call_function"))
     assert _clamp_range(gm, node) == bounds
+
+
+class _TwoReaders(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.stem, self.a, self.b = nn.Conv2d(3, 4, 1), nn.Conv2d(4, 4, 1), nn.Conv2d(4, 4, 1)
+
+    def forward(self, x):
+        y = self.stem(x)
+        return self.a(y), self.b(y)
+
+
+@pytest.mark.parametrize("a, b, shared", [
+    ((4, False, 0.5), (4, False, 0.5), True),  # equal quantizers (two objects): the stem writes their grid
+    ((4, False, 0.5), (4, False, 0.25), False),  # another step
+    ((4, False, 0.5), (3, False, 0.5), False),  # other bits
+    ((4, False, 0.5), (4, True, 0.5), False),  # signed
+])
+def test_two_readers_share_a_quantizer_only_when_bits_sign_and_step_agree(a, b, shared):
+    from mpqfx.export.requantize import place_output_quantizers
+
+    gm = torch.fx.symbolic_trace(_TwoReaders())
+    gm.a.input_quant, gm.b.input_quant = ActivationQuantizer(*a), ActivationQuantizer(*b)
+    quant_a = gm.a.input_quant
+    moved = place_output_quantizers(gm, {"stem", "a", "b"})
+    if shared:
+        assert moved == {"a": "stem", "b": "stem"} and gm.stem.output_quant is quant_a
+        assert isinstance(gm.a.input_quant, nn.Identity) and isinstance(gm.b.input_quant, nn.Identity)
+    else:
+        assert moved == {} and gm.a.input_quant is quant_a
+        out = gm.stem.output_quant
+        assert (out.bits, out.signed, out.from_data, out.reader_step) == (8, True, True, min(a[2], b[2]))
