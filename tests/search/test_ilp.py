@@ -338,3 +338,47 @@ def test_the_stated_objective_may_differ_by_no_more_than_one_millionth(fake_cbc)
     with pytest.raises(SolverError) as caught:
         solve_ilp(layers, coef, Constraints())
     assert str(caught.value) == "the ILP solver stated no objective value in its solution file; the solution is rejected"
+
+
+TOY_FIXED_SIZE = 32 * (3 * 16 + 10)  # float-kept: three BatchNorms' weight and bias (8 each), the head's 10 biases
+
+
+def _toy_measures(net, policy) -> dict[str, float]:
+    """BitOPs, size bits and the larger average bit-width of a ToyNet policy, counted by hand."""
+    bits = [policy[l.name] for l in net.layers]
+    return {"bitops": sum(l.macs * w * a for l, (w, a) in zip(net.layers, bits)),
+            "size_bits": sum(l.params * w for l, (w, _) in zip(net.layers, bits)) + TOY_FIXED_SIZE,
+            "avg_bits": max(sum(w for w, _ in bits), sum(a for _, a in bits)) / len(bits)}
+
+
+@pytest.mark.parametrize("key", ["bitops", "size_bits", "avg_bits"])
+def test_a_pareto_sweep_keeps_the_non_dominated_optima_of_its_budgets(toy_net, key):
+    """Brute force over ToyNet's 500 policies: the optimum at each of the sweep's 5 budgets (evenly
+    from the smallest reachable value to the target), those not beaten on BitOPs and objective."""
+    import torch
+
+    import mpqfx
+
+    net = mpqfx.prepare(toy_net, example_input=torch.randn(1, 3, 8, 8))
+    rng = random.Random(5)
+    costs = {l.name: {"w": {b: rng.uniform(0, 3) / b for b in l.w_bits}, "a": {b: rng.uniform(0, 3) / b for b in l.a_bits}}
+             for l in net.layers}
+    everything = [Policy(dict(zip([l.name for l in net.layers], c))) for c in itertools.product(*(pairs(l) for l in net.layers))]
+    objective = {p: math.fsum(costs[n]["w"][w] + costs[n]["a"][a] for n, (w, a) in p.items()) for p in everything}
+    measures = {p: _toy_measures(net, p) for p in everything}
+    target = measures[Policy({l.name: (max(min(l.w_bits), 4), max(min(l.a_bits), 4)) for l in net.layers})][key]
+    low = min(m[key] for m in measures.values())
+    optima = []
+    for i in range(5):
+        budget = low + (target - low) * i / 4
+        optima.append(min((p for p in everything if measures[p][key] <= budget + 1e-9), key=objective.get))
+    expected, best = [], float("inf")
+    for p in sorted(set(optima), key=lambda p: (measures[p]["bitops"], objective[p])):
+        if objective[p] < best:
+            expected.append(p)
+            best = objective[p]
+    result = mpqfx.search(net, Constraints(**{key: target}), backend="ilp", costs=costs,
+                          options={"objective": "costs", "pareto": True, "pareto_points": 5, "alg2_variants": False})
+    assert result.policies == expected and len(expected) >= 2
+    assert result.policy == optima[-1] and result.details["objective"] == pytest.approx(objective[optima[-1]], abs=1e-12)
+    assert result.details["solves"] == 6 and result.details["status"] == "optimal"
