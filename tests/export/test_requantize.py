@@ -147,3 +147,18 @@ def test_two_readers_share_a_quantizer_only_when_bits_sign_and_step_agree(a, b, 
         assert moved == {} and gm.a.input_quant is quant_a
         out = gm.stem.output_quant
         assert (out.bits, out.signed, out.from_data, out.reader_step) == (8, True, True, min(a[2], b[2]))
+
+
+@pytest.mark.parametrize("restrict, seen, step, zero_point", [
+    (None, (0.5, 2.0), 2.0 / 255, 0),  # the grid always holds 0: [0, 2]
+    (None, (-2.0, 0.5), 2.5 / 255, 204),  # 2 / (2.5 / 255) = 204
+    (None, (-1.0, -0.5), 1.0 / 255, 255),  # [-1, 0]
+    ((0.0, 6.0), (-3.0, 10.0), 6.0 / 255, 0),  # a folded ReLU6: [0, 6]
+])
+def test_an_8_bit_grid_spans_the_seen_range_with_zero_by_hand(restrict, seen, step, zero_point):
+    quant = ActivationQuantizer(8, signed=True)
+    if restrict:
+        quant.restrict(*restrict)
+    quant.set_range(*seen)
+    assert float(quant.step) == pytest.approx(step, rel=1e-6) and int(quant.zero_point) == zero_point
+    assert (int(quant.lo), int(quant.hi)) == (0, 255)
