@@ -382,3 +382,29 @@ def test_a_pareto_sweep_keeps_the_non_dominated_optima_of_its_budgets(toy_net, k
     assert result.policies == expected and len(expected) >= 2
     assert result.policy == optima[-1] and result.details["objective"] == pytest.approx(objective[optima[-1]], abs=1e-12)
     assert result.details["solves"] == 6 and result.details["status"] == "optimal"
+
+
+def test_variables_missing_from_the_solution_file_are_zero(fake_cbc):
+    layers, coef = one_layer()
+    assert _column_of(layers, coef, (2, 8)) == 0  # PuLP writes the columns sorted by name: x0_2_8 first
+    fake_cbc("Optimal - objective value 0", ["1"])  # x0_8_8 left out of the file
+    assert solve_ilp(layers, coef, Constraints()).policy["l0"] == (2, 8)
+
+
+def test_a_non_binary_value_is_named_with_its_layer_and_pair(fake_cbc):
+    layers, coef = one_layer()
+    fake_cbc("Optimal - objective value 0", ["0.3", "0.7"] if _column_of(layers, coef, (2, 8)) == 0 else ["0.7", "0.3"])
+    with pytest.raises(SolverError) as caught:
+        solve_ilp(layers, coef, Constraints())
+    assert str(caught.value) == ("the ILP solver returned a non-binary value 0.3 for layer 'l0' at w2/a8 (every "
+                                 "choice must be 0 or 1); the solution is rejected")
+
+
+def test_a_solution_breaking_the_budget_with_its_fixed_part_is_rejected(fake_cbc):
+    """w8/a8: 80 weight bits and 6.4K BitOPs; with 30 fixed bits the size is 110 bits (13.75 bytes) > 100."""
+    layers, coef = one_layer()
+    fake_cbc("Optimal - objective value 1000000", ["0", "1"] if _column_of(layers, coef, (8, 8)) == 1 else ["1", "0"])
+    with pytest.raises(SolverError, match=r"breaks size 13\.8B > 12\.5B; the solution is rejected"):
+        solve_ilp(layers, coef, Constraints(size_bits=100), fixed_size_bits=30)
+    with pytest.raises(SolverError, match=r"breaks BitOPs 6\.4K > 1\.6K; size 13\.8B > 12\.5B; the solution is rejected"):
+        solve_ilp(layers, coef, Constraints(bitops=1600, size_bits=100), fixed_size_bits=30)
