@@ -105,13 +105,14 @@ def test_misses_add_up_over_the_calibration_batches():
     assert int(layer.bias_int) == 2
 
 
-@pytest.mark.parametrize("weight,x", [(1, 81.0), (-1, 79.0)])
-def test_outputs_clipped_to_the_range_are_no_misses(weight, x):
-    """y = 20.25 (above 15) or -19.75 (below 0): the nearer integer would round to 20 (target 21) or
-    -20 (target -19) unclipped, but every pair clips to the same 15 or 0: the tie goes to the nearer."""
+@pytest.mark.parametrize("weight", [81, -79])
+def test_outputs_clipped_to_the_range_are_no_misses(weight):
+    """Input integer 1 and weight integer 81 or -79: y = 20.25 (above 15) or -19.75 (below 0). Unclipped,
+    the nearer integer would miss (20.5 -> 20 against 20.55 -> 21; -19.5 -> -20 against -19.45 -> -19)
+    and the farther one would not, but every pair clips to the same 15 or 0: the tie goes to the nearer."""
     layer = _layer()
     layer.weight_int.fill_(weight)
-    quantize_biases(nn.Sequential(layer), {"0": torch.tensor(1.0)}, [(torch.full((2, 1, 2, 2), x), None)])
+    quantize_biases(nn.Sequential(layer), {"0": torch.tensor(1.0)}, [(torch.ones(2, 1, 2, 2), None)])
     assert int(layer.bias_int) == 1 and float(layer.weight_scale) == 0.25
 
 
@@ -131,3 +132,15 @@ def test_bias_integers_stay_in_the_int32_range():
     _, ints, _ = _candidates(torch.tensor([1e10, -1e10, 0.3], dtype=torch.float64),
                              torch.tensor([1.0, 1.0, 0.25], dtype=torch.float64))
     assert ints[0].tolist() == [2**31 - 2, -2**31, 1.0] and ints[1].tolist() == [2**31 - 1, -2**31 + 1, 2.0]
+
+
+def test_the_exact_bias_of_minus_one_unit_wins_when_it_alone_misses_nothing():
+    """Signed input and output, unit 0.5, bias -0.4 (-0.8 units), inputs -6 and 3 (y = -3, 1.5):
+    targets round(y - 0.4) = -3, 1. Bias -1 unit misses at y = -3 (-3.5 -> -4), 0 units at y = 1.5
+    (1.5 -> 2); the exact bias of -1 unit (scale x 0.8: -2.8 -> -3, 0.8 -> 1) none."""
+    layer = QuantizedConv(nn.Conv2d(1, 1, 1, bias=False), LayerBits(8, 4), a_signed=True, a_step=torch.tensor(1.0))
+    layer.weight_int.fill_(1)
+    layer.float_weight_scale, layer.float_bias = torch.tensor([0.5]), torch.tensor([-0.4])
+    layer.output_quant = ActivationQuantizer(4, True, 1.0)
+    quantize_biases(nn.Sequential(layer), {"0": torch.tensor(1.0)}, [(torch.tensor([[[[-6.0, 3.0]]]]), None)])
+    assert int(layer.bias_int) == -1 and float(layer.weight_scale) == pytest.approx(0.4, rel=1e-6)
