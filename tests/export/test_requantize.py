@@ -162,3 +162,27 @@ def test_an_8_bit_grid_spans_the_seen_range_with_zero_by_hand(restrict, seen, st
     quant.set_range(*seen)
     assert float(quant.step) == pytest.approx(step, rel=1e-6) and int(quant.zero_point) == zero_point
     assert (int(quant.lo), int(quant.hi)) == (0, 255)
+
+
+class _Pools(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.stem, self.pool, self.a = nn.Conv2d(3, 4, 1), nn.MaxPool2d(2), nn.Conv2d(4, 4, 1)
+        self.indexed = nn.MaxPool2d(2, return_indices=True)
+
+    def forward(self, x):
+        y = self.a(self.pool(self.stem(x)))  # a layer's output pooled: its quantizer again after the pool
+        z = torch.nn.functional.max_pool2d(y, 2)  # a functional pool of a layer's output
+        return z, self.indexed(y)[0], torch.nn.functional.max_pool2d(x, 2)  # indices kept / the float input: none
+
+
+def test_a_max_pool_of_a_quantized_tensor_is_followed_by_that_tensor_s_quantizer():
+    from mpqfx.export.requantize import place_output_quantizers
+
+    gm = torch.fx.symbolic_trace(_Pools())
+    gm.a.input_quant = ActivationQuantizer(4, False, 0.5)
+    place_output_quantizers(gm, {"stem", "a"})
+    added = {n.target: n.args[0].name for n in gm.graph.nodes if n.op == "call_module" and n.target.startswith("requantize_")}
+    assert added == {"requantize_pool": "pool", "requantize_max_pool2d": "max_pool2d"}
+    assert gm.requantize_pool is gm.stem.output_quant and gm.requantize_max_pool2d is gm.a.output_quant
+    assert [n.args[0].name for n in gm.graph.nodes if n.name == "a"] == ["requantize_pool"]
