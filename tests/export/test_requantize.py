@@ -186,3 +186,68 @@ def test_a_max_pool_of_a_quantized_tensor_is_followed_by_that_tensor_s_quantizer
     assert added == {"requantize_pool": "pool", "requantize_max_pool2d": "max_pool2d"}
     assert gm.requantize_pool is gm.stem.output_quant and gm.requantize_max_pool2d is gm.a.output_quant
     assert [n.args[0].name for n in gm.graph.nodes if n.name == "a"] == ["requantize_pool"]
+
+
+class _Clamps(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.relu, self.relu6, self.hardtanh = nn.ReLU(), nn.ReLU6(), nn.Hardtanh(-2.0, 3.0)
+        self.identity, self.dropout, self.gelu = nn.Identity(), nn.Dropout(), nn.GELU()
+        self.folded_act = nn.Sequential(nn.Identity(), nn.ReLU())  # what a folded BatchNormAct2d leaves
+        self.folded_none = nn.Sequential(nn.Dropout(), nn.Identity())
+        self.two_acts = nn.Sequential(nn.ReLU(), nn.ReLU6())
+
+    def forward(self, x):
+        F = torch.nn.functional
+        modules = [m(x) for m in (self.relu, self.relu6, self.hardtanh, self.identity, self.dropout, self.gelu,
+                                  self.folded_act, self.folded_none, self.two_acts)]
+        return modules + [F.relu(x), torch.relu(x), torch.relu_(x), F.relu6(x), x.relu(), x.relu_(), torch.sigmoid(x),
+                          x.sigmoid()]
+
+
+def test_clamp_ranges_of_activation_modules_functions_and_methods_by_hand():
+    from mpqfx.export.requantize import _clamp_range
+
+    class Leaves(torch.fx.Tracer):  # Sequentials stay one node, as mpqfx's tracer leaves BatchNormAct2d's
+        def is_leaf_module(self, m, qualname):
+            return isinstance(m, nn.Sequential) or super().is_leaf_module(m, qualname)
+
+    module = _Clamps()
+    gm = torch.fx.GraphModule(module, Leaves().trace(module))
+    inf = float("inf")
+    got = [_clamp_range(gm, n) for n in gm.graph.nodes if n.op not in ("placeholder", "output")]
+    assert got == [(0.0, inf), (0.0, 6.0), (-2.0, 3.0), (-inf, inf), (-inf, inf), None, (0.0, inf), (-inf, inf), None,
+                   (0.0, inf), (0.0, inf), (0.0, inf), (0.0, 6.0), (0.0, inf), (0.0, inf), None, None]
+
+
+class _Chain(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv, self.relu, self.relu6 = nn.Conv2d(3, 3, 1), nn.ReLU(), nn.ReLU6()
+
+    def forward(self, x):
+        y = self.relu6(self.relu(self.conv(x)))
+        relu = torch.nn.functional.relu(self.conv(y))
+        z = self.conv(y)
+        return relu + relu, z.relu(), z * 2  # the third conv's output has two readers: no chain
+
+
+def test_clamps_that_each_read_only_their_input_chain_and_their_bounds_intersect():
+    from mpqfx.export.requantize import _follow_clamps
+
+    gm = torch.fx.symbolic_trace(_Chain())
+    first, second, third = [n for n in gm.graph.nodes if n.target == "conv"]
+    end, chain, bounds = _follow_clamps(gm, first)
+    assert end.target == "relu6" and [n.target for n in chain] == ["relu", "relu6"] and bounds == (0.0, 6.0)
+    end, chain, bounds = _follow_clamps(gm, second)
+    assert end is chain[0] and len(chain) == 1 and chain[0].target is torch.nn.functional.relu
+    assert bounds == (0.0, float("inf"))
+    end, chain, bounds = _follow_clamps(gm, third)
+    assert end is third and chain == [] and bounds == (-float("inf"), float("inf"))
+
+
+def test_calibrating_without_batches_is_an_error():
+    from mpqfx.export.requantize import calibrate
+
+    with pytest.raises(ValueError, match="calibration saw no data: pass at least one batch"):
+        calibrate(nn.Sequential(ActivationQuantizer(8, True)), [])
