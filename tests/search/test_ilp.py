@@ -384,13 +384,6 @@ def test_a_pareto_sweep_keeps_the_non_dominated_optima_of_its_budgets(toy_net, k
     assert result.details["solves"] == 6 and result.details["status"] == "optimal"
 
 
-def test_variables_missing_from_the_solution_file_are_zero(fake_cbc):
-    layers, coef = one_layer()
-    assert _column_of(layers, coef, (2, 8)) == 0  # PuLP writes the columns sorted by name: x0_2_8 first
-    fake_cbc("Optimal - objective value 0", ["1"])  # x0_8_8 left out of the file
-    assert solve_ilp(layers, coef, Constraints()).policy["l0"] == (2, 8)
-
-
 def test_a_non_binary_value_is_named_with_its_layer_and_pair(fake_cbc):
     layers, coef = one_layer()
     fake_cbc("Optimal - objective value 0", ["0.3", "0.7"] if _column_of(layers, coef, (2, 8)) == 0 else ["0.7", "0.3"])
