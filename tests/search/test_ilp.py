@@ -401,3 +401,17 @@ def test_a_solution_breaking_the_budget_with_its_fixed_part_is_rejected(fake_cbc
         solve_ilp(layers, coef, Constraints(size_bits=100), fixed_size_bits=30)
     with pytest.raises(SolverError, match=r"breaks BitOPs 6\.4K > 1\.6K; size 13\.8B > 12\.5B; the solution is rejected"):
         solve_ilp(layers, coef, Constraints(bitops=1600, size_bits=100), fixed_size_bits=30)
+
+
+def test_the_pareto_front_drops_equal_objectives_at_a_higher_cost_and_keeps_the_better_of_equal_costs(toy_net):
+    """ToyNet's dw at w3/a4 and at w4/a3: the same 4608 x 12 BitOPs; its w4/a4 costs more."""
+    import torch
+
+    import mpqfx
+    from mpqfx.search.ilp import pareto_front
+
+    net = mpqfx.prepare(toy_net, example_input=torch.randn(1, 3, 8, 8))
+    base = {"stem": (8, 8), "pw": (2, 2), "fc": (8, 8)}
+    w3a4, w4a3, w4a4 = (Policy({**base, "dw": bits}) for bits in ((3, 4), (4, 3), (4, 4)))
+    assert pareto_front(net, {w3a4: 2.0, w4a3: 1.0, w4a4: 1.0}) == [w4a3]  # w4a4: no better for more BitOPs
+    assert pareto_front(net, {w4a3: 2.0, w3a4: 1.0, w4a4: 0.5}) == [w3a4, w4a4]
