@@ -251,3 +251,13 @@ def test_calibrating_without_batches_is_an_error():
 
     with pytest.raises(ValueError, match="calibration saw no data: pass at least one batch"):
         calibrate(nn.Sequential(ActivationQuantizer(8, True)), [])
+
+
+def test_calibration_keeps_the_min_and_max_over_every_batch():
+    from mpqfx.export.requantize import calibrate
+
+    quant = ActivationQuantizer(8, signed=True)
+    calibrate(nn.Sequential(quant), [(torch.tensor([-1.0, 2.0]), None), (torch.tensor([0.5, 3.0]), None),
+                                     (torch.tensor([0.0, 1.0]), None)])
+    assert quant.seen == (-1.0, 3.0)
+    assert float(quant.step) == pytest.approx(4.0 / 255, rel=1e-6) and int(quant.zero_point) == 64  # 1 / (4 / 255)
