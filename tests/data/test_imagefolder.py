@@ -166,3 +166,89 @@ def test_a_worker_s_error_keeps_only_its_own_last_line():
               f'  File "x.py", line 1, in load\nmpqfx.data.imagefolder.BadImageError: {own}\n  \n')
     assert str(BadImageError(worker)) == own
     assert str(BadImageError(own)) == own
+
+
+def test_labels_follow_the_natural_order_of_the_class_folders(tmp_path, model):
+    """Labels by hand: c1 < c2 < c10 (natural order; a plain sort puts c10 before c2)."""
+    write_tree(tmp_path, per_class=1, classes=("c10", "c2", "c1"))
+    assert class_names(tmp_path) == ["c1", "c2", "c10"]
+    val = DataSpec.parse(str(tmp_path)).split("val", model, train=False)
+    by_folder = {Path(val.dataset.paths[i]).parent.name: val[k][1] for k, i in enumerate(val.indices)}
+    assert by_folder == {"c1": 0, "c2": 1, "c10": 2}
+
+
+def test_labels_follow_the_given_classes_not_the_split_s_own_folders(tmp_path):
+    from mpqfx.data.imagefolder import ImageFolderSplit
+
+    write_tree(tmp_path, per_class=2, classes=("ant", "bee", "cow"))
+    split = ImageFolderSplit(tmp_path, "val", ["cow", "ant", "bee"], transform=lambda image: image, mode="RGB")
+    labels = {Path(p).parent.name: int(t) for p, t in zip(split.paths, split.targets)}
+    assert labels == {"cow": 0, "ant": 1, "bee": 2} and len(split) == 6
+    assert split.targets.dtype.name == "int64"
+    image, label = split[split.paths.index(str(tmp_path / "val" / "bee" / "1.png"))]
+    assert label == 2 and image.mode == "RGB" and image.getpixel((0, 0)) == (30, 60, 90)
+
+
+def test_malformed_trees_are_these_exact_messages(tmp_path):
+    root = tmp_path / "data"
+    with pytest.raises(DataError) as caught:
+        class_names(root)
+    assert str(caught.value) == f"data directory {str(root)!r} does not exist"
+    (root / "train").mkdir(parents=True)
+    with pytest.raises(DataError) as caught:
+        class_names(root)
+    assert str(caught.value) == (f"{str(root)!r} is not an ImageFolder tree: it has no val/ folder "
+                                 "(expected train/<class>/<image> and val/<class>/<image>)")
+    (root / "val").mkdir()
+    with pytest.raises(DataError) as caught:
+        class_names(root)
+    assert str(caught.value) == f"{str(root / 'train')!r} has no class folders (expected train/<class>/<image>)"
+    for split in ("train", "val"):
+        (root / split / "ant").mkdir()
+        Image.new("RGB", (4, 4)).save(root / split / "ant" / "0.PNG")  # suffixes in any case
+    (root / "val" / "ant" / "0.PNG").rename(root / "val" / "ant" / "0.txt")
+    with pytest.raises(DataError) as caught:
+        class_names(root)
+    assert str(caught.value) == (f"{str(root / 'val')!r}: class folder 'ant' holds no images "
+                                 "(.bmp, .jpeg, .jpg, .png, .tif, .tiff, .webp)")
+    (root / "val" / "ant" / "0.txt").rename(root / "val" / "ant" / "0.Jpg")
+    assert class_names(root) == ["ant"]
+    (root / "val" / "bee").mkdir()
+    with pytest.raises(DataError) as caught:
+        class_names(root)
+    assert str(caught.value) == (f"{str(root)!r}: class 'bee' is in val/ but not in train/ "
+                                 "(train/ and val/ must hold the same class folders)")
+
+
+def test_input_channels_are_the_stem_s_and_three_without_a_4d_weight():
+    from torch import nn
+
+    from mpqfx.data.imagefolder import data_config, input_channels
+
+    assert input_channels(None) == 3
+    assert input_channels(nn.Sequential(nn.Flatten(), nn.Linear(12, 2))) == 3
+    assert input_channels(nn.Sequential(nn.Linear(12, 12), nn.Conv2d(5, 4, 3), nn.Conv2d(4, 7, 3))) == 5
+    assert data_config(nn.Sequential(nn.Flatten(), nn.Linear(12, 2)))["input_size"][0] == 3
+    with pytest.raises(DataError) as caught:
+        data_config(nn.Conv2d(2, 4, 3))
+    assert str(caught.value) == "ImageFolder images load as 1 (grayscale) or 3 (RGB) channels; the model takes 2"
+
+
+def test_the_training_split_is_augmented_and_the_other_is_not(tmp_path, model):
+    """A dark-left, bright-right image: a crop keeps that order, only a horizontal flip reverses it."""
+    write_tree(tmp_path, per_class=1)
+    image = Image.new("RGB", (32, 32), (0, 0, 0))
+    image.paste((255, 255, 255), (16, 0, 32, 32))
+    image.save(tmp_path / "train" / "ant" / "0.png")
+    spec = DataSpec.parse(str(tmp_path))
+    position = lambda split: split.indices.index(split.dataset.paths.index(str(tmp_path / "train" / "ant" / "0.png")))
+    torch.manual_seed(0)
+    train = spec.split("train", model, train=True)
+    draws = [train[position(train)][0] for _ in range(12)]
+    flipped = [x[:, :, :80].mean() > x[:, :, 80:].mean() + 0.5 for x in draws]
+    assert any(flipped) and not all(flipped)
+    plain = spec.split("train", model, train=False)
+    x = plain[position(plain)][0]
+    assert torch.equal(x, plain[position(plain)][0])
+    assert torch.allclose(x[0, :, :60], torch.full((160, 60), -IMAGENET_MEAN[0] / IMAGENET_STD[0]), atol=1e-5)
+    assert torch.allclose(x[0, :, 100:], torch.full((160, 60), (1 - IMAGENET_MEAN[0]) / IMAGENET_STD[0]), atol=1e-5)

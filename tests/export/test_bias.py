@@ -76,3 +76,71 @@ def test_the_last_preferred_pair_wins_when_it_alone_misses_nothing():
     held_out = torch.full((4, 1, 2, 2), 3.0)  # every output at x = 3: bias 6 at scale 2 would miss all 16
     target = torch.round(2.0 * held_out + 5.46).clamp(0, 15)
     assert int((torch.round(layer(held_out)) != target).sum()) == 0
+
+
+def test_the_nearer_integer_above_wins_a_tie_of_no_misses():
+    """Bias 0.45 = 1.8 units: 2 units (0.5) is the nearer integer; at y = 0 every pair rounds to 0."""
+    layer = _layer()
+    layer.float_bias = torch.tensor([0.45])
+    quantize_biases(nn.Sequential(layer), {"0": torch.tensor(1.0)}, [(_images(0), None)])
+    assert int(layer.bias_int) == 2 and float(layer.weight_scale) == 0.25
+
+
+def test_the_exact_bias_of_one_unit_wins_when_it_alone_misses_nothing():
+    """Unit 0.5, bias 0.6 (1.2 units), inputs 1 and 4 (y = 0.5, 2.0): targets round(y + 0.6) = 1, 3.
+    Bias 1 unit misses at y = 2 (2.5 -> 2), 2 units at y = 0.5 (1.5 -> 2), the exact bias of 2 units
+    (scale x 0.6) at y = 2 (1.8 -> 2); the exact bias of 1 unit (scale x 1.2: 1.2 -> 1, 3.0 -> 3) none."""
+    layer = _layer()
+    layer.float_weight_scale, layer.float_bias = torch.tensor([0.5]), torch.tensor([0.6])
+    quantize_biases(nn.Sequential(layer), {"0": torch.tensor(1.0)}, [(torch.tensor([[[[1.0, 4.0]]]]), None)])
+    assert int(layer.bias_int) == 1 and float(layer.weight_scale) == pytest.approx(0.6, rel=1e-6)
+    held_out = torch.full((3, 1, 2, 2), 4.0)  # y = 2 everywhere: bias 1 unit at scale 0.5 would miss all 12
+    assert int((torch.round(layer(held_out)) != torch.round(0.5 * held_out + 0.6)).sum()) == 0
+
+
+def test_misses_add_up_over_the_calibration_batches():
+    """The one y = 0.25 output (a miss of the nearer integer) is in the first of two batches."""
+    layer = _layer()
+    quantize_biases(nn.Sequential(layer), {"0": torch.tensor(1.0)}, [(_images(1), None), (_images(0), None)])
+    assert int(layer.bias_int) == 2
+
+
+@pytest.mark.parametrize("weight", [81, -79])
+def test_outputs_clipped_to_the_range_are_no_misses(weight):
+    """Input integer 1 and weight integer 81 or -79: y = 20.25 (above 15) or -19.75 (below 0). Unclipped,
+    the nearer integer would miss (20.5 -> 20 against 20.55 -> 21; -19.5 -> -20 against -19.45 -> -19)
+    and the farther one would not, but every pair clips to the same 15 or 0: the tie goes to the nearer."""
+    layer = _layer()
+    layer.weight_int.fill_(weight)
+    quantize_biases(nn.Sequential(layer), {"0": torch.tensor(1.0)}, [(torch.ones(2, 1, 2, 2), None)])
+    assert int(layer.bias_int) == 1 and float(layer.weight_scale) == 0.25
+
+
+def test_a_signed_output_counts_misses_around_its_zero_point():
+    """A signed 4-bit output (zero point 128 in the uint8 container, range [120, 135]): the one miss
+    of the nearer integer at y = 0.25 (round(0.5) = 0 against round(0.55) = 1) counts as unsigned."""
+    layer = _layer()
+    layer.output_quant = ActivationQuantizer(4, True, 1.0)
+    quantize_biases(nn.Sequential(layer), {"0": torch.tensor(1.0)}, [(_images(1), None)])
+    assert int(layer.bias_int) == 2
+
+
+def test_bias_integers_stay_in_the_int32_range():
+    """float64, where the int32 bounds are exact: beyond them the integers are the bounds."""
+    from mpqfx.export.bias import _candidates
+
+    _, ints, _ = _candidates(torch.tensor([1e10, -1e10, 0.3], dtype=torch.float64),
+                             torch.tensor([1.0, 1.0, 0.25], dtype=torch.float64))
+    assert ints[0].tolist() == [2**31 - 2, -2**31, 1.0] and ints[1].tolist() == [2**31 - 1, -2**31 + 1, 2.0]
+
+
+def test_the_exact_bias_of_minus_one_unit_wins_when_it_alone_misses_nothing():
+    """Signed input and output, unit 0.5, bias -0.4 (-0.8 units), inputs -6 and 3 (y = -3, 1.5):
+    targets round(y - 0.4) = -3, 1. Bias -1 unit misses at y = -3 (-3.5 -> -4), 0 units at y = 1.5
+    (1.5 -> 2); the exact bias of -1 unit (scale x 0.8: -2.8 -> -3, 0.8 -> 1) none."""
+    layer = QuantizedConv(nn.Conv2d(1, 1, 1, bias=False), LayerBits(8, 4), a_signed=True, a_step=torch.tensor(1.0))
+    layer.weight_int.fill_(1)
+    layer.float_weight_scale, layer.float_bias = torch.tensor([0.5]), torch.tensor([-0.4])
+    layer.output_quant = ActivationQuantizer(4, True, 1.0)
+    quantize_biases(nn.Sequential(layer), {"0": torch.tensor(1.0)}, [(torch.tensor([[[[-6.0, 3.0]]]]), None)])
+    assert int(layer.bias_int) == -1 and float(layer.weight_scale) == pytest.approx(0.4, rel=1e-6)

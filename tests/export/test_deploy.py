@@ -219,3 +219,46 @@ def test_standardized_convs_conv1d_and_call_site_biases_deploy_and_run_as_intege
     assert torch.equal(module.qkv.float_bias, qkv_bias)  # the call site's bias, evaluated once
     kernels = integer_kernels(export_onnx(module, x[:1], tmp_path / "model.onnx"))
     assert len(kernels) == 4 and all(op in INTEGER_KERNELS for op in kernels.values()), kernels
+
+
+class _QdqOps(nn.Module):
+    """q4(x) x per-channel int8 weights + per-channel int32 biases, then an unclipped 8-bit quantizer."""
+
+    def __init__(self):
+        super().__init__()
+        self.q4, self.q8 = ActivationQuantizer(4, True, 0.5), ActivationQuantizer(8, False, 0.25)
+        self.register_buffer("w", torch.tensor([[1, 2, 3], [-1, -2, -3]], dtype=torch.int8))
+        self.register_buffer("w_scale", torch.tensor([0.5, 0.25]))
+        self.register_buffer("b", torch.tensor([[4], [-8]], dtype=torch.int32))
+        self.register_buffer("b_scale", torch.tensor([0.125, 0.25]))
+
+    def forward(self, x):
+        from mpqfx.export.qdq import dequantize_per_channel
+
+        y = self.q4(x) * dequantize_per_channel(self.w, self.w_scale) + dequantize_per_channel(self.b, self.b_scale)
+        return y, self.q8(y)
+
+
+def test_the_qdq_ops_compute_hand_values_in_torch_and_in_onnxruntime(tmp_path):
+    """Signed 4 bits at step 0.5: [-4, 3.5] (zero point 128, range [120, 135], a Clip in ONNX); then
+    unsigned 8 bits at step 0.25 (the whole container: no Clip). Values worked by hand."""
+    import onnx
+
+    from mpqfx.export.onnx_qdq import session
+
+    module = _QdqOps().eval()
+    assert repr(module.q4) == "ActivationQuantizer(bits=4, signed=True, step=0.5, zero_point=128, range=[120, 135])"
+    assert module.q4.clips and not module.q8.clips
+    x = torch.tensor([[[0.26, -3.0, 10.0], [1.1, -10.0, 0.74]]])  # q4: 0.5, -3, 3.5 (clipped); 1, -4 (clipped), 0.5
+    y = torch.tensor([[[0.75, -2.5, 5.75], [-2.25, 0.0, -2.375]]])  # q4 x [0.5 1 1.5; -0.25 -0.5 -0.75] + [0.5; -2]
+    q8 = torch.tensor([[[0.75, 0.0, 5.75], [0.0, 0.0, 0.0]]])
+    for got, want in zip(module(x), (y, q8)):
+        assert torch.allclose(got, want, atol=1e-6), got
+    path = tmp_path / "qdq.onnx"
+    torch.onnx.export(module, (x,), path, opset_version=17, dynamo=False, output_names=["y", "q8"])
+    ops = [node.op_type for node in onnx.load(str(path)).graph.node]
+    assert ops.count("QuantizeLinear") == 2 and ops.count("Clip") == 1 and ops.count("DequantizeLinear") == 4
+    runtime = session(path, optimized=False)  # the graph as written: onnxruntime's own QDQ arithmetic
+    outputs = runtime.run(None, {runtime.get_inputs()[0].name: x.numpy()})
+    for got, want in zip(outputs, (y, q8)):
+        assert torch.allclose(torch.from_numpy(got), want, atol=1e-6), got

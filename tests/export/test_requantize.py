@@ -115,3 +115,149 @@ def test_clamp_activations_fold_with_their_own_bounds(act, bounds):
     gm = fx.symbolic_trace(Act())
     node = next(n for n in gm.graph.nodes if n.op in ("call_module", "call_function"))
     assert _clamp_range(gm, node) == bounds
+
+
+class _TwoReaders(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.stem, self.a, self.b = nn.Conv2d(3, 4, 1), nn.Conv2d(4, 4, 1), nn.Conv2d(4, 4, 1)
+
+    def forward(self, x):
+        y = self.stem(x)
+        return self.a(y), self.b(y)
+
+
+@pytest.mark.parametrize("a, b, shared", [
+    ((4, False, 0.5), (4, False, 0.5), True),  # equal quantizers (two objects): the stem writes their grid
+    ((4, False, 0.5), (4, False, 0.25), False),  # another step
+    ((4, False, 0.5), (3, False, 0.5), False),  # other bits
+    ((4, False, 0.5), (4, True, 0.5), False),  # signed
+])
+def test_two_readers_share_a_quantizer_only_when_bits_sign_and_step_agree(a, b, shared):
+    from mpqfx.export.requantize import place_output_quantizers
+
+    gm = torch.fx.symbolic_trace(_TwoReaders())
+    gm.a.input_quant, gm.b.input_quant = ActivationQuantizer(*a), ActivationQuantizer(*b)
+    quant_a = gm.a.input_quant
+    moved = place_output_quantizers(gm, {"stem", "a", "b"})
+    if shared:
+        assert moved == {"a": "stem", "b": "stem"} and gm.stem.output_quant is quant_a
+        assert isinstance(gm.a.input_quant, nn.Identity) and isinstance(gm.b.input_quant, nn.Identity)
+    else:
+        assert moved == {} and gm.a.input_quant is quant_a
+        out = gm.stem.output_quant
+        assert (out.bits, out.signed, out.from_data, out.reader_step) == (8, True, True, min(a[2], b[2]))
+
+
+@pytest.mark.parametrize("restrict, seen, step, zero_point", [
+    (None, (0.5, 2.0), 2.0 / 255, 0),  # the grid always holds 0: [0, 2]
+    (None, (-2.0, 0.5), 2.5 / 255, 204),  # 2 / (2.5 / 255) = 204
+    (None, (-1.0, -0.5), 1.0 / 255, 255),  # [-1, 0]
+    ((0.0, 6.0), (-3.0, 10.0), 6.0 / 255, 0),  # a folded ReLU6: [0, 6]
+])
+def test_an_8_bit_grid_spans_the_seen_range_with_zero_by_hand(restrict, seen, step, zero_point):
+    quant = ActivationQuantizer(8, signed=True)
+    if restrict:
+        quant.restrict(*restrict)
+    quant.set_range(*seen)
+    assert float(quant.step) == pytest.approx(step, rel=1e-6) and int(quant.zero_point) == zero_point
+    assert (int(quant.lo), int(quant.hi)) == (0, 255)
+
+
+class _Pools(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.stem, self.pool, self.a = nn.Conv2d(3, 4, 1), nn.MaxPool2d(2), nn.Conv2d(4, 4, 1)
+        self.indexed = nn.MaxPool2d(2, return_indices=True)
+
+    def forward(self, x):
+        y = self.a(self.pool(self.stem(x)))  # a layer's output pooled: its quantizer again after the pool
+        z = torch.nn.functional.max_pool2d(y, 2)  # a functional pool of a layer's output
+        return z, self.indexed(y)[0], torch.nn.functional.max_pool2d(x, 2)  # indices kept / the float input: none
+
+
+def test_a_max_pool_of_a_quantized_tensor_is_followed_by_that_tensor_s_quantizer():
+    from mpqfx.export.requantize import place_output_quantizers
+
+    gm = torch.fx.symbolic_trace(_Pools())
+    gm.a.input_quant = ActivationQuantizer(4, False, 0.5)
+    place_output_quantizers(gm, {"stem", "a"})
+    added = {n.target: n.args[0].name for n in gm.graph.nodes if n.op == "call_module" and n.target.startswith("requantize_")}
+    assert added == {"requantize_pool": "pool", "requantize_max_pool2d": "max_pool2d"}
+    assert gm.requantize_pool is gm.stem.output_quant and gm.requantize_max_pool2d is gm.a.output_quant
+    assert [n.args[0].name for n in gm.graph.nodes if n.name == "a"] == ["requantize_pool"]
+
+
+class _Clamps(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.relu, self.relu6, self.hardtanh = nn.ReLU(), nn.ReLU6(), nn.Hardtanh(-2.0, 3.0)
+        self.identity, self.dropout, self.gelu = nn.Identity(), nn.Dropout(), nn.GELU()
+        self.folded_act = nn.Sequential(nn.Identity(), nn.ReLU())  # what a folded BatchNormAct2d leaves
+        self.folded_none = nn.Sequential(nn.Dropout(), nn.Identity())
+        self.two_acts = nn.Sequential(nn.ReLU(), nn.ReLU6())
+
+    def forward(self, x):
+        F = torch.nn.functional
+        modules = [m(x) for m in (self.relu, self.relu6, self.hardtanh, self.identity, self.dropout, self.gelu,
+                                  self.folded_act, self.folded_none, self.two_acts)]
+        return modules + [F.relu(x), torch.relu(x), torch.relu_(x), F.relu6(x), x.relu(), x.relu_(), torch.sigmoid(x),
+                          x.sigmoid()]
+
+
+def test_clamp_ranges_of_activation_modules_functions_and_methods_by_hand():
+    from mpqfx.export.requantize import _clamp_range
+
+    class Leaves(torch.fx.Tracer):  # Sequentials stay one node, as mpqfx's tracer leaves BatchNormAct2d's
+        def is_leaf_module(self, m, qualname):
+            return isinstance(m, nn.Sequential) or super().is_leaf_module(m, qualname)
+
+    module = _Clamps()
+    gm = torch.fx.GraphModule(module, Leaves().trace(module))
+    inf = float("inf")
+    got = [_clamp_range(gm, n) for n in gm.graph.nodes if n.op not in ("placeholder", "output")]
+    assert got == [(0.0, inf), (0.0, 6.0), (-2.0, 3.0), (-inf, inf), (-inf, inf), None, (0.0, inf), (-inf, inf), None,
+                   (0.0, inf), (0.0, inf), (0.0, inf), (0.0, 6.0), (0.0, inf), (0.0, inf), None, None]
+
+
+class _Chain(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv, self.relu, self.relu6 = nn.Conv2d(3, 3, 1), nn.ReLU(), nn.ReLU6()
+
+    def forward(self, x):
+        y = self.relu6(self.relu(self.conv(x)))
+        relu = torch.nn.functional.relu(self.conv(y))
+        z = self.conv(y)
+        return relu + relu, z.relu(), z * 2  # the third conv's output has two readers: no chain
+
+
+def test_clamps_that_each_read_only_their_input_chain_and_their_bounds_intersect():
+    from mpqfx.export.requantize import _follow_clamps
+
+    gm = torch.fx.symbolic_trace(_Chain())
+    first, second, third = [n for n in gm.graph.nodes if n.target == "conv"]
+    end, chain, bounds = _follow_clamps(gm, first)
+    assert end.target == "relu6" and [n.target for n in chain] == ["relu", "relu6"] and bounds == (0.0, 6.0)
+    end, chain, bounds = _follow_clamps(gm, second)
+    assert end is chain[0] and len(chain) == 1 and chain[0].target is torch.nn.functional.relu
+    assert bounds == (0.0, float("inf"))
+    end, chain, bounds = _follow_clamps(gm, third)
+    assert end is third and chain == [] and bounds == (-float("inf"), float("inf"))
+
+
+def test_calibrating_without_batches_is_an_error():
+    from mpqfx.export.requantize import calibrate
+
+    with pytest.raises(ValueError, match="calibration saw no data: pass at least one batch"):
+        calibrate(nn.Sequential(ActivationQuantizer(8, True)), [])
+
+
+def test_calibration_keeps_the_min_and_max_over_every_batch():
+    from mpqfx.export.requantize import calibrate
+
+    quant = ActivationQuantizer(8, signed=True)
+    calibrate(nn.Sequential(quant), [(torch.tensor([-1.0, 2.0]), None), (torch.tensor([0.5, 3.0]), None),
+                                     (torch.tensor([0.0, 1.0]), None)])
+    assert quant.seen == (-1.0, 3.0)
+    assert float(quant.step) == pytest.approx(4.0 / 255, rel=1e-6) and int(quant.zero_point) == 64  # 1 / (4 / 255)

@@ -6,8 +6,10 @@ from __future__ import annotations
 import itertools
 import math
 import random
+import re
 import stat
 import sys
+import time
 
 import pulp
 import pytest
@@ -103,6 +105,7 @@ def fake_cbc(tmp_path, monkeypatch):
         script = tmp_path / "cbc"
         script.write_text(f"""#!{sys.executable}
 import sys
+import time
 mps, solution = sys.argv[1], sys.argv[sys.argv.index("-solution") + 1]
 columns = []
 section = None
@@ -258,3 +261,157 @@ def test_infeasible_budget_states_the_minimum(toy_net):
         Constraints(size_bits=10).check_feasible(net)
     with pytest.raises(InfeasibleBudgetError, match=r"average bit-width target 2 is below the minimum 5\.25"):
         Constraints(avg_bits=2).check_feasible(net)
+
+
+def test_cbc_runs_quietly_with_the_exact_settings(tmp_path, monkeypatch, capfd):
+    """The command line CBC receives (gap 0, increment 1e-12, no preprocessing, the time limit) and
+    its log kept off the terminal, read by a program standing in for CBC."""
+    script, argv = tmp_path / "cbc", tmp_path / "argv"
+    script.write_text(f"""#!{sys.executable}
+import sys
+import time
+open({str(argv)!r}, "w").write(" ".join(sys.argv[2:]))
+print("CBC's log")
+with open(sys.argv[sys.argv.index("-solution") + 1], "w") as out:
+    out.write("Optimal - objective value 0\\n")
+""")
+    script.chmod(script.stat().st_mode | stat.S_IXUSR)
+
+    class Recording(solver.ReadsStatedObjective, pulp.COIN_CMD):
+        def __init__(self, **kwargs):
+            super().__init__(path=str(script), **kwargs)
+
+    monkeypatch.setattr(solver, "BundledCbc", Recording)
+    layers, _ = one_layer()
+    coef = {"l0": {(2, 8): 1.0, (8, 8): 1.0}}  # every column 0 in the file: rejected, but after the call
+    for kwargs, limit in (({"time_limit": 7.5}, "7.5"), ({}, "60.0")):
+        with pytest.raises(SolverError, match="chose 0 bit pairs"):
+            solve_ilp(layers, coef, Constraints(), **kwargs)
+        options = set(f" {argv.read_text()}".split(" -"))
+        assert {f"sec {limit}", "preprocess off", "increment 1e-12", "ratio 0", "allow 0", "solve"} <= options
+    assert "CBC's log" not in capfd.readouterr().out
+
+
+def test_a_forced_layer_keeps_its_weight_bits():
+    layers, coef = one_layer()  # w2/a8 costs 1, w8/a8 3
+    solution = solve_ilp(layers, coef, Constraints(), forced={"l0": 8})
+    assert solution.policy["l0"] == (8, 8) and solution.objective == 3.0
+    with pytest.raises(SolverError) as caught:
+        solve_ilp(layers, coef, Constraints(), forced={"l0": 4})
+    assert str(caught.value) == "layer 'l0': no allowed bit pair left to choose"
+
+
+@pytest.mark.parametrize("budget, fixed, best", [
+    # 100 MACs a layer: w2/a8 1.6K BitOPs, w8/a8 6.4K; 10K less 3K fixed: both at w2 (8K would not fit)
+    (dict(bitops=10_000), dict(fixed_bitops=3_000), ((2, 8), (2, 8))),
+    # 10 weights a layer: 20 or 80 bits; 150 less 30 fixed: one layer at w8 (l0, the cheaper 8-bit choice)
+    (dict(size_bits=150), dict(fixed_size_bits=30), ((8, 8), (2, 8))),
+])
+def test_the_fixed_part_of_a_budget_is_taken_off_it(budget, fixed, best):
+    layers, _ = two_layers()
+    coef = {"l0": {(2, 8): 3.0, (8, 8): 0.5}, "l1": {(2, 8): 3.0, (8, 8): 1.0}}  # 8 bits preferred
+    solution = solve_ilp(layers, coef, Constraints(**budget), **fixed)
+    assert (solution.policy["l0"], solution.policy["l1"]) == best
+    assert solution.objective == math.fsum(coef[l.name][p] for l, p in zip(layers, best))
+
+
+def test_an_infeasible_budget_and_the_solve_time_are_reported():
+    layers, coef = one_layer()
+    start = time.perf_counter()
+    solution = solve_ilp(layers, coef, Constraints())
+    assert 0 < solution.seconds <= time.perf_counter() - start
+    with pytest.raises(SolverError) as caught:
+        solve_ilp(layers, coef, Constraints(bitops=1_000))  # w2/a8 alone takes 1.6K
+    assert re.fullmatch(r"ILP solver status 'Infeasible' for BitOPs <= 1(\.0)?K after \d+\.\d\ds", str(caught.value))
+
+
+def test_the_stated_objective_may_differ_by_no_more_than_one_millionth(fake_cbc):
+    """w2/a8 scores 0 in CBC's units (shifted by the cheapest pair, range scaled to 1e6)."""
+    layers, coef = one_layer()
+    low = ["1", "0"] if _column_of(layers, coef, (2, 8)) == 0 else ["0", "1"]
+    fake_cbc("Optimal - objective value 0.0000009", low)
+    assert solve_ilp(layers, coef, Constraints()).policy["l0"] == (2, 8)
+    fake_cbc("Optimal - objective value 0.0000015", low)
+    with pytest.raises(SolverError, match=r"reports objective 1, but the policy it returned scores 1; .*rejected"):
+        solve_ilp(layers, coef, Constraints())
+    fake_cbc("Optimal - objective unknown", low)
+    with pytest.raises(SolverError) as caught:
+        solve_ilp(layers, coef, Constraints())
+    assert str(caught.value) == "the ILP solver stated no objective value in its solution file; the solution is rejected"
+
+
+TOY_FIXED_SIZE = 32 * (3 * 16 + 10)  # float-kept: three BatchNorms' weight and bias (8 each), the head's 10 biases
+
+
+def _toy_measures(net, policy) -> dict[str, float]:
+    """BitOPs, size bits and the larger average bit-width of a ToyNet policy, counted by hand."""
+    bits = [policy[l.name] for l in net.layers]
+    return {"bitops": sum(l.macs * w * a for l, (w, a) in zip(net.layers, bits)),
+            "size_bits": sum(l.params * w for l, (w, _) in zip(net.layers, bits)) + TOY_FIXED_SIZE,
+            "avg_bits": max(sum(w for w, _ in bits), sum(a for _, a in bits)) / len(bits)}
+
+
+@pytest.mark.parametrize("key", ["bitops", "size_bits", "avg_bits"])
+def test_a_pareto_sweep_keeps_the_non_dominated_optima_of_its_budgets(toy_net, key):
+    """Brute force over ToyNet's 500 policies: the optimum at each of the sweep's 5 budgets (evenly
+    from the smallest reachable value to the target), those not beaten on BitOPs and objective."""
+    import torch
+
+    import mpqfx
+
+    net = mpqfx.prepare(toy_net, example_input=torch.randn(1, 3, 8, 8))
+    rng = random.Random(5)
+    costs = {l.name: {"w": {b: rng.uniform(0, 3) / b for b in l.w_bits}, "a": {b: rng.uniform(0, 3) / b for b in l.a_bits}}
+             for l in net.layers}
+    everything = [Policy(dict(zip([l.name for l in net.layers], c))) for c in itertools.product(*(pairs(l) for l in net.layers))]
+    objective = {p: math.fsum(costs[n]["w"][w] + costs[n]["a"][a] for n, (w, a) in p.items()) for p in everything}
+    measures = {p: _toy_measures(net, p) for p in everything}
+    target = measures[Policy({l.name: (max(min(l.w_bits), 4), max(min(l.a_bits), 4)) for l in net.layers})][key]
+    low = min(m[key] for m in measures.values())
+    optima = []
+    for i in range(5):
+        budget = low + (target - low) * i / 4
+        optima.append(min((p for p in everything if measures[p][key] <= budget + 1e-9), key=objective.get))
+    expected, best = [], float("inf")
+    for p in sorted(set(optima), key=lambda p: (measures[p]["bitops"], objective[p])):
+        if objective[p] < best:
+            expected.append(p)
+            best = objective[p]
+    result = mpqfx.search(net, Constraints(**{key: target}), backend="ilp", costs=costs,
+                          options={"objective": "costs", "pareto": True, "pareto_points": 5, "alg2_variants": False})
+    assert result.policies == expected and len(expected) >= 2
+    assert result.policy == optima[-1] and result.details["objective"] == pytest.approx(objective[optima[-1]], abs=1e-12)
+    assert result.details["solves"] == 6 and result.details["status"] == "optimal"
+
+
+def test_a_non_binary_value_is_named_with_its_layer_and_pair(fake_cbc):
+    layers, coef = one_layer()
+    fake_cbc("Optimal - objective value 0", ["0.3", "0.7"] if _column_of(layers, coef, (2, 8)) == 0 else ["0.7", "0.3"])
+    with pytest.raises(SolverError) as caught:
+        solve_ilp(layers, coef, Constraints())
+    assert str(caught.value) == ("the ILP solver returned a non-binary value 0.3 for layer 'l0' at w2/a8 (every "
+                                 "choice must be 0 or 1); the solution is rejected")
+
+
+def test_a_solution_breaking_the_budget_with_its_fixed_part_is_rejected(fake_cbc):
+    """w8/a8: 80 weight bits and 6.4K BitOPs; with 30 fixed bits the size is 110 bits (13.75 bytes) > 100."""
+    layers, coef = one_layer()
+    fake_cbc("Optimal - objective value 1000000", ["0", "1"] if _column_of(layers, coef, (8, 8)) == 1 else ["1", "0"])
+    with pytest.raises(SolverError, match=r"breaks size 13\.8B > 12\.5B; the solution is rejected"):
+        solve_ilp(layers, coef, Constraints(size_bits=100), fixed_size_bits=30)
+    with pytest.raises(SolverError, match=r"breaks BitOPs 6\.4K > 1\.6K; size 13\.8B > 12\.5B; the solution is rejected"):
+        solve_ilp(layers, coef, Constraints(bitops=1600, size_bits=100), fixed_size_bits=30)
+
+
+def test_the_pareto_front_drops_equal_objectives_at_a_higher_cost_and_keeps_the_better_of_equal_costs(toy_net):
+    """ToyNet's dw at w3/a4 and at w4/a3: the same 4608 x 12 BitOPs; its w4/a4 costs more."""
+    import torch
+
+    import mpqfx
+    from mpqfx.search.ilp import pareto_front
+
+    net = mpqfx.prepare(toy_net, example_input=torch.randn(1, 3, 8, 8))
+    base = {"stem": (8, 8), "pw": (2, 2), "fc": (8, 8)}
+    w3a4, w4a3, w4a4 = (Policy({**base, "dw": bits}) for bits in ((3, 4), (4, 3), (4, 4)))
+    assert pareto_front(net, {w3a4: 2.0, w4a3: 1.0, w4a4: 1.0}) == [w4a3]  # w4a4: no better for more BitOPs
+    assert pareto_front(net, {w4a3: 2.0, w3a4: 1.0, w4a4: 0.5}) == [w3a4, w4a4]

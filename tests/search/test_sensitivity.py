@@ -153,3 +153,72 @@ def test_sensitivities_are_loss_increases_over_the_max_policy_by_hand(monkeypatc
     assert evaluations == 6
     assert table == {"a": {"w": {8: 0.0, 4: 0.25, 2: 0.75}, "a": {8: 0.0, 4: 0.5}},
                      "b": {"w": {8: 0.0, 4: 1.0, 2: 1.0}, "a": {8: 0.0, 4: 0.0}}}
+
+
+def _hand_loss_net(monkeypatch, measured: list):
+    """Two layers (w 2/4/8, a 4/8) whose losses are set by hand, and a fake evaluator that records
+    each evaluation in ``measured``."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from mpqfx import LayerInfo, LayerKind, Role
+
+    layers = [LayerInfo(name, LayerKind.CONV, "Conv2d", 100, 10, (1,), (1,), (1,), Role.NORMAL, True, "graph", True,
+                        (2, 4, 8), (4, 8), i) for i, name in enumerate(("a", "b"))]
+    losses = {("a", 4, 8): 1.5, ("a", 2, 8): 2.0, ("a", 8, 4): 1.75, ("b", 4, 8): 2.25, ("b", 2, 8): 2.5, ("b", 8, 4): 1.5}
+
+    class HandLosses:
+        def __init__(self, net, batches):
+            pass
+
+        def set_base(self, policy):
+            return SimpleNamespace(loss=1.25)
+
+        def evaluate(self, policy, changed):
+            measured.append(changed)
+            return SimpleNamespace(loss=losses[(changed[0], *policy[changed[0]])])
+
+    monkeypatch.setattr(sensitivity, "IncrementalEvaluator", HandLosses)
+    state = {"w": torch.ones(2)}
+    return SimpleNamespace(layers=layers, state_dict=lambda: state)
+
+
+HAND_TABLE = {"a": {"w": {8: 0.0, 4: 0.25, 2: 0.75}, "a": {8: 0.0, 4: 0.5}},
+              "b": {"w": {8: 0.0, 4: 1.0, 2: 1.25}, "a": {8: 0.0, 4: 0.25}}}
+
+
+def test_sensitivity_progress_is_reported_before_each_evaluation_and_at_the_end(monkeypatch):
+    net, calls = _hand_loss_net(monkeypatch, []), []
+    table, evaluations = measure_sensitivities(net, [], lambda *args: calls.append(args))
+    assert table == HAND_TABLE and evaluations == 6
+    assert calls == [("sensitivities", done, 6) for done in range(7)]
+
+
+def test_the_sensitivity_cache_is_read_only_for_the_same_state_and_images(monkeypatch, tmp_path):
+    import json
+
+    import torch
+
+    from mpqfx.search.sensitivity import cached_sensitivities
+
+    measured = []
+    net = _hand_loss_net(monkeypatch, measured)
+    assert cached_sensitivities(net, [], None) == HAND_TABLE and len(measured) == 6
+    assert not list(tmp_path.iterdir())
+    assert cached_sensitivities(net, [], tmp_path) == HAND_TABLE and len(measured) == 12
+    written = json.loads((tmp_path / "sensitivities.json").read_text())
+    assert written["format"] == "mpqfx.sensitivities/1" and written["evaluations"] == 6
+    assert {layer: {k: {int(b): c for b, c in v.items()} for k, v in kinds.items()}
+            for layer, kinds in written["layers"].items()} == HAND_TABLE
+    assert cached_sensitivities(net, [], tmp_path) == HAND_TABLE and len(measured) == 12  # read, not measured
+    images = [(torch.zeros(1), torch.zeros(1))]
+    assert cached_sensitivities(net, images, tmp_path) == HAND_TABLE and len(measured) == 18  # other images
+    assert cached_sensitivities(net, images, tmp_path) == HAND_TABLE and len(measured) == 18
+    net.state_dict()["w"].fill_(2.0)  # another supernet state
+    assert cached_sensitivities(net, images, tmp_path) == HAND_TABLE and len(measured) == 24
+    stale = written  # keyed by the first state and no images
+    for broken in ("{not json", json.dumps([1]), json.dumps({**stale, "format": "mpqfx.sensitivities/0"}), json.dumps(stale)):
+        (tmp_path / "sensitivities.json").write_text(broken)
+        before = len(measured)
+        assert cached_sensitivities(net, images, tmp_path) == HAND_TABLE and len(measured) == before + 6
