@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from timm.layers.padding import pad_same
 from torch import nn
 
-from mpqfx.export.deploy import _quantized_layer, deployed_graph
+from mpqfx.export.deploy import _bn_factors, _quantized_layer, bn_multiplier, deployed_graph
 from mpqfx.export.qdq import ActivationQuantizer, container_bounds
 from mpqfx.export.requantize import calibrate
 from mpqfx.export.run import on_cpu
@@ -141,12 +141,10 @@ class FoldedLayer(nn.Module):
 
     def _bn_factors(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(k, offset): BN(y) = y * k + offset with the running statistics (k = 1, offset 0 without BN)."""
-        bn = self.norm
-        ones = torch.ones(self._channels, device=self.weight.device)
-        if bn is None:
+        if self.norm is None:
+            ones = torch.ones(self._channels, device=self.weight.device)
             return ones, torch.zeros_like(ones)
-        k = torch.rsqrt(bn.running_var + bn.eps) * (bn.weight if bn.weight is not None else 1)
-        return k, -bn.running_mean * k + (bn.bias if bn.bias is not None else 0)
+        return _bn_factors(self.norm)  # deploy's folding (it folds only BatchNorms with running statistics)
 
     def _quantized_weight(self) -> torch.Tensor:
         qmin, qmax = int_range(self.w_bits, True)
@@ -188,7 +186,7 @@ class FoldedLayer(nn.Module):
                 factor = 1.0 / float(bn.num_batches_tracked) if bn.momentum is None else bn.momentum
                 bn.running_mean.lerp_(mean, factor)
                 bn.running_var.lerp_(var * n / max(n - 1, 1), factor)
-            k = torch.rsqrt(var + bn.eps) * (bn.weight if bn.weight is not None else 1)
+            k = bn_multiplier(bn, var)
             y = (y - self._per_channel(mean, y, 1)) * self._per_channel(k, y, 1)
             return self.output_quant(y + self._per_channel(bn.bias, y, 1) if bn.bias is not None else y)
         k, offset = self._bn_factors()
