@@ -1,11 +1,13 @@
 """`mpqfx compress --finetune-epochs` end to end through the CLI with tiny settings, beside the same
 run without it: three rows per searched policy in report.md, each number measured again here from
-the files the run wrote, and nothing else the run reported changed."""
+the files the run wrote, and nothing else the run reported changed. Then `mpqfx finetune` and
+`mpqfx report` on the run without: the report lists the fine-tune with the same three rows."""
 
 from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +23,7 @@ from mpqfx.finetune.model import folded_model
 from mpqfx.models import create_model
 from mpqfx.store import load_supernet
 
-pytestmark = pytest.mark.slow  # two compress runs: about 2 CPU-minutes
+pytestmark = pytest.mark.slow  # two compress runs and a fine-tune: about 3 CPU-minutes
 
 TINY = ["--model", "test_resnet", "--train-images", "96", "--val-images", "64", "--batch-size", "32", "--float-epochs",
         "1", "--target", "uniform:4", "--target", "uniform:3", "--device", "cpu"]
@@ -131,3 +133,35 @@ def test_nothing_else_the_run_reported_changes(runs):
     assert list(new_md) == order
     timed = {"Fine-tuned policies", "Time per phase"}
     assert {k: v for k, v in new_md.items() if k not in timed} == {k: v for k, v in old_md.items() if k not in timed}
+
+
+def test_a_finetune_after_the_run_is_listed_by_report_as_compress_lists_it(runs, tmp_path):
+    plain, finetuned = runs
+    root = shutil.copytree(plain, tmp_path / "run")
+    before = digests(root)
+    mpqfx_cli("finetune", "--run", root, "--policy", "mixed@uniform-3", "--epochs", 1, "--device", "cpu")
+    assert {k: v for k, v in digests(root).items() if not k.startswith("finetuned/")} == before
+    markdown = (root / "report.md").read_text()
+    mpqfx_cli("report", "--run", root, "--device", "cpu")
+    assert "## Fine-tuned policies" not in markdown  # until `mpqfx report` writes it again
+    report = json.loads((root / "report.json").read_text())
+    ours = json.loads((root / "finetuned" / "mixed@uniform-3" / "result.json").read_text())
+    assert report["finetuned"] == [ours]
+    assert report["policies"] == json.loads((plain / "report.json").read_text())["policies"]
+    theirs = next(r for r in json.loads((finetuned / "report.json").read_text())["finetuned"]
+                  if r["policy"] == "mixed@uniform-3")
+    same = lambda result: {k: result[k] for k in ("supernet", "finetuned", "settings", "images")}
+    assert same(ours) == same(theirs)  # the same supernet and settings: the same fine-tune as compress's
+    expected = [r for r in finetuned_rows((finetuned / "report.md").read_text()) if r[0] == "mixed@uniform-3"]
+    assert finetuned_rows((root / "report.md").read_text()) == expected
+    got = measured(root, "mixed@uniform-3")
+    assert ours["finetuned"]["accuracy"] == got["finetuned"] and ours["exported"]["accuracy"] == got["exported"]
+
+
+def test_report_keeps_the_runs_order_and_writes_a_finetuned_run_again_byte_for_byte(runs, tmp_path):
+    _, finetuned = runs
+    root = shutil.copytree(finetuned, tmp_path / "run")
+    before = (root / "report.md").read_text(), json.loads((root / "report.json").read_text())
+    mpqfx_cli("report", "--run", root, "--device", "cpu")
+    assert (root / "report.md").read_text() == before[0]
+    assert json.loads((root / "report.json").read_text()) == before[1]
