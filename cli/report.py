@@ -15,7 +15,8 @@ from mpqfx.cli.options import device_option
 @device_option("measures the later searches on")
 def report_command(run_dir: Path, as_json: bool, device: str | None) -> None:
     """Write report.md, report.json and the figures again, adding the policies `mpqfx search` kept in
-    RUN/searches/ (each measured once, like the run's own); the run's own rows stay as they were."""
+    RUN/searches/ (each measured once, like the run's own) and the fine-tunes `mpqfx finetune` finished
+    in RUN/finetuned/ (supernet, fine-tuned and exported rows); the run's own rows stay as they were."""
     from rich.console import Console
 
     from mpqfx.cli.tables import print_report_summary

@@ -2,7 +2,8 @@
 
 The rows ``mpqfx compress`` measured stay as they are; each later policy is measured once, like
 them (held-out top-1 after BatchNorm re-estimation on the same training images), its result kept
-in its ``search.json``, and the report and figures are written again with a "later searches" part.
+in its ``search.json``, and the report and figures are written again with a "later searches" part
+and the fine-tunes finished in ``RUN/finetuned/`` (``mpqfx finetune``, three rows each).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from mpqfx.compress.evaluation import PolicyEvaluator, policy_name
 from mpqfx.compress.report import render_report
 from mpqfx.data.spec import DataSpec
 from mpqfx.errors import MpqfxError
+from mpqfx.finetune.run import finished_results
 from mpqfx.models import create_model
 from mpqfx.quant.policy import Policy
 from mpqfx.rundir import RunDir
@@ -46,7 +48,8 @@ def read_report(run: RunDir) -> dict[str, Any]:
 def update_report(run_dir: str | Path, log: Callable[[str], None] | None = None,
                   device: str | torch.device | None = "cpu") -> dict[str, Any]:
     """Measure the run's later searches not measured yet (on ``device``; None: CUDA when available),
-    then write report.json, report.md and the figures again with them; the report, as written.
+    then write report.json, report.md and the figures again with them and the run's finished
+    fine-tunes; the report, as written.
 
     Example:
         >>> report = update_report("runs/quickstart")
@@ -74,6 +77,8 @@ def update_report(run_dir: str | Path, log: Callable[[str], None] | None = None,
         log(f"search {folder.name}, {entry['target']}: top-1 {result.accuracy:.2%} on {evaluator.val_images} "
             "held-out images")
     report["searches"] = [_row(folder, entry, net) for folder, record in searches for entry in record["entries"]]
+    named = [policy_name(row) for row in report["policies"] + report["searches"]]
+    report["finetuned"] = finished_results(run.root, [name for name in named if name])
     render_report(run, report)
     return report
 

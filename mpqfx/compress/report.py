@@ -134,8 +134,9 @@ def _markdown(report: dict[str, Any]) -> str:
         from mpqfx.finetune.run import rows_markdown
 
         lines += ["", "## Fine-tuned policies", "",
-                  "Each searched policy fine-tuned in its deployed form (BatchNorm folded, 8-bit requantization, int32 "
-                  "bias; RUN/finetuned/POLICY/), then exported; every row is top-1 on the held-out split.", ""]
+                  "Policies fine-tuned in their deployed form (BatchNorm folded, 8-bit requantization, int32 bias; "
+                  "RUN/finetuned/POLICY/, by `mpqfx compress --finetune-epochs` or `mpqfx finetune`), then exported; "
+                  "every row is top-1 on the held-out split.", ""]
         lines += rows_markdown(report["finetuned"])
     lines += _classes_section(report["data"])
     lines += ["", "## Time per phase", "", "Over every process of a resumed run; CPU is the process's, all threads.", "",

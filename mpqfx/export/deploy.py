@@ -145,13 +145,18 @@ class QuantizedLinear(QuantizedLayer):
 QUANTIZED_TYPES = (QuantizedConv, QuantizedLinear)
 
 
+def bn_multiplier(bn: nn.Module, var: torch.Tensor | None = None) -> torch.Tensor:
+    """BatchNorm's per-channel multiplier g/sqrt(v+eps), which folds into the conv's weight scale;
+    ``var``: the variance it normalizes with (default: its running one; a batch's while it trains)."""
+    k = torch.rsqrt((bn.running_var if var is None else var) + bn.eps)
+    return k * bn.weight if bn.weight is not None else k
+
+
 def _bn_factors(bn: nn.Module) -> tuple[torch.Tensor, torch.Tensor] | None:
     """(multiplier, offset) with BN(y) = y * multiplier + offset per channel, in eval mode."""
     if bn.running_mean is None:
         return None
-    k = torch.rsqrt(bn.running_var + bn.eps)
-    if bn.weight is not None:
-        k = k * bn.weight
+    k = bn_multiplier(bn)
     offset = -bn.running_mean * k + (bn.bias if bn.bias is not None else 0)
     return k, offset
 

@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from timm.layers.padding import pad_same
 from torch import nn
 
-from mpqfx.export.deploy import _quantized_layer, deployed_graph
+from mpqfx.export.deploy import _bn_factors, _quantized_layer, bn_multiplier, deployed_graph
 from mpqfx.export.qdq import ActivationQuantizer, container_bounds
 from mpqfx.export.requantize import calibrate
 from mpqfx.export.run import on_cpu
@@ -79,6 +79,24 @@ class TrainedQuantizer(ActivationQuantizer):
 
 def _requantizer() -> TrainedQuantizer:
     return TrainedQuantizer(8, signed=True)
+
+
+class _FoldedWeight(torch.autograd.Function):
+    """``deployed`` (the folded weight rounded as deployed) forward; backward, the gradients of
+    ``weight`` x ``k`` per output channel (straight through the rounding), without computing it."""
+
+    @staticmethod
+    def forward(ctx, weight: torch.Tensor, k: torch.Tensor, deployed: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        ctx.save_for_backward(weight, k)
+        return deployed
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):  # type: ignore[override]
+        weight, k = ctx.saved_tensors
+        per_channel = k.reshape((-1,) + (1,) * (weight.dim() - 1))
+        grad_weight = grad * per_channel if ctx.needs_input_grad[0] else None
+        grad_k = (grad * weight).sum(tuple(range(1, weight.dim()))) if ctx.needs_input_grad[1] else None
+        return grad_weight, grad_k, None
 
 
 class FoldedLayer(nn.Module):
@@ -141,34 +159,39 @@ class FoldedLayer(nn.Module):
 
     def _bn_factors(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(k, offset): BN(y) = y * k + offset with the running statistics (k = 1, offset 0 without BN)."""
-        bn = self.norm
-        ones = torch.ones(self._channels, device=self.weight.device)
-        if bn is None:
+        if self.norm is None:
+            ones = torch.ones(self._channels, device=self.weight.device)
             return ones, torch.zeros_like(ones)
-        k = torch.rsqrt(bn.running_var + bn.eps) * (bn.weight if bn.weight is not None else 1)
-        return k, -bn.running_mean * k + (bn.bias if bn.bias is not None else 0)
+        return _bn_factors(self.norm)  # deploy's folding (it folds only BatchNorms with running statistics)
 
     def _quantized_weight(self) -> torch.Tensor:
         qmin, qmax = int_range(self.w_bits, True)
         per = self.weight[0].numel() if self.weight_step.dim() else self.weight.numel()
         return lsq_quantize(self.weight, self.weight_step, qmin, qmax, 1.0 / math.sqrt(per * qmax))
 
+    def _channel_scales(self) -> tuple[torch.Tensor, ...]:
+        """(k, dead, scale, bias, unit) per output channel: BN's multiplier, the b-bit integers' scale,
+        weight step x k (1 where k is zero, ``dead``: the output is the bias alone), the folded float
+        bias and the int32 bias's unit, input step x scale / 2^(8-b); with gradients."""
+        step = self.weight_step.clamp(min=STEP_EPS)
+        k, offset = self._bn_factors()
+        scale = step.reshape(-1).expand(self._channels) * k
+        bias = (self.bias if self.bias is not None else 0) * k + offset
+        dead = scale == 0
+        scale = torch.where(dead, torch.ones_like(scale), scale)
+        unit = self.input_step_of.step.clamp(min=STEP_EPS) * (scale / 2**self.shift)
+        return k, dead, scale, bias, unit
+
     def deployed_tensors(self) -> dict[str, torch.Tensor]:
         """The deployed layer's ``weight_int`` (int8: b-bit integers x 2^(8-b)), ``weight_scale``,
         ``bias_int`` (int32), ``bias_scale`` and the float bias, as ``_quantized_layer`` lays them out."""
         with torch.no_grad():
             qmin, qmax = int_range(self.w_bits, True)
-            step = self.weight_step.clamp(min=STEP_EPS)
-            ints = torch.div(self.weight, step).clamp_(qmin, qmax).round_()
-            k, offset = self._bn_factors()
-            scale = step.reshape(-1).expand(self._channels) * k
-            bias = (self.bias if self.bias is not None else 0) * k + offset
-            dead = scale == 0  # a channel BN multiplies by zero: its output is the bias alone
-            ints[dead], scale = 0, torch.where(dead, torch.ones_like(scale), scale)
-            scale = scale / 2**self.shift
-            unit = self.input_step_of.step.clamp(min=STEP_EPS) * scale
+            ints = torch.div(self.weight, self.weight_step.clamp(min=STEP_EPS)).clamp_(qmin, qmax).round_()
+            _, dead, scale, bias, unit = self._channel_scales()
+            ints[dead] = 0
             bias_int = torch.round(bias / unit).clamp_(*INT32)
-            return {"weight_int": (ints * 2**self.shift).to(torch.int8), "weight_scale": scale,
+            return {"weight_int": (ints * 2**self.shift).to(torch.int8), "weight_scale": scale / 2**self.shift,
                     "bias_int": bias_int.to(torch.int32), "bias_scale": unit, "float_bias": bias}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -188,17 +211,18 @@ class FoldedLayer(nn.Module):
                 factor = 1.0 / float(bn.num_batches_tracked) if bn.momentum is None else bn.momentum
                 bn.running_mean.lerp_(mean, factor)
                 bn.running_var.lerp_(var * n / max(n - 1, 1), factor)
-            k = torch.rsqrt(var + bn.eps) * (bn.weight if bn.weight is not None else 1)
+            k = bn_multiplier(bn, var)
             y = (y - self._per_channel(mean, y, 1)) * self._per_channel(k, y, 1)
             return self.output_quant(y + self._per_channel(bn.bias, y, 1) if bn.bias is not None else y)
-        k, offset = self._bn_factors()
-        bias = (self.bias if self.bias is not None else 0) * k + offset
-        exact = self.deployed_tensors()  # the deployed values, computed as the deployed module computes them
-        deployed_weight = exact["weight_int"].to(weight.dtype) * self._per_channel(exact["weight_scale"], weight, 0)
-        deployed_bias = exact["bias_int"].to(weight.dtype) * exact["bias_scale"]
+        k, dead, scale, bias, unit = self._channel_scales()
+        with torch.no_grad():  # the deployed values: b-bit integers (weight / step) x scale, exactly what the
+            # deployed module's int8 integers x 2^(8-b) times scale / 2^(8-b) give (powers of 2 scale exactly)
+            multiplier = torch.where(dead, torch.zeros_like(scale), scale)
+            step = self._per_channel(self.weight_step.clamp(min=STEP_EPS).reshape(-1), weight, 0)
+            deployed_weight = torch.div(weight, step).round_().mul_(self._per_channel(multiplier, weight, 0))
+            deployed_bias = torch.round(bias / unit).clamp_(*INT32) * unit
         if torch.is_grad_enabled():  # gradients of the unrounded folded form: straight through both roundings
-            folded = weight * self._per_channel(k, weight, 0)
-            deployed_weight = folded + (deployed_weight - folded).detach()
+            deployed_weight = _FoldedWeight.apply(weight, k, deployed_weight)
             deployed_bias = bias + (deployed_bias - bias).detach()
         return self.output_quant(self._op(x, deployed_weight, deployed_bias))
 

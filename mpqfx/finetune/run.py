@@ -17,7 +17,7 @@ import json
 import time
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import torch
 
@@ -51,6 +51,16 @@ def read_result(folder: Path) -> dict[str, Any] | None:
     if result.get("format") != RESULT_FORMAT:
         raise MpqfxError(f"{str(path)!r}: not a fine-tune result (format {RESULT_FORMAT})")
     return result
+
+
+def finished_results(run_dir: str | Path, order: Sequence[str] = ()) -> list[dict[str, Any]]:
+    """The results of the run's finished fine-tunes (``RUN/finetuned/*/result.json``): the policies
+    named in ``order`` first, in that order, then the others by name."""
+    root = RunDir(run_dir).root / "finetuned"
+    folders = sorted(p for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
+    results = [result for result in map(read_result, folders) if result is not None]
+    rank = {name: i for i, name in enumerate(order)}
+    return sorted(results, key=lambda result: (rank.get(result["policy"], len(rank)), result["policy"]))
 
 
 def _check_folder(folder: Path, resume: bool, command: str) -> None:

@@ -158,6 +158,21 @@ class FinetuneLoop:
         self.model.recalibrate(self.calibration)
         self.model.eval()
 
+    def train_step(self, images: torch.Tensor, labels: torch.Tensor) -> float:
+        """One optimization step of the model on a batch, at the learning rates set; the loss."""
+        settings = self.settings
+        self.model.train()
+        logits = self.model(images.to(self.device))
+        loss = task_loss(logits, labels.to(self.device), settings.label_smoothing)
+        loss.backward()
+        if settings.grad_clip is not None:
+            nn.utils.clip_grad_norm_([p for p in self.model.parameters() if p.grad is not None], settings.grad_clip)
+        self.optimizer.step()
+        self.quant_optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.quant_optimizer.zero_grad(set_to_none=True)
+        return float(loss.detach())
+
     def _epoch(self, bar, stop_after: int | None) -> None:
         settings = self.settings
         self.sampler.set_epoch(self.epoch, self.step_in_epoch * settings.batch_size)
@@ -171,20 +186,10 @@ class FinetuneLoop:
                 self.log(f"BatchNorm statistics frozen at step {self.step}")
             tick = time.perf_counter()
             lr = self._set_lr()
-            self.model.train()
-            logits = self.model(images.to(self.device))
-            loss = task_loss(logits, labels.to(self.device), settings.label_smoothing)
-            loss.backward()
-            if settings.grad_clip is not None:
-                nn.utils.clip_grad_norm_([p for p in self.model.parameters() if p.grad is not None], settings.grad_clip)
-            self.optimizer.step()
-            self.quant_optimizer.step()
-            self.optimizer.zero_grad(set_to_none=True)
-            self.quant_optimizer.zero_grad(set_to_none=True)
+            value = self.train_step(images, labels)
             self.step += 1
             self.step_in_epoch += 1
             ips = images.shape[0] / max(time.perf_counter() - tick, 1e-9)
-            value = float(loss.detach())
             bar.update(task, advance=1, loss=value, lr=lr, ips=ips)
             if self.step % settings.log_every == 0 or self.step == self.total_steps:
                 self.metrics.append({"step": self.step, "epoch": self.epoch + 1, "loss": value, "lr": lr,
