@@ -27,10 +27,17 @@ def _output_integers(quant: torch.nn.Module, y: torch.Tensor) -> torch.Tensor:
     return (torch.div(y, quant.step).round_() + quant.zero_point.float()).clamp_(quant.lo.float(), quant.hi.float())
 
 
+def _int32_top(dtype: torch.dtype) -> float:
+    """The largest value of ``dtype`` at most 2**31 - 2, so that it and one more convert to int32
+    without wrapping (float32 rounds 2**31 - 2 up to 2**31; its largest value below is 2**31 - 128)."""
+    top = torch.tensor(2**31 - 2, dtype=dtype)
+    return float(top if float(top) <= 2**31 - 2 else torch.nextafter(top, torch.zeros((), dtype=dtype)))
+
+
 def _candidates(bias: torch.Tensor, unit: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(scale factors, bias integers, preference) of the four candidate pairs, each (4, channels);
     a pair that cannot be (an exact bias of zero units) has preference infinity."""
-    low = torch.floor(bias / unit).clamp(-2**31, 2**31 - 2)
+    low = torch.floor(bias / unit).clamp(-2**31, _int32_top(bias.dtype))
     ints = torch.stack((low, low + 1, low, low + 1))
     exact = bias / (ints[2:] * unit)  # > 0: n has the sign of bias / unit
     factors = torch.cat((torch.ones_like(ints[:2]), torch.where(ints[2:] != 0, exact, torch.ones_like(exact))))

@@ -134,6 +134,16 @@ def test_bias_integers_stay_in_the_int32_range():
     assert ints[0].tolist() == [2**31 - 2, -2**31, 1.0] and ints[1].tolist() == [2**31 - 1, -2**31 + 1, 2.0]
 
 
+def test_a_float32_bias_beyond_int32_keeps_its_sign():
+    """float32 rounds 2**31 - 2 up to 2**31, which int32 wraps to -2**31: the bound is the largest
+    float32 below it, 2**31 - 128 (a bias of 3e9 accumulator units, a nearly dead channel)."""
+    from mpqfx.export.bias import _candidates
+
+    _, ints, _ = _candidates(torch.tensor([3e9, -3e9]), torch.tensor([1.0, 1.0]))
+    assert ints.to(torch.int32)[:, 0].tolist() == [2**31 - 128] * 4
+    assert ints.to(torch.int32)[:, 1].tolist() == [-2**31] * 4  # float32 has no -2**31 + 1 either
+
+
 def test_the_exact_bias_of_minus_one_unit_wins_when_it_alone_misses_nothing():
     """Signed input and output, unit 0.5, bias -0.4 (-0.8 units), inputs -6 and 3 (y = -3, 1.5):
     targets round(y - 0.4) = -3, 1. Bias -1 unit misses at y = -3 (-3.5 -> -4), 0 units at y = 1.5
