@@ -495,3 +495,10 @@ def test_each_uniform_policy_fits_its_own_activation_steps():
         refitted = after(x)
     assert not torch.equal(stale, expected)  # the leak the checker avoids is real on this model
     assert torch.equal(refitted, expected)
+
+
+def test_the_8_bit_lower_bound_follows_an_insensitive_model_but_never_reaches_zero():
+    ref = torch.arange(8.0).reshape(2, 4)
+    assert zoo_check.error_8_bounds(0.2, ref)[0] == zoo_check.ERROR_8_BOUNDS[0]
+    assert zoo_check.error_8_bounds(7.57e-6, ref)[0] == pytest.approx(7.57e-5)  # vit_pe_core_tiny_patch16_384
+    assert zoo_check.error_8_bounds(0.0, ref)[0] == zoo_check.MIN_ERROR_8  # a no-op quantizer's 0 still fails
