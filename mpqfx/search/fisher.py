@@ -31,11 +31,10 @@ import torch
 import torch.nn.functional as F
 
 from mpqfx.quant.policy import Policy
+from mpqfx.search.sensitivity import Sensitivities
 from mpqfx.supernet import Supernet
 
 MICRO_BATCH = 8  # images per backward pass for the weights' Fisher diagonal
-
-Sensitivities = dict[str, dict[str, dict[int, float]]]  # {layer: {"w"|"a": {bits: loss increase}}}
 
 
 def _private_input(found: dict[str, torch.Tensor], name: str):
@@ -63,7 +62,7 @@ def fisher_sensitivities(net: Supernet, batches: Sequence, micro_batch: int = MI
                for which, quant in (("w", module.weight_quant), ("a", module.act_quant))]
     weight_fisher: dict[str, torch.Tensor] = {}
     act_cost = {l.name: dict.fromkeys(l.a_bits, 0.0) for l in net.layers}
-    parts = [(x[i:i + micro_batch]) for x, _ in batches for i in range(0, len(x), micro_batch)]
+    parts = [x[i:i + micro_batch] for x, _ in batches for i in range(0, len(x), micro_batch)]
     was_training = net.training
     net.eval()
     try:
