@@ -10,8 +10,9 @@
 * BatchNorm keeps the float model's statistics; ``compress`` re-estimates them for every policy it
   evaluates (``evaluate.bn_images``), as for every other strategy.
 
-The search then measures each layer's loss change at each bit-width on the search images (ILP
-objective ``sensitivity``, mpqfx/search/sensitivity.py) and solves the same ILP for every budget.
+The search then estimates each layer's loss change at each bit-width on the search images (ILP
+objective ``sensitivity`` with ``estimate: fisher``, mpqfx/search/fisher.py) and solves the same
+ILP for every budget.
 """
 
 from __future__ import annotations
