@@ -91,13 +91,15 @@ def kernel_budgets(args: argparse.Namespace, recipe: Recipe) -> tuple[int, dict[
 
 def run_mpqfx(args: argparse.Namespace, recipe: Recipe, targets: list[str]) -> tuple[dict[str, float], float]:
     """One ``ptq`` compress run (no export) for every target, in ``--out`` (default: a temporary
-    folder): top-1 per target, and its wall seconds."""
+    folder): top-1 per target, and its wall seconds; prints its CPU seconds per phase."""
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as scratch:
         out = Path(args.out) if args.out else Path(scratch) / "run"
         result = mpqfx.compress(args.model, recipe, targets=targets, checkpoint=args.float, out=out,
                                 val_images=args.val_images, export=False, progress=False)
     seconds = time.perf_counter() - start
+    phases = ", ".join(f"{phase} {cpu:.1f}" for phase, cpu in result.cpu_seconds.items() if phase != "export")
+    print(f"mpqfx ptq CPU seconds per phase: {phases}\n")
     return {r.target: r.accuracy for r in result.searched}, seconds
 
 

@@ -2,7 +2,8 @@
 
 Objectives: LIMPQ's indicators (Eq. 4: sum of s_a + alpha * s_w; the supernet's learned steps, or
 external ones, mpqfx/search/indicators.py), Hessian-trace weighted bits (Double Rounding Alg. 2),
-measured per-layer loss increases (mpqfx/search/sensitivity.py) or user-given per-layer costs;
+measured per-layer loss increases or their Fisher estimate (``estimate``, mpqfx/search/sensitivity.py,
+mpqfx/search/fisher.py) or user-given per-layer costs;
 constraints: BitOPs, size, average bits. Solved exactly and validated (mpqfx/search/solver.py).
 ``pareto=True`` sweeps the budget from the smallest reachable value to the target and keeps the
 distinct non-dominated optima (Alg. 2's iterative scheme, with its per-layer forcing when
@@ -112,7 +113,7 @@ class IlpSearch(SearchBackend):
             return hessian_coefficients(layers, traces)
         if o.objective == "sensitivity":
             return cost_coefficients(layers, cached_sensitivities(self.net, self.require_batches("objective: sensitivity"), ctx.cache_dir,
-                                                                     self.report))
+                                                                     self.report, o.estimate))
         if ctx.costs is None:
             raise SearchError("ILP objective 'costs' needs per-layer costs (mpqfx.search(..., costs=...))")
         return cost_coefficients(layers, ctx.costs)

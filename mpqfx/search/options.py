@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 OBJECTIVES = ("limpq", "hessian", "sensitivity", "costs")
+ESTIMATES = ("measured", "fisher")  # objective sensitivity: measured loss changes, or their Fisher estimate
 DATA_OBJECTIVES = ("hessian", "sensitivity")  # evaluate the supernet on data (hessian: unless traces are given)
 
 
@@ -21,6 +22,7 @@ class NoSearchOptions:
 class IlpOptions:
     objective: str = "limpq"  # limpq: LIMPQ Eq. 4; hessian: Double Rounding Alg. 2; sensitivity: measured; costs: user-given
     alpha: float = 1.0  # LIMPQ Eq. 4: weight of the weight indicators against the activation ones
+    estimate: str = "measured"  # objective sensitivity: "measured" loss changes or "fisher" (one gradient pass)
     pareto: bool = False
     pareto_points: int = 8  # budgets in the sweep from the smallest reachable value to the target
     alg2_variants: bool = False  # also pin each layer to each lower bit (Alg. 2 lines 5-16)
@@ -37,6 +39,8 @@ class IlpOptions:
         found = []
         if self.objective not in OBJECTIVES:
             found.append(f"objective: {self.objective!r} is not allowed; expected one of {', '.join(OBJECTIVES)}")
+        if self.estimate not in ESTIMATES:
+            found.append(f"estimate: {self.estimate!r} is not allowed; expected one of {', '.join(ESTIMATES)}")
         if self.alpha < 0:
             found.append(f"alpha: must be >= 0, got {self.alpha}")
         if self.pareto_points < 2:

@@ -8,9 +8,10 @@ needs sum_l (|w_bits| - 1 + |a_bits| - 1) evaluations, each re-running only the 
 network downstream of the changed layer (``IncrementalEvaluator``); BatchNorm uses the
 statistics each Transitional BN set learned in training, as the greedy search does.
 
-The table depends only on the supernet's state and the evaluation images, so it is kept in the
-run directory (``sensitivities.json``, keyed by a SHA-256 of both): later searches of the same
-run with any budget read it instead of measuring again.
+``estimate="fisher"`` estimates the same table from one pass of gradients instead
+(mpqfx/search/fisher.py). The table depends only on the supernet's state, the evaluation images
+and the estimate, so it is kept in the run directory (``sensitivities.json``, keyed by a SHA-256
+of the three): later searches of the same run with any budget read it instead of measuring again.
 """
 
 from __future__ import annotations
@@ -67,13 +68,26 @@ def _monotone(costs: dict[int, float]) -> dict[int, float]:
     return out
 
 
+def sensitivities(net: Supernet, batches: Sequence, estimate: str = "measured",
+                  report: Callable[[str, int, int], None] | None = None) -> tuple[Sensitivities, int]:
+    """The table by ``estimate``: "measured" loss changes (and the evaluations they took) or the
+    "fisher" estimate (mpqfx/search/fisher.py; 0 evaluations)."""
+    if estimate == "fisher":
+        from mpqfx.search.fisher import fisher_sensitivities
+        return {layer: {which: _monotone(costs) for which, costs in kinds.items()}
+                for layer, kinds in fisher_sensitivities(net, batches, report=report).items()}, 0
+    return measure_sensitivities(net, batches, report)
+
+
 def cached_sensitivities(net: Supernet, batches: Sequence, cache_dir: str | Path | None,
-                         report: Callable[[str, int, int], None] | None = None) -> Sensitivities:
-    """``measure_sensitivities``, read from / written to ``cache_dir/sensitivities.json`` when given."""
+                         report: Callable[[str, int, int], None] | None = None,
+                         estimate: str = "measured") -> Sensitivities:
+    """``sensitivities``, read from / written to ``cache_dir/sensitivities.json`` when given."""
     if cache_dir is None:
-        return measure_sensitivities(net, batches, report)[0]
+        return sensitivities(net, batches, estimate, report)[0]
     path = Path(cache_dir) / CACHE_NAME
-    key = digest({"state": net.state_dict(), "batches": [list(batch) for batch in batches]})
+    identity = {"state": net.state_dict(), "batches": [list(batch) for batch in batches]}
+    key = digest(identity if estimate == "measured" else {**identity, "estimate": estimate})
     try:
         cached = json.loads(path.read_text(encoding="utf-8"))
         if cached.get("format") == CACHE_FORMAT and cached.get("key") == key:
@@ -81,7 +95,7 @@ def cached_sensitivities(net: Supernet, batches: Sequence, cache_dir: str | Path
                     for layer, kinds in cached["layers"].items()}
     except (OSError, ValueError, AttributeError, TypeError):
         pass  # no cache yet, or one that is unreadable: measure again
-    table, evaluations = measure_sensitivities(net, batches, report)
-    atomic_write_text(path, json.dumps({"format": CACHE_FORMAT, "key": key, "evaluations": evaluations,
-                                        "layers": table}, indent=1))
+    table, evaluations = sensitivities(net, batches, estimate, report)
+    atomic_write_text(path, json.dumps({"format": CACHE_FORMAT, "key": key, "estimate": estimate,
+                                        "evaluations": evaluations, "layers": table}, indent=1))
     return table

@@ -10,8 +10,9 @@
 * BatchNorm keeps the float model's statistics; ``compress`` re-estimates them for every policy it
   evaluates (``evaluate.bn_images``), as for every other strategy.
 
-The search then measures each layer's loss change at each bit-width on the search images (ILP
-objective ``sensitivity``, mpqfx/search/sensitivity.py) and solves the same ILP for every budget.
+The search then estimates each layer's loss change at each bit-width on the search images (ILP
+objective ``sensitivity`` with ``estimate: fisher``, mpqfx/search/fisher.py) and solves the same
+ILP for every budget.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import torch
 
 from mpqfx.data.spec import batches_at, calibration_indices
 from mpqfx.errors import MpqfxError
-from mpqfx.quant.lsq import STEP_EPS, MultiBitLSQ, int_range
+from mpqfx.quant.lsq import STEP_EPS, MultiBitLSQ, int_range, lsq_quantize
 from mpqfx.quant.policy import Policy
 from mpqfx.supernet import Supernet
 from mpqfx.train.options import MIN_CALIBRATION_IMAGES, CalibrateOptions
@@ -37,9 +38,9 @@ REFINEMENTS = 2  # least-squares steps after the grids
 
 
 def quantization_error(x: torch.Tensor, step: torch.Tensor, qmin: int, qmax: int) -> torch.Tensor:
-    """Per row of ``x`` [G, n]: sum of (round(clip(x / s)) * s - x)^2 for the rows' steps ``step`` [G]."""
-    s = step[:, None]
-    return (torch.div(x, s).clamp_(qmin, qmax).round_().mul_(s).sub_(x)).square_().sum(1)
+    """Per row of ``x`` [G, n]: ||Q(x) - x||^2 with the quantizer the layers run (``lsq_quantize``)
+    at the rows' steps ``step`` [G]."""
+    return lsq_quantize(x, step[:, None], qmin, qmax, 1.0).sub_(x).square_().sum(1)
 
 
 def mse_steps(x: torch.Tensor, qmin: int, qmax: int, per_channel: bool, points: int = 20) -> torch.Tensor:
