@@ -66,7 +66,8 @@ demo: install data
 # docs/benchmarks.md: bench_search.py's greedy part (about 17 min), bench_accuracy.py (hours per
 # model), bench_trainer_throughput.py (needs Fashion-MNIST), bench_deploy.py (several minutes at
 # 224x224, best with a run's searched policies), bench_imagefolder.py and bench_imagenet_cost.py
-# (tens of minutes at 160-224 px), bench_finetune_throughput.py (tens of minutes for resnet18),
+# (training steps at 160-224 px), bench_finetune_throughput.py (three models' training steps; it did
+# not finish in 36 min on a shared machine),
 # bench_ptq_vs_mct.py (needs a trained float checkpoint; MCT from the `peers` extra), and the
 # scripts that read a finished run: bench_bit_breakdown.py, bench_deploy_agreement.py,
 # bench_search_headroom.py, bench_supernet_settings.py.
