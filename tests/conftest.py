@@ -8,8 +8,6 @@ import struct
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-if os.environ.get("PYTEST_XDIST_WORKER"):  # `make test` runs two workers on 2 cores: one thread each, subprocesses too
-    os.environ["OMP_NUM_THREADS"] = "1"
 
 import pytest
 import timm
@@ -18,7 +16,8 @@ from torch import nn
 
 import mpqfx
 
-if os.environ.get("PYTEST_XDIST_WORKER"):
+if os.environ.get("PYTEST_XDIST_WORKER"):  # `make test` runs two workers on 2 cores: one thread each, subprocesses too
+    os.environ["OMP_NUM_THREADS"] = "1"
     torch.set_num_threads(1)
 
 

@@ -80,12 +80,11 @@ def fisher_sensitivities(net: Supernet, batches: Sequence, micro_batch: int = MI
                         which, name = key.split(":", 1)
                         if grad is None:
                             continue
+                        square = grad.float().square()
                         if which == "w":
-                            square = grad.float().square()
                             weight_fisher[name] = weight_fisher[name] + square if name in weight_fisher else square
                         else:
                             quant, x = modules[name].act_quant, found[key].detach()
-                            square = grad.float().square()
                             for bits in act_cost[name]:
                                 error = (quant.forward(x, bits) - x).float().square_()  # forward: not the hook
                                 act_cost[name][bits] += float((square * error).sum())
